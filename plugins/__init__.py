@@ -1,0 +1,1 @@
+"""leitai's built-in plugins. Each module registers through the ``leitai`` entry-point group."""

@@ -1,0 +1,29 @@
+"""Prefix tuning: trainable key/value prefixes in every attention layer (through peft)."""
+from suite import PeftMethod, hookimpl
+
+
+class PrefixTuning(PeftMethod):
+    name = "prefix-tuning"
+    description = "trainable key/value prefixes in every layer, MLP-reparametrised (peft PrefixTuningConfig)"
+    paper = (
+        "Li & Liang, 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (ACL 2021): "
+        "prefix length 10 (their table-to-text setting), prefix trained through an MLP "
+        "reparametrisation (Sec. 4.3) that is dropped after training. lr raised from the "
+        "paper's 5e-5 for the arena's short default budget."
+    )
+    defaults = {"lr": 1e-2, "virtual_tokens": 10, "projection": True, "projection_hidden": 512}
+
+    def peft_config(self, model, params):
+        from peft import PrefixTuningConfig, TaskType
+
+        return PrefixTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=params["virtual_tokens"],
+            prefix_projection=params["projection"],
+            encoder_hidden_size=params["projection_hidden"],
+        )
+
+
+@hookimpl
+def register_methods(register):
+    register(PrefixTuning())

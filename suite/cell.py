@@ -1,0 +1,220 @@
+"""One shootout cell (method × task × seed), run in a process of its own.
+
+``python -m suite.cell SPEC.json`` loads the base model, applies the method, trains, measures,
+evaluates, generates, saves the adapter and writes ``record.json`` atomically, last: a run
+directory with a record is a finished run. Errors become the record's status, never a crash
+of the shootout.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# Known noise of peft with recent transformers (../shared/DESIGN.md, known hazards).
+SILENCED = (
+    "Position ids are not supported for parameter efficient tuning",
+    ".*is_gradient_checkpointing.* is deprecated",
+)
+
+
+@dataclass
+class Cell:
+    run_id: str
+    method: str
+    task: str
+    seed: int
+    model: str
+    params: dict  # the method's hyper-parameters, defaults merged with overrides
+    steps: int
+    batch_size: int
+    max_len: int
+    task_sizes: dict | None
+    device: str = "auto"  # auto | cpu | cuda
+    trust_remote_code: bool = False
+    warmup: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 10
+    eval_batch_size: int = 32
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Cell":
+        return cls(**json.loads(text))
+
+
+class GuardError(Exception):
+    """A method broke the arena's rules (e.g. left frozen-declared base weights trainable)."""
+
+
+def check_method_output(method, base_params: list, model) -> int:
+    """The core's own checks on what a method returned; returns the trainable count."""
+    from .measure import count_parameters
+
+    trainable = count_parameters(model, trainable_only=True)
+    if trainable == 0:
+        raise GuardError(f"method {method.name!r} left no trainable parameters")
+    if method.freezes_base:
+        leaked = sum(p.numel() for p in base_params if p.requires_grad)
+        if leaked:
+            raise GuardError(
+                f"method {method.name!r} declares the base frozen but left {leaked:,} base parameters trainable"
+            )
+    return trainable
+
+
+def _silence_known_warnings():
+    for pattern in SILENCED:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def run_cell(cell: Cell, run_dir: Path) -> dict:
+    """Run ``cell`` and return its record (without writing it)."""
+    import torch
+
+    started = time.time()
+    record = {
+        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
+        "model": cell.model, "status": "failed", "error": None, "config": json.loads(cell.to_json()),
+        "metrics": {}, "curve": [], "generations": [], "env": {},
+    }
+    try:
+        _run(cell, run_dir, record)
+    except Exception as e:
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+        record["status"] = "oom" if oom else "failed"
+        record["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        record["traceback"] = traceback.format_exc()
+    record["started_at"], record["finished_at"] = started, time.time()
+    return record
+
+
+def _run(cell: Cell, run_dir: Path, record: dict) -> None:
+    import torch
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import set_seed
+
+    from . import data, measure, models
+    from .env import environment
+    from .generate import greedy_generate
+    from .measure import PeakMemory, count_parameters
+    from .plugins import registry
+    from .tasks import format_prompt
+    from .train import TrainSettings, mean_loss, train
+
+    reg = registry()
+    method = reg.get("methods", cell.method)
+    task = reg.get("tasks", cell.task)
+    spec = models.resolve(cell.model, reg, cell.trust_remote_code)
+
+    use_cpu = cell.device == "cpu" or (cell.device == "auto" and not torch.cuda.is_available())
+    if cell.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16")
+    device = accelerator.device
+    record["env"] = environment(device, "float32" if use_cpu else "bf16-autocast")
+
+    base, tokenizer = spec.load()
+    tokenizer = models.prepare_tokenizer(tokenizer)
+    splits = task.splits(cell.task_sizes)
+    train_set, truncated = data.encode(tokenizer, splits["train"], cell.max_len)
+    dev_set, _ = data.encode(tokenizer, splits["dev"], cell.max_len)
+    test_examples = splits["test"]
+    test_prompts = [
+        data.encode_prompt(tokenizer, ex, cell.max_len - task.max_new_tokens)[0] for ex in test_examples
+    ]
+
+    total = count_parameters(base)
+    base_params = list(base.parameters())
+    set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
+    model = method.apply(base, dict(cell.params))
+    trainable = check_method_output(method, base_params, model)
+
+    batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.steps, cell.seed)
+    batches = [[train_set[i] for i in b] for b in batches_idx]
+    settings = TrainSettings(
+        lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
+        grad_clip=cell.grad_clip, log_every=cell.log_every,
+    )
+    weights_bytes = measure.tensor_bytes(measure.unique_parameters(model))
+    with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0) as bar:
+        with PeakMemory(device) as peak:
+            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar)
+    model = accelerator.unwrap_model(model)
+
+    m = record["metrics"]
+    m.update(
+        trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total,
+        peak_memory_bytes=peak.peak, peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
+        weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
+        tokens_per_second=result.tokens / result.seconds if result.seconds else None,
+        steps=len(result.losses), lr=settings.lr, truncated_examples=truncated,
+        first_train_loss=result.losses[0] if result.losses else None,
+        final_train_loss=_tail_mean(result.losses), score_name=task.score_name,
+        **result.breakdown,
+    )
+    record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
+    if result.diverged:
+        record["status"] = "diverged"
+        record["error"] = f"non-finite training loss at step {len(result.losses)}"
+        return
+
+    with accelerator.autocast():
+        dev_loss = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
+        outputs = greedy_generate(
+            model, test_prompts, task.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, device,
+            cell.eval_batch_size,
+        )
+    texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
+    m["eval_loss"] = dev_loss
+    m["score"] = task.score(texts, [ex.output for ex in test_examples])
+    record["curve"].append({"step": len(result.losses), "split": "dev", "loss": dev_loss})
+    record["generations"] = [
+        {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t}
+        for ex, t in zip(test_examples, texts)
+    ]
+
+    adapter = run_dir / "adapter"
+    tmp = run_dir / "adapter.tmp"
+    method.save(model, tmp, dict(cell.params))
+    if adapter.exists():
+        import shutil
+
+        shutil.rmtree(adapter)
+    tmp.rename(adapter)
+    m["adapter_bytes"] = measure.dir_bytes(adapter)
+    record["status"] = "ok"
+
+
+def _tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
+    """Mean of the last 10% of step losses: one batch's loss is too noisy to compare methods."""
+    if not losses:
+        return None
+    k = max(1, int(len(losses) * frac))
+    return sum(losses[-k:]) / k
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .records import write_json_atomic
+
+    argv = sys.argv[1:] if argv is None else argv
+    spec_path = Path(argv[0])
+    cell = Cell.from_json(spec_path.read_text(encoding="utf-8"))
+    run_dir = spec_path.parent
+    _silence_known_warnings()
+    record = run_cell(cell, run_dir)
+    write_json_atomic(run_dir / "record.json", record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

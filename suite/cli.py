@@ -1,0 +1,124 @@
+"""The ``leitai`` command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+EPILOG = "Writing a method plugin: docs/plugins.md. Output files: README.md, 'Output'."
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="leitai", description="擂台 leitai: a shootout of fine-tuning methods on Chinese instruction tasks.",
+        epilog=EPILOG,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a shootout and write its report", epilog=EPILOG)
+    S = argparse.SUPPRESS  # only flags the user gives override the TOML config
+    run.add_argument("--methods", default=S, help="comma-separated method names (default: all registered)")
+    run.add_argument("--tasks", default=S, help="comma-separated task names (default: zh-sentiment)")
+    run.add_argument("--model", default=S, help="tiny-zh (default) or a Hugging Face model id / local path")
+    run.add_argument("--seeds", default=S, help="number of seeds (0..N-1) or a comma-separated list (default 1)")
+    run.add_argument("--max-steps", type=int, default=S, dest="max_steps", help="training steps per run (default 150)")
+    run.add_argument("--batch-size", type=int, default=S, dest="batch_size", help="examples per step (default 16)")
+    run.add_argument("--max-len", type=int, default=S, dest="max_len", help="tokens per example at most (default 256)")
+    run.add_argument("--task-size", default=S, dest="task_size",
+                     help="default (CPU-sized splits), full, or a number of training examples")
+    run.add_argument("--out", default=S, help="output directory (default reports/<timestamp>)")
+    run.add_argument("--resume", action="store_true", default=S, help="skip runs already finished in --out")
+    run.add_argument("--device", default=S, help="auto (default), cpu or cuda")
+    run.add_argument("--config", help="TOML file with the same settings and [method.NAME] tables")
+    run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="override a method setting, e.g. --set lora.r=16 (repeatable)")
+    run.add_argument("--trust-remote-code", action="store_true", default=S, dest="trust_remote_code",
+                     help="allow a hub model's own code to run (off by default)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="rebuild the report files from DIR/runs/*/record.json")
+    rep.add_argument("dirs", nargs="+", help="shootout directories (several are merged)")
+    rep.add_argument("--out", help="where to write (default: the first DIR)")
+
+    ls = sub.add_parser("list", help="show what the plugins registered")
+    ls.add_argument("what", nargs="?", default="methods", choices=["methods", "tasks", "models", "plugins"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+    except UsageError as e:
+        print(f"leitai: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leitai: interrupted; finished runs are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+def _warn_failures(registry) -> None:
+    for info in registry.failures:
+        print(f"leitai: warning: skipped plugin {info.name} ({info.source}): {info.error}", file=sys.stderr)
+
+
+def cmd_run(args) -> int:
+    from .config import build_config, parse_set
+    from .plugins import registry
+    from .runner import run_shootout
+
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set", "quiet")}
+    cli["method_overrides"] = parse_set(args.set)
+    config = build_config(cli, args.config)
+    reg = registry()
+    _warn_failures(reg)
+    config.fill_defaults(reg)
+    outcome = run_shootout(config, reg, progress=not args.quiet)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.statuses.items())) or "nothing new"
+    print(f"leitai: {outcome.ran} runs ({counts}), {outcome.skipped} already done; report in {outcome.out_dir}")
+    print(f"leitai: summary: {outcome.out_dir / 'summary.md'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    dirs = [Path(d) for d in args.dirs]
+    for d in dirs:
+        if not (d / "runs").is_dir():
+            raise UsageError(f"{d}: no runs/ directory (not a shootout output)")
+    out = Path(args.out) if args.out else dirs[0]
+    results = write_report(dirs, out)
+    print(f"leitai: report of {len(results)} runs written to {out}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .plugins import registry
+
+    reg = registry()
+    if args.what == "plugins":
+        for info in sorted(reg.plugins.values(), key=lambda i: i.name):
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in info.registered.items()) or "-"
+            state = f"FAILED: {info.error}" if info.error else what
+            print(f"{info.name:<16} {info.source:<22} {state}")
+        return 0
+    table = getattr(reg, args.what)
+    for name in sorted(table):
+        obj = table[name]
+        origin = reg.plugins[reg.origin[(args.what, name)]].source
+        line = f"{name:<16} {obj.description}  [{origin}]"
+        if args.what == "methods":
+            line += "\n" + " " * 17 + "defaults: " + ", ".join(f"{k}={v}" for k, v in obj.defaults.items())
+        elif args.what == "tasks":
+            sizes = ", ".join(f"{k} {v}" for k, v in obj.default_sizes.items())
+            line += f"\n{'':17}score: {obj.score_name}; default sizes: {sizes}"
+        print(line)
+    _warn_failures(reg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The hooks a leitai plugin can implement.
+
+A plugin is any module registered under the ``leitai`` entry-point group (the built-ins in
+``plugins/`` are registered the same way). It implements one or more of the hooks below with
+the ``@hookimpl`` decorator::
+
+    from suite import hookimpl, Method
+
+    @hookimpl
+    def register_methods(register):
+        register(MyMethod())
+
+Each hook receives a ``register`` callable and calls it once per object it contributes. The
+core records which plugin registered what, so ``leitai list`` can say where things come from.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("leitai")
+hookimpl = pluggy.HookimplMarker("leitai")
+
+
+@hookspec
+def register_methods(register):
+    """Register adapter methods.
+
+    Call ``register(method)`` with an instance of a :class:`suite.methods.Method` subclass
+    (for a PEFT-backed method, :class:`suite.methods.PeftMethod`). ``method.name`` is the
+    name users type after ``--methods``; it must be unique across all plugins.
+    """
+
+
+@hookspec
+def register_tasks(register):
+    """Register instruction tasks.
+
+    Call ``register(task)`` with an instance of a :class:`suite.tasks.Task` subclass. A task
+    yields train/dev/test :class:`suite.tasks.Example` lists and scores generated answers;
+    ``task.name`` is the name users type after ``--tasks``.
+    """
+
+
+@hookspec
+def register_models(register):
+    """Register named base models.
+
+    Call ``register(model)`` with an instance of a :class:`suite.models.ModelSpec` subclass.
+    ``model.name`` is accepted by ``--model``; names that no plugin registers are treated as
+    Hugging Face model ids or local paths.
+    """

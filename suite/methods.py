@@ -1,0 +1,97 @@
+"""What an adapter method is, as the core sees it.
+
+A method turns a frozen base model into a model to train. The core never takes a method's
+word for what it did: it counts trainable parameters itself, checks that base weights it
+declares frozen stay frozen, and measures memory and time around it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class Method:
+    """Base class for adapter methods. Register instances through ``register_methods``.
+
+    Subclasses set the class attributes and implement :meth:`apply`. :meth:`save` and
+    :meth:`load` default to storing the trainable tensors as safetensors, which is right for
+    any method whose trainable state lives in ``requires_grad`` parameters of the model that
+    :meth:`apply` returns.
+    """
+
+    #: the name users type after ``--methods``
+    name: str = ""
+    #: one line a user sees in ``leitai list methods``
+    description: str = ""
+    #: where the defaults come from (author, year, title, and the section or table)
+    paper: str = ""
+    #: hyper-parameters; ``lr`` is read by the core, the rest by :meth:`apply`. Users override
+    #: any key per method (``--set lora.r=16`` or ``[method.lora]`` in a TOML config).
+    defaults: dict = {}
+    #: True when the base model's own weights must not train; the core checks it.
+    freezes_base: bool = True
+
+    def apply(self, model: torch.nn.Module, params: dict) -> torch.nn.Module:
+        """Return the model to train, built around ``model`` (a fresh base model).
+
+        The returned module must accept ``input_ids``, ``attention_mask`` and ``labels`` and
+        return an object with ``.loss`` and ``.logits`` (logits for the given ``input_ids``
+        positions, or with extra leading positions the method prepends, like PEFT's prompt
+        methods), and must offer ``generate(input_ids=..., attention_mask=...,
+        max_new_tokens=..., do_sample=False)`` the way transformers models do.
+        """
+        raise NotImplementedError
+
+    def save(self, model: torch.nn.Module, directory: Path, params: dict) -> None:
+        """Write what is needed to restore the trained model on top of the base weights."""
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(directory / "trainable.safetensors"))
+        (directory / "method.json").write_text(json.dumps({"method": self.name, "params": params}, indent=1))
+
+    def load(self, base_model: torch.nn.Module, directory: Path, params: dict) -> torch.nn.Module:
+        """Rebuild the trained model from ``base_model`` and what :meth:`save` wrote."""
+        model = self.apply(base_model, params)
+        state = load_file(str(Path(directory) / "trainable.safetensors"))
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise ValueError(f"{self.name}: saved tensors not in the model: {sorted(missing)[:3]}")
+        model.load_state_dict(state, strict=False)
+        return model
+
+
+class PeftMethod(Method):
+    """A method backed by a PEFT config; saved and loaded in PEFT's own format."""
+
+    def peft_config(self, model: torch.nn.Module, params: dict):
+        """Return the ``peft.PeftConfig`` for ``model`` with hyper-parameters ``params``."""
+        raise NotImplementedError
+
+    def apply(self, model, params):
+        from peft import get_peft_model
+
+        return get_peft_model(model, self.peft_config(model, params))
+
+    def save(self, model, directory, params):
+        model.save_pretrained(str(directory))
+
+    def load(self, base_model, directory, params):
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, str(directory))
+
+
+def method_params(method: Method, overrides: dict | None) -> dict:
+    """The method's defaults with the user's overrides; unknown keys are an error."""
+    params = dict(method.defaults)
+    for key, value in (overrides or {}).items():
+        if key not in params:
+            known = ", ".join(sorted(params))
+            raise ValueError(f"method {method.name!r} has no setting {key!r} (settings: {known})")
+        params[key] = value
+    if "lr" not in params:
+        raise ValueError(f"method {method.name!r} declares no default 'lr'")
+    return params

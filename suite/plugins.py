@@ -1,0 +1,127 @@
+"""Loading plugins and collecting what they register.
+
+Plugins come from the ``leitai`` entry-point group (built-ins included) and, for tests and
+quick experiments, from the comma-separated module names in ``LEITAI_PLUGINS``. A plugin
+that fails to import, or whose hook raises, is skipped and reported; it never stops the core.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import pluggy
+
+from . import hookspecs
+
+GROUP = "leitai"
+KINDS = ("methods", "tasks", "models")
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    source: str  # "distribution version" or "LEITAI_PLUGINS"
+    registered: dict = field(default_factory=dict)  # kind -> [names]
+    error: str | None = None
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    methods: dict = field(default_factory=dict)
+    tasks: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)  # (kind, name) -> plugin name
+    plugins: dict = field(default_factory=dict)  # plugin name -> PluginInfo
+
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.error]
+
+    def get(self, kind: str, name: str):
+        table = getattr(self, kind)
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            raise KeyError(f"unknown {kind[:-1]} {name!r} (known: {known})")
+        return table[name]
+
+
+def _entry_points() -> list[tuple[str, str, callable]]:
+    found = []
+    for ep in metadata.entry_points(group=GROUP):
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+        found.append((ep.name, dist, ep.load))
+    for module in filter(None, os.environ.get("LEITAI_PLUGINS", "").split(",")):
+        module = module.strip()
+        found.append((module, "LEITAI_PLUGINS", lambda m=module: importlib.import_module(m)))
+    return found
+
+
+def load_registry(extra: list | None = None) -> Registry:
+    """Load every plugin and return what they registered.
+
+    ``extra`` is a list of already-imported plugin objects (modules or classes with hook
+    implementations), registered after the entry points; tests use it.
+    """
+    registry = Registry()
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    candidates = _entry_points() + [
+        (getattr(p, "__name__", repr(p)), "in-process", lambda p=p: p) for p in extra or []
+    ]
+    for name, source, load in candidates:
+        info = PluginInfo(name, source)
+        registry.plugins[name] = info
+        try:
+            plugin = load()
+            if pm.is_registered(plugin):
+                info.error = "already registered under another name"
+                continue
+            pm.register(plugin, name=name)
+        except Exception as e:  # a broken plugin must not take the core down
+            info.error = f"{type(e).__name__}: {e}"
+            continue
+        for kind in KINDS:
+            hook = getattr(pm.hook, f"register_{kind}")
+            impls = [i for i in hook.get_hookimpls() if i.plugin_name == name]
+            if not impls:
+                continue
+            names = []
+
+            def register(obj, _kind=kind, _names=names):
+                _register(registry, _kind, obj, name)
+                _names.append(obj.name)
+
+            try:
+                for impl in impls:
+                    impl.function(register=register)
+            except Exception as e:
+                info.error = f"register_{kind} raised {type(e).__name__}: {e}"
+            if names:
+                info.registered[kind] = names
+    return registry
+
+
+def _register(registry: Registry, kind: str, obj, plugin: str) -> None:
+    name = getattr(obj, "name", None)
+    if not name or not isinstance(name, str):
+        raise ValueError(f"a registered {kind[:-1]} needs a string .name, got {obj!r}")
+    table = getattr(registry, kind)
+    if name in table:
+        raise ValueError(f"{kind[:-1]} {name!r} is already registered by {registry.origin[(kind, name)]}")
+    table[name] = obj
+    registry.origin[(kind, name)] = plugin
+
+
+_cached: Registry | None = None
+
+
+def registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_registry()
+    return _cached

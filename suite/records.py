@@ -1,0 +1,41 @@
+"""Run records on disk: ``DIR/runs/<run_id>/record.json``, written atomically, read back."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+STATUSES = ("ok", "failed", "oom", "diverged")
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON so that a reader sees either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, indent=1, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def record_path(out_dir: Path, run_id: str) -> Path:
+    return Path(out_dir) / "runs" / run_id / "record.json"
+
+
+def read_record(out_dir: Path, run_id: str) -> dict | None:
+    path = record_path(out_dir, run_id)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_records(out_dir: Path) -> list[dict]:
+    """Every finished run's record under ``out_dir/runs``, in run-id order."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(Path(out_dir).glob("runs/*/record.json"))]

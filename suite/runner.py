@@ -1,0 +1,130 @@
+"""The shootout: every method × task × seed cell, each in its own process, then the report.
+
+Records are the only results: a cell is done when ``runs/<run_id>/record.json`` exists.
+``--resume`` skips those cells; an interrupted shootout keeps everything that finished.
+"""
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cell import Cell
+from .config import ShootoutConfig
+from .executors import LocalExecutor, launch_child
+from .errors import UsageError
+from .records import read_record, record_path, write_json_atomic
+
+
+def run_id(method: str, task: str, seed: int) -> str:
+    safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
+    return f"{safe(task)}__{safe(method)}__s{seed}"
+
+
+def plan(config: ShootoutConfig, registry) -> list[Cell]:
+    """The cells of a shootout, after checking every name and setting against the plugins."""
+    from .methods import method_params
+
+    cells = []
+    for task in config.tasks:
+        if task not in registry.tasks:
+            raise UsageError(f"unknown task {task!r} (known: {', '.join(sorted(registry.tasks))})")
+    unknown = set(config.method_overrides) - set(config.methods)
+    if unknown:
+        raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
+    for name in config.methods:
+        if name not in registry.methods:
+            raise UsageError(f"unknown method {name!r} (known: {', '.join(sorted(registry.methods))})")
+    for task in config.tasks:
+        for name in config.methods:
+            try:
+                params = method_params(registry.methods[name], config.method_overrides.get(name))
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            for seed in config.seeds:
+                cells.append(
+                    Cell(
+                        run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
+                        model=config.model, params=params, steps=config.max_steps,
+                        batch_size=config.batch_size, max_len=config.max_len,
+                        task_sizes=config.sizes_for(registry.tasks[task]), device=config.device,
+                        trust_remote_code=config.trust_remote_code, warmup=config.warmup,
+                        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+                        log_every=config.log_every, eval_batch_size=config.eval_batch_size,
+                    )
+                )
+    return cells
+
+
+@dataclass
+class Outcome:
+    out_dir: Path
+    ran: int
+    skipped: int
+    statuses: dict
+
+
+def failed_record(cell: Cell, error: str, detail: str = "") -> dict:
+    return {
+        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
+        "model": cell.model, "status": "failed", "error": error, "traceback": detail,
+        "config": {"method": cell.method, "params": cell.params}, "metrics": {}, "curve": [],
+        "generations": [], "env": {}, "finished_at": time.time(),
+    }
+
+
+def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
+    from tqdm.auto import tqdm
+
+    from .report import write_report
+
+    cells = plan(config, registry)
+    out = Path(config.out)
+    existing = list(out.glob("runs/*/record.json")) if out.exists() else []
+    if existing and not config.resume:
+        raise UsageError(f"{out} already holds {len(existing)} finished runs; pass --resume or choose another --out")
+    todo = []
+    for cell in cells:
+        done = read_record(out, cell.run_id)
+        if done is not None:
+            _check_same_settings(out, cell, done)
+            continue
+        todo.append(cell)
+    out.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor()
+    statuses: dict[str, int] = {}
+
+    def run_one(cell: Cell) -> dict:
+        run_dir = out / "runs" / cell.run_id
+        code, tail = launch_child(cell, run_dir)
+        record = read_record(out, cell.run_id)
+        if record is None:  # the child died without writing its record
+            last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+            record = failed_record(cell, f"cell process exited with status {code}: {last[-1] if last else 'no output'}", tail)
+            write_json_atomic(record_path(out, cell.run_id), record)
+        return record
+
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="shootout", unit="cell", disable=not progress)
+    try:
+        for cell, record in executor.map(todo, run_one):
+            statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+            bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
+            bar.update(1)
+    finally:
+        bar.close()
+        write_report([out], out)  # also after Ctrl-C: what finished is reported
+    return Outcome(out, len(todo), len(cells) - len(todo), statuses)
+
+
+def _check_same_settings(out: Path, cell: Cell, record: dict) -> None:
+    recorded = record.get("config", {})
+    if not recorded.get("params"):
+        return  # a failed cell recorded before its settings were known
+    mine = vars(cell)
+    for key in ("params", "steps", "batch_size", "max_len", "task_sizes", "model"):
+        if key in recorded and recorded[key] != mine[key]:
+            raise UsageError(
+                f"--resume: {record_path(out, cell.run_id)} was run with {key}={recorded[key]!r}, "
+                f"this shootout asks for {mine[key]!r}; use another --out"
+            )
