@@ -8,6 +8,7 @@ of the shootout.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -146,7 +147,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         grad_clip=cell.grad_clip, log_every=cell.log_every,
     )
     weights_bytes = measure.tensor_bytes(measure.unique_parameters(model))
-    with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0) as bar:
+    quiet = os.environ.get("LEITAI_PROGRESS") == "0"
+    with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
             result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar)
     model = accelerator.unwrap_model(model)
@@ -211,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     cell = Cell.from_json(spec_path.read_text(encoding="utf-8"))
     run_dir = spec_path.parent
     _silence_known_warnings()
+    if os.environ.get("LEITAI_PROGRESS") == "0":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     record = run_cell(cell, run_dir)
     write_json_atomic(run_dir / "record.json", record)
     return 0

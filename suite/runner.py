@@ -97,7 +97,7 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
 
     def run_one(cell: Cell) -> dict:
         run_dir = out / "runs" / cell.run_id
-        code, tail = launch_child(cell, run_dir)
+        code, tail = launch_child(cell, run_dir, env=None if progress else {"LEITAI_PROGRESS": "0"})
         record = read_record(out, cell.run_id)
         if record is None:  # the child died without writing its record
             last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]

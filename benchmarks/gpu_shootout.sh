@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# On a CUDA machine: every built-in method on a randomly initialised Qwen2-0.5B-shaped model,
+# bf16 autocast, a fixed number of steps; prints tokens/s and peak allocated/reserved memory
+# per method. Under 8 minutes on one H100. Run from the repository root:
+#     bash benchmarks/gpu_shootout.sh [extra leitai run flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Without network, leitai may not be pip-installed; then load the built-ins by module name.
+if ! python -c "from importlib.metadata import entry_points as e; assert any(e(group='leitai'))" 2>/dev/null; then
+    export LEITAI_PLUGINS="plugins.lora,plugins.prefix_tuning,plugins.p_tuning,plugins.prompt_tuning,plugins.full,plugins.tiny_zh,plugins.zh_sentiment${LEITAI_EXTRA_BUILTINS:+,$LEITAI_EXTRA_BUILTINS}"
+fi
+export LEITAI_PLUGINS="benchmarks.random_models${LEITAI_PLUGINS:+,$LEITAI_PLUGINS}"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+OUT=${OUT:-/tmp/leitai-gpu-shootout}
+rm -rf "$OUT"
+python -m suite.cli run --model random-qwen2-0.5b --device cuda --tasks zh-sentiment \
+    --max-steps "${STEPS:-40}" --batch-size 16 --task-size 1024 --out "$OUT" -q "$@"
+python - "$OUT" <<'PY'
+import sys
+import pandas as pd
+r = pd.read_csv(f"{sys.argv[1]}/results.csv")
+cols = ["method", "status", "trainable_params", "tokens_per_second", "peak_memory_bytes",
+        "peak_memory_reserved_bytes", "train_seconds", "final_train_loss"]
+t = r[cols].copy()
+for c in ("peak_memory_bytes", "peak_memory_reserved_bytes"):
+    t[c] = (t[c] / 2**30).round(2)
+t = t.rename(columns={"peak_memory_bytes": "alloc GiB", "peak_memory_reserved_bytes": "reserved GiB"})
+print(t.to_markdown(index=False, floatfmt=",.1f"))
+PY

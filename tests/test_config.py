@@ -1,0 +1,32 @@
+"""Settings: defaults, then TOML, then the command line; per-method overrides."""
+import pytest
+
+from suite.config import build_config, parse_set, parse_value
+from suite.errors import UsageError
+
+
+def test_values_parse_like_toml():
+    assert parse_value("16") == 16 and parse_value("1e-4") == 1e-4 and parse_value("true") is True
+    assert parse_value('["q_proj", "v_proj"]') == ["q_proj", "v_proj"]
+    assert parse_value("q_proj,v_proj") == "q_proj,v_proj"
+    assert parse_set(["lora.r=16", "lora.lr=5e-4", "prefix-tuning.virtual_tokens=5"]) == {
+        "lora": {"r": 16, "lr": 5e-4}, "prefix-tuning": {"virtual_tokens": 5}}
+
+
+def test_command_line_overrides_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('methods = ["lora", "full"]\nseeds = 3\nmax_steps = 40\n[method.lora]\nr = 8\nlr = 1e-3\n')
+    cfg = build_config({"max_steps": 7, "method_overrides": {"lora": {"r": 2}}}, str(path))
+    assert cfg.methods == ["lora", "full"] and cfg.seeds == [0, 1, 2] and cfg.max_steps == 7
+    assert cfg.method_overrides == {"lora": {"r": 2, "lr": 1e-3}}
+    assert build_config({"seeds": "4,9"}).seeds == [4, 9]
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("max_stepz = 3\n")
+    with pytest.raises(UsageError, match="c.toml: unknown setting"):
+        build_config({}, str(path))
+    path.write_text("max_steps = \n")
+    with pytest.raises(UsageError, match="c.toml: not valid TOML"):
+        build_config({}, str(path))

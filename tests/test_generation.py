@@ -1,0 +1,40 @@
+"""Scores come from generation, so generation must be right for every method.
+
+For each method on tiny Llama and Qwen2 configs, after a few training steps, the arena's
+cached, batched ``generate`` must equal greedy decoding by full forward passes. This is the
+test that fails if transformers is upgraded past the version where peft's prompt-learning
+generation silently breaks (transformers 5.24 with peft <= 0.21.2: DESIGN.md, known hazards).
+"""
+import pytest
+import torch
+
+from suite import data
+from suite.generate import greedy_by_forward, greedy_generate
+from suite.methods import method_params
+from suite.train import TrainSettings, train
+
+from conftest import tiny_model
+
+METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "full"]
+SMALL = {"prefix-tuning": {"projection_hidden": 16}, "p-tuning": {"encoder_hidden": 16}, "prompt-tuning": {"init": "RANDOM"}}
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("name", METHODS)
+def test_cached_generation_equals_forward_decoding(name, kind, registry):
+    from accelerate import Accelerator
+
+    method = registry.methods[name]
+    params = method_params(method, SMALL.get(name))
+    torch.manual_seed(0)
+    model = method.apply(tiny_model(kind), params)
+    g = torch.Generator().manual_seed(1)
+    train_items = [data.Encoded(str(i), torch.randint(3, 128, (9,), generator=g).tolist(),
+                                torch.randint(3, 128, (4,), generator=g).tolist() + [2]) for i in range(8)]
+    train(model, [train_items] * 3, 0, TrainSettings(lr=1e-2, warmup=0.0), Accelerator(cpu=True))
+    # prompts of two lengths, so batches of equal-length prompts are exercised too
+    prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (5, 5, 5, 8, 8, 11)]
+    cached = greedy_generate(model, prompts, max_new_tokens=8, eos_id=2, pad_id=0, device="cpu")
+    for prompt, got in zip(prompts, cached):
+        assert got == greedy_by_forward(model, prompt, 8, eos_id=2, device="cpu"), (name, kind, prompt)
+    assert any(len(c) > 0 for c in cached)

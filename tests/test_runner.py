@@ -1,0 +1,144 @@
+"""The shootout end to end through the command line: output contract, resume, and cells that
+fail, diverge or crash being recorded while the others finish."""
+import json
+import sys
+import textwrap
+
+import pandas as pd
+import pytest
+
+from suite.report import RESULT_COLUMNS
+
+from conftest import ROOT, leitai
+
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
+
+TROUBLE = textwrap.dedent('''
+    import os
+    import torch
+    from suite import Method, hookimpl
+
+    class Raiser(Method):
+        name = "raiser"
+        defaults = {"lr": 1e-3}
+        def apply(self, model, params):
+            raise RuntimeError("this method is broken on purpose")
+
+    class NaN(Method):
+        """Multiplies the embeddings by a trainable NaN: the loss is NaN from step one."""
+        name = "nanner"
+        defaults = {"lr": 1e-3}
+        def apply(self, model, params):
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.nan_scale = torch.nn.Parameter(torch.tensor(float("nan")))
+            model.get_input_embeddings().register_forward_hook(lambda m, i, o: o * model.nan_scale)
+            return model
+
+    class Crasher(Method):
+        name = "crasher"
+        defaults = {"lr": 1e-3}
+        def apply(self, model, params):
+            os._exit(3)
+
+    @hookimpl
+    def register_methods(register):
+        for m in (Raiser(), NaN(), Crasher()):
+            register(m)
+''')
+
+
+@pytest.fixture(scope="module")
+def trouble_env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plugin")
+    (d / "trouble_plugin.py").write_text(TROUBLE)
+    return {"LEITAI_PLUGINS": "trouble_plugin", "PYTHONPATH": str(d)}
+
+
+@pytest.fixture(scope="module")
+def shootout(tmp_path_factory, trouble_env):
+    out = tmp_path_factory.mktemp("shootout") / "out"
+    proc = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, *SMALL, env=trouble_env)
+    return out, proc
+
+
+def test_shootout_writes_the_output_contract(shootout):
+    out, proc = shootout
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check = __import__("subprocess").run(
+        [sys.executable, str(ROOT.parent / "shared" / "tools" / "check_output.py"), str(out)],
+        capture_output=True, text=True,
+    )
+    if (ROOT.parent / "shared").exists():
+        assert check.returncode == 0, check.stdout
+    results = pd.read_csv(out / "results.csv")
+    assert set(RESULT_COLUMNS) <= set(results.columns)
+    assert len(pd.read_parquet(out / "results.parquet")) == len(results) == 5
+    ok = results[results.status == "ok"].set_index("method")
+    assert set(ok.index) == {"lora", "full"}
+    assert ok.loc["full", "trainable_params"] == ok.loc["full", "total_params"]
+    assert 0 < ok.loc["lora", "trainable_params"] < ok.loc["lora", "total_params"]
+    for col in ("peak_memory_bytes", "train_seconds", "tokens_per_second", "eval_loss", "score", "adapter_bytes"):
+        assert ok[col].notna().all(), col
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves.split) == {"train", "dev"}
+    gens = pd.read_csv(out / "generations.csv")
+    assert set(gens.run_id) == set(ok.run_id) and len(gens) == 2 * 2
+    assert (out / "runs" / ok.loc["lora", "run_id"] / "adapter" / "adapter_config.json").exists()
+    record = json.loads((out / "runs" / ok.loc["lora", "run_id"] / "record.json").read_text())
+    assert record["env"]["versions"]["transformers"] and record["env"]["device"] == "cpu"
+    assert "zh-sentiment" in (out / "summary.md").read_text()
+
+
+def test_failures_are_results_and_the_rest_finish(shootout):
+    out, _ = shootout
+    results = pd.read_csv(out / "results.csv").set_index("method")
+    assert results.loc["raiser", "status"] == "failed"
+    assert results.loc["raiser", "error"] == "RuntimeError: this method is broken on purpose"
+    assert results.loc["nanner", "status"] == "diverged"
+    assert "non-finite" in results.loc["nanner", "error"]
+    assert results.loc["crasher", "status"] == "failed"
+    assert results.loc["crasher", "error"].startswith("cell process exited with status 3")
+    summary = (out / "summary.md").read_text()
+    assert "raiser" in summary and "crasher" in summary
+
+
+def test_resume_skips_finished_cells(shootout, trouble_env):
+    out, _ = shootout
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/record.json")}
+    again = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, "--resume", *SMALL, env=trouble_env)
+    assert again.returncode == 0, again.stderr
+    assert "0 runs (nothing new), 5 already done" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/record.json")} == stamps
+    more = leitai("run", "--methods", "lora", "--seeds", "2", "--out", out, "--resume", *SMALL)
+    assert "1 runs (1 ok), 1 already done" in more.stdout, more.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert len(pd.read_csv(out / "results.csv")) == 6
+
+
+def test_refuses_to_mix_shootouts(shootout):
+    out, _ = shootout
+    proc = leitai("run", "--methods", "lora", "--out", out, *SMALL)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("leitai: error:") and "--resume" in proc.stderr
+    changed = leitai("run", "--methods", "lora", "--out", out, "--resume", "--set", "lora.r=2", *SMALL)
+    assert changed.returncode == 2 and "was run with params=" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "nope"], "unknown method 'nope'"),
+        (["--tasks", "nope"], "unknown task 'nope'"),
+        (["--set", "lora.nope=1"], "method 'lora' has no setting 'nope'"),
+        (["--set", "lora"], "--set takes METHOD.SETTING=VALUE"),
+        (["--seeds", "x"], "--seeds takes a count"),
+        (["--device", "tpu"], "--device takes auto, cpu or cuda"),
+        (["--config", "/no/such.toml"], "/no/such.toml: cannot read config"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, tmp_path):
+    proc = leitai("run", "--out", tmp_path / "o", *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not (tmp_path / "o" / "runs").exists()
