@@ -67,7 +67,8 @@ def _warn_failures(registry) -> None:
 def cmd_run(args) -> int:
     from .config import build_config, parse_set
     from .plugins import registry
-    from .runner import run_shootout
+    from .records import read_records
+    from .runner import run_shootout, truncation_warnings
 
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set", "quiet")}
     cli["method_overrides"] = parse_set(args.set)
@@ -76,6 +77,8 @@ def cmd_run(args) -> int:
     _warn_failures(reg)
     config.fill_defaults(reg)
     outcome = run_shootout(config, reg, progress=not args.quiet)
+    for line in truncation_warnings(read_records(outcome.out_dir), config.max_len):
+        print(f"leitai: warning: {line}", file=sys.stderr)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.statuses.items())) or "nothing new"
     print(f"leitai: {outcome.ran} runs ({counts}), {outcome.skipped} already done; report in {outcome.out_dir}")
     print(f"leitai: summary: {outcome.out_dir / 'summary.md'}")
@@ -113,11 +116,23 @@ def cmd_list(args) -> int:
         if args.what == "methods":
             line += "\n" + " " * 17 + "defaults: " + ", ".join(f"{k}={v}" for k, v in obj.defaults.items())
         elif args.what == "tasks":
-            sizes = ", ".join(f"{k} {v}" for k, v in obj.default_sizes.items())
-            line += f"\n{'':17}score: {obj.score_name}; default sizes: {sizes}"
+            line += "\n" + _task_sizes(obj)
         print(line)
     _warn_failures(reg)
     return 0
+
+
+def _task_sizes(task) -> str:
+    """A task's score and split sizes, for the default run and for ``--task-size full``."""
+    def fmt(sizes):
+        return "/".join(str(sizes.get(s, "?")) for s in ("train", "dev", "test"))
+
+    try:
+        default, full = fmt(task.split_sizes(dict(task.default_sizes))), fmt(task.split_sizes(None))
+    except Exception as e:  # a broken task plugin is listed, not fatal
+        default = full = f"? ({type(e).__name__}: {e})"
+    extra = f"; max {task.max_chars} characters in capped runs" if getattr(task, "max_chars", None) else ""
+    return f"{'':17}score: {task.score_name}; train/dev/test default {default}{extra}; full {full}"
 
 
 if __name__ == "__main__":
