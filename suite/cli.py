@@ -20,7 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a shootout and write its report", epilog=EPILOG)
     S = argparse.SUPPRESS  # only flags the user gives override the TOML config
     run.add_argument("--methods", default=S, help="comma-separated method names (default: all registered)")
-    run.add_argument("--tasks", default=S, help="comma-separated task names (default: zh-sentiment)")
+    run.add_argument("--tasks", default=S,
+                     help="comma-separated task names, or file:PATH[?score=NAME] for your own data (default: zh-sentiment)")
     run.add_argument("--model", default=S, help="tiny-zh (default) or a Hugging Face model id / local path")
     run.add_argument("--seeds", default=S, help="number of seeds (0..N-1) or a comma-separated list (default 1)")
     run.add_argument("--max-steps", type=int, default=S, dest="max_steps", help="training steps per run (default 150)")
