@@ -123,13 +123,39 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cached_split_sizes(task) -> tuple[dict, dict]:
+    """A task's split sizes for the default run and the full task, cached on disk
+    (``$XDG_CACHE_HOME/leitai/task-sizes.json``) by name, version and source: counting them
+    means reading whole corpora, which takes seconds; a task bumps ``version`` when its
+    examples change."""
+    import json
+    import os
+
+    from .records import write_json_atomic
+
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leitai" / "task-sizes.json"
+    key = f"{task.name}|{task.version}|{task.source}|{sorted(task.default_sizes.items())}|{getattr(task, 'max_chars', '')}"
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = [task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)]
+        try:
+            write_json_atomic(path, cache)
+        except OSError:
+            pass  # a read-only home only makes the next listing slow again
+    default, full = cache[key]
+    return default, full
+
+
 def _task_sizes(task) -> str:
     """A task's score and split sizes, for the default run and for ``--task-size full``."""
     def fmt(sizes):
         return "/".join(str(sizes.get(s, "?")) for s in ("train", "dev", "test"))
 
     try:
-        default, full = fmt(task.split_sizes(dict(task.default_sizes))), fmt(task.split_sizes(None))
+        default, full = (fmt(s) for s in cached_split_sizes(task))
     except Exception as e:  # a broken task plugin is listed, not fatal
         default = full = f"? ({type(e).__name__}: {e})"
     extra = f"; max {task.max_chars} characters in capped runs" if getattr(task, "max_chars", None) else ""

@@ -117,11 +117,14 @@ def test_numbers_are_cn2an_conversions():
 # ---------------------------------------------------------------- splits and sizes
 
 
-def test_list_tasks_shows_six_tasks_with_sizes_and_scores(tasks, capsys):
+def test_list_tasks_shows_six_tasks_with_sizes_and_scores(tasks, capsys, tmp_path, monkeypatch):
     from suite.cli import main
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert main(["list", "tasks"]) == 0
     out = capsys.readouterr().out
+    assert (tmp_path / "leitai" / "task-sizes.json").exists()
+    assert main(["list", "tasks"]) == 0 and capsys.readouterr().out == out  # the second time from the cache
     for name, task in tasks.items():
         block = out[out.index(name):].split("\n")[1]
         full = task.split_sizes(None)
