@@ -87,7 +87,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from . import data, measure, models
     from .env import environment
     from .generate import greedy_generate
-    from .guards import GuardError, check_method_output, real_logits, starts_from_base_error
+    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
     from .tasks import format_prompt
@@ -117,9 +117,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
 
     total = count_parameters(base)
     base_named = list(base.named_parameters())
-    # The guard's probe: a few training examples, and the base model's logits on them.
-    probe = data.collate(train_set[:4], tokenizer.pad_token_id)
-    base_logits = real_logits(base, probe) if method.starts_from_base else None
+    probe = base_logits = None
+    if method.starts_from_base:  # the guard's probe: the base model's logits on two examples
+        probe = probe_batch(train_set, tokenizer.pad_token_id)
+        base_logits = real_logits(base, probe)
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
     model = method.apply(base, dict(cell.params))
     trainable = check_method_output(method, base_named, model)

@@ -41,6 +41,18 @@ def check_method_output(method, base_named: list[tuple[str, torch.nn.Parameter]]
     return trainable
 
 
+def probe_batch(examples: list, pad_id: int, count: int = 2, max_tokens: int = 32) -> dict:
+    """A small batch to compare outputs on: the first ``count`` examples, cut to ``max_tokens``.
+
+    Small on purpose: the base model is still on the CPU in float32 when the guard runs, and
+    may be a large one.
+    """
+    from .data import Encoded, collate
+
+    cut = [Encoded(e.example_id, (e.prompt + e.answer)[:max_tokens], []) for e in examples[:count]]
+    return collate(cut, pad_id)
+
+
 @torch.no_grad()
 def real_logits(model, batch: dict) -> torch.Tensor:
     """Logits at the real (unpadded) positions of ``batch``, computed in eval mode.
