@@ -136,16 +136,21 @@ def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | Non
     settings = method_params(method, params)
     report = ConformanceReport(method.name, tuple(architectures))
     start = time.perf_counter()
-    threads = torch.get_num_threads()
+    from transformers.utils import logging as hf_logging
+
+    threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
     # Models this small run fastest on one thread, and many times slower on a busy machine
-    # when torch's threads wait on each other.
+    # when torch's threads wait on each other. Saving needs no progress bar either.
     torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
     try:
         with tempfile.TemporaryDirectory(prefix="leitai-conformance-") as tmp:
             for arch in architectures:
                 report.results += _check_architecture(method, settings, arch, seed, Path(tmp) / arch)
     finally:
         torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
     report.seconds = time.perf_counter() - start
     if raise_on_failure and not report.ok:
         raise ConformanceError("\n".join(report.lines))
