@@ -55,13 +55,12 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
 
 def _typed(col: pd.Series, text: bool) -> pd.Series:
-    """Numbers as floats (or ints), everything else as strings: one type per column for parquet."""
-    if text:
-        return col.astype("string")
+    """Numbers as numbers, everything else as strings: one type per column (parquet needs it)."""
     values = col.dropna()
-    if values.map(lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool)).all():
+    is_number = values.map(lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool))
+    if not text and is_number.all():
         return pd.to_numeric(col)
-    return col.map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)).astype("string")
+    return col.map(lambda v: None if pd.isna(v) else str(v)).astype("string")
 
 
 def curves_frame(records: list[dict]) -> pd.DataFrame:

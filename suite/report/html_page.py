@@ -7,6 +7,7 @@ figures' SVG, which matplotlib writes with its own XML escaping.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 
@@ -32,7 +33,7 @@ nav{font-size:.92rem;margin:.8rem 0}
 nav a{margin-right:1rem}
 .scroll{overflow-x:auto;margin:.4rem 0 .6rem}
 table{border-collapse:collapse;font-size:.88rem}
-th,td{border-bottom:1px solid var(--line);padding:.32rem .6rem;vertical-align:top;text-align:left}
+th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;vertical-align:top;text-align:left}
 th{background:#eef1f5;font-weight:600;min-width:3.2rem}
 tbody tr:nth-child(even){background:var(--zebra)}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -60,8 +61,6 @@ def e(value) -> str:
 
 def anchor(text: str) -> str:
     """An id for a heading: ASCII letters, digits and dashes, plus a short hash for the rest."""
-    import hashlib
-
     slug = re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
     return f"t-{slug}-{hashlib.sha1(str(text).encode()).hexdigest()[:6]}"
 

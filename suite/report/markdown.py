@@ -12,6 +12,9 @@ import pandas as pd
 from .content import NOTES, OVERALL_NOTE, Report
 from .formatting import numeric_column
 
+#: answers-table cells longer than this are cut in summary.md (report.html has them whole)
+ANSWER_CHARS = 120
+
 
 
 def cell(value) -> str:
@@ -20,6 +23,11 @@ def cell(value) -> str:
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
     return re.sub(r"\r\n|\r|\n", " ↵ ", text)
+
+
+def _cut(value) -> str:
+    text = "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return text if len(text) <= ANSWER_CHARS else text[: ANSWER_CHARS - 1] + "…"
 
 
 def table(df: pd.DataFrame, index: bool = True) -> str:
@@ -46,8 +54,9 @@ def render(report: Report) -> str:
         lines += [f"{cell(n)}." for n in s.notes] + ([""] if s.notes else [])
         if not s.answers.empty:
             lines += ["### Answers side by side", "",
-                      "The same test prompts for every method (the run with the lowest seed answers).", "",
-                      table(s.answers, index=False), ""]
+                      "The same test prompts for every method (the run with the lowest seed answers); "
+                      f"texts cut at {ANSWER_CHARS} characters (report.html and generations.csv have them whole).",
+                      "", table(s.answers.map(_cut), index=False), ""]
         if not s.more.empty:
             lines += ["### More measurements", "", table(s.more), ""]
     if not report.failed.empty:

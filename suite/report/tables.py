@@ -17,7 +17,7 @@ from .frames import TEXT_COLUMNS
 from .stats import Summary, summarise
 from ..records import STATUSES
 
-#: the columns of a task table: (results column, heading, kind of number)
+#: the columns of a task table after the score and its interval: (results column, heading, kind)
 MAIN_METRICS = (
     ("trainable_params", "trainable params", "integer"),
     ("trainable_pct", "trainable %", "number"),
@@ -27,7 +27,6 @@ MAIN_METRICS = (
     ("tokens_per_second", "tokens/s", "number"),
     ("final_train_loss", "final train loss", "number"),
     ("eval_loss", "dev loss", "number"),
-    ("score", "score", "number"),
 )
 #: numeric columns that are identifiers or settings, not measurements
 NOT_MEASUREMENTS = ("seed",)
@@ -73,7 +72,12 @@ def method_order(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> list[
     """The task's methods, best mean score first; methods without a score last; ties by name."""
     methods = sorted(results.loc[results.task == task, "method"].unique())
     scores = {m: summary_of(stats, task, m, "score").mean for m in methods}
-    return sorted(methods, key=lambda m: (math.isnan(scores[m]), -scores[m] if not math.isnan(scores[m]) else 0, m))
+
+    def key(m):
+        scored = not math.isnan(scores[m])
+        return (not scored, -scores[m] if scored else 0.0, m)
+
+    return sorted(methods, key=key)
 
 
 def status_counts(statuses) -> str:
@@ -90,17 +94,14 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     for method in method_order(results, stats, task):
         runs = df[df.method == method]
         ok = runs[runs.status == "ok"]
-        row = {"runs": status_counts(runs.status), "n": str(len(ok))}
+        score = summary_of(stats, task, method, "score")
+        # the score first: it is what a reader decides by; the costs next to it
+        row = {"runs": status_counts(runs.status), "n": str(len(ok)),
+               score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)}
         for col, heading, kind in MAIN_METRICS:
-            s = summary_of(stats, task, method, col)
+            row[heading] = fmt.mean_std(summary_of(stats, task, method, col), kind)
             if col == "peak_memory_bytes":
-                row[heading] = fmt.mean_std(s, kind)
                 row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
-            elif col == "score":
-                row[score_name(results, task)] = fmt.mean_std(s, kind)
-                row["95% CI"] = fmt.interval(s)
-            else:
-                row[heading] = fmt.mean_std(s, kind)
         rows[method] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "method"
@@ -129,7 +130,7 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     This is where metrics a plugin or another part of the core adds show up without the report
     knowing them; ``*_bytes`` columns are shown in kB/MB/GB, whole-number columns as integers.
     """
-    main = {c for c, _, _ in MAIN_METRICS}
+    main = {c for c, _, _ in MAIN_METRICS} | {"score"}
     if stats.empty or task not in stats.index.get_level_values("task"):
         return pd.DataFrame()
     sub = stats.xs(task, level="task")
@@ -147,8 +148,8 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
 def overall_table(results: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame | None:
     """Methods across tasks (only when there are several tasks).
 
-    - ``mean rank``: the method's rank by mean score in each task it ran on (1 = best, ties
-      share the lower rank), averaged over those tasks; a task where it has no ok run counts
+    - ``mean rank``: the method's rank by mean score in each task it ran on (1 = best, tied
+      methods share the better rank), averaged over those tasks; a task where it has no ok run counts
       as last place there.
     - ``relative score``: its mean score as a percentage of the best method's mean score on
       the task, averaged over the tasks it ran on; a task without an ok run counts as 0.
@@ -164,11 +165,11 @@ def overall_table(results: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame | 
         methods = sorted(results.loc[results.task == task, "method"].unique())
         scores = pd.Series({m: summary_of(stats, task, m, "score").mean for m in methods}, dtype=float)
         rank = scores.rank(ascending=False, method="min").fillna(len(methods))
-        best = scores.max()
+        best = scores.max()  # nan when no method has a score on this task
         for m in methods:
             ranks.setdefault(m, []).append(float(rank[m]))
-            rel = 100 * scores[m] / best if best and best > 0 and not math.isnan(scores[m]) else 0.0
-            relative.setdefault(m, []).append(rel if not math.isnan(best) else math.nan)
+            if best > 0:
+                relative.setdefault(m, []).append(0.0 if math.isnan(scores[m]) else 100 * scores[m] / best)
     rows = {}
     for m in sorted(ranks):
         ran = [t for t in tasks if ((results.task == t) & (results.method == m)).any()]
@@ -180,7 +181,7 @@ def overall_table(results: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame | 
             "_rank": sum(ranks[m]) / len(ranks[m]),
             "tasks ok": f"{len(ok)}/{len(ran)}",
             "mean rank": fmt.number(sum(ranks[m]) / len(ranks[m])),
-            "relative score %": fmt.number(_mean(relative[m])),
+            "relative score %": fmt.number(_mean(relative.get(m, []))),
             "trainable %": fmt.number(_mean(pct)),
             "largest peak memory": fmt.nbytes(max(mem)) if mem else fmt.MISSING,
             "total train s": fmt.number(sum(secs)) if secs else fmt.MISSING,
