@@ -162,6 +162,8 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[str],
            palette: dict[str, str], score_label: str) -> str | None:
     """Score against trainable parameters and against peak memory, the front marked."""
+    from matplotlib.ticker import EngFormatter
+
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
     with _style():
         fig = _figure(7, 3.4)
@@ -189,10 +191,11 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
             fp = sorted((x, y) for m, x, y in points if m in front)
             if len(fp) > 1:
                 ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="0.4", lw=1, ls="--", zorder=0)
-            if all(x > 0 for _, x, _ in points):
-                xs = [x for _, x, _ in points]
-                if max(xs) / min(xs) > 20:
-                    ax.set_xscale("log")
+            xs = [x for _, x, _ in points]
+            if min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+            if metric == "trainable_params":
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 5.19M, not 1e6 offsets
             ax.set_xlabel(label)
             ax.margins(x=0.15, y=0.12)
         if not drawn:

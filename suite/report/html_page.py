@@ -19,6 +19,8 @@ from .formatting import numeric_column
 
 FONTS = ", ".join(["system-ui", "-apple-system", "'Segoe UI'", "'DejaVu Sans'"] + [f"'{f}'" for f in CJK_FAMILIES]
                   + ["sans-serif"])
+# figures: the font matplotlib measured their text with first, then any CJK font the reader has
+FIGURE_FONTS = ", ".join(["'DejaVu Sans'", "Verdana"] + [f"'{f}'" for f in CJK_FAMILIES] + ["sans-serif"])
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--zebra:#f6f7f9;--warn:#fff4d6;--warnline:#e0b020;--bad:#b42318}
 *{box-sizing:border-box}
@@ -34,7 +36,7 @@ nav a{margin-right:1rem}
 .scroll{overflow-x:auto;margin:.4rem 0 .6rem}
 table{border-collapse:collapse;font-size:.88rem}
 th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;vertical-align:top;text-align:left}
-th{background:#eef1f5;font-weight:600;min-width:3.2rem}
+th{background:#eef1f5;font-weight:600;min-width:4.2rem}
 tbody tr:nth-child(even){background:var(--zebra)}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 th.num{text-align:right}
@@ -44,12 +46,12 @@ td.runs{white-space:nowrap}
 tbody th{background:none;white-space:nowrap}
 figure{margin:1rem 0}
 figure svg{width:100%%;max-width:860px;height:auto;display:block}
-figure svg text{font-family:%(fonts)s !important}
+figure svg text{font-family:%(figure_fonts)s !important}
 figcaption{color:var(--muted);font-size:.85rem}
 .note{color:var(--muted);font-size:.85rem;margin:.3rem 0}
 footer{margin-top:2.5rem;border-top:2px solid var(--line);padding-top:.6rem;font-size:.88rem}
 code{font-size:.85em}
-""" % {"fonts": FONTS}
+""" % {"fonts": FONTS, "figure_fonts": FIGURE_FONTS}
 
 
 def e(value) -> str:
