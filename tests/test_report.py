@@ -68,11 +68,11 @@ def test_table_has_mean_std_ci_and_seed_counts(report):
     assert lora["95% CI"] == "[0.0147, 1.29]"  # 0.65 ± 12.706·0.0707/√2
     assert lora["dev loss"] == "2.10 ± 0.14"
     assert lora["peak memory"] == "55.0 ± 7.1 MB"
-    assert lora["trainable params"] == "1,000" and lora["trainable %"] == "1.00"
+    assert lora["trainable params (%)"] == "1,000 (1.00%)"
     full = dict(zip(header, md_row(md, "zh-demo", "full")))
     assert full["runs"] == "ok 1, oom 1" and full["n"] == "1"
     assert full["accuracy"] == "0.900" and full["95% CI"] == "–"  # one seed: no spread, no interval
-    assert full["trainable params"] == "100,000" and full["peak memory"] == "400 MB"
+    assert full["trainable params (%)"] == "100,000 (100%)" and full["peak memory"] == "400 MB"
     # failed and diverged methods keep their row, with nothing to average
     assert dict(zip(header, md_row(md, "zh-demo", "crasher")))["runs"] == "failed 1"
     assert dict(zip(header, md_row(md, "zh-demo", "nanner")))["runs"] == "diverged 1"

@@ -44,8 +44,15 @@ def environment_frame(records: list[dict]) -> pd.DataFrame:
             continue
         row = {"run_id": r["run_id"], "method": r.get("method"), "task": r.get("task")}
         row.update({name: _text(_get(env, path)) for name, path in ENV_FIELDS})
+        row["commit"] = _short(row["commit"])
         rows.append(row)
     return pd.DataFrame(rows, columns=["run_id", "method", "task"] + [n for n, _ in ENV_FIELDS])
+
+
+def _short(commit: str) -> str:
+    """12 hex digits name a commit unambiguously in practice; keep the ``-dirty`` mark."""
+    sha, dirty = (commit[:-6], "-dirty") if commit.endswith("-dirty") else (commit, "")
+    return sha[:12] + dirty if len(sha) == 40 else commit
 
 
 def _text(v) -> str:

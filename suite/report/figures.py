@@ -166,7 +166,7 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
 
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
     with _style():
-        fig = _figure(7, 3.4)
+        fig = _figure(7, 3.8)
         axes = fig.subplots(1, 2, sharey=True)
         drawn = False
         for ax, (metric, label) in zip(axes, panels):
@@ -186,8 +186,7 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
                 on = m in front
                 ax.errorbar([x], [y], xerr=[xerr] if xerr else None, yerr=[yerr] if yerr else None, fmt="o",
                             ms=7 if on else 6, color=palette[m], mfc=palette[m] if on else "white", mew=1.5,
-                            capsize=2, lw=1)
-                ax.annotate(m, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+                            capsize=2, lw=1, label=m)
             fp = sorted((x, y) for m, x, y in points if m in front)
             if len(fp) > 1:
                 ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="0.4", lw=1, ls="--", zorder=0)
@@ -201,6 +200,12 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
         if not drawn:
             return None
         axes[0].set_ylabel(score_label)
+        # a legend, not labels at the points: methods with equal scores would write over each other
+        from matplotlib.lines import Line2D
+
+        names = list(dict.fromkeys(m for ax in axes for m in ax.get_legend_handles_labels()[1]))
+        handles = [Line2D([], [], marker="o", ls="", color=palette[m]) for m in names]
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=8)
         fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std)",
                      x=0.01, ha="left", fontsize=9)
         return _svg(fig, f"pareto-{task}")
@@ -225,8 +230,8 @@ def memory_bars(tasks: list[str], results: pd.DataFrame, stats: pd.DataFrame, or
             values = [s.mean / 1e6 for _, s in ms]
             errs = [s.std / 1e6 if s.n > 1 else 0 for _, s in ms]
             ax.barh(names, values, xerr=errs, color=[palette[m] for m in names], capsize=2, height=0.6)
-            for i, v in enumerate(values):
-                ax.annotate(f"{fmt.number(v)} MB", (max(v, 0), i), xytext=(4, 0), textcoords="offset points",
+            for i, (v, err) in enumerate(zip(values, errs)):
+                ax.annotate(f"{fmt.number(v)} MB", (max(v, 0) + err, i), xytext=(5, 0), textcoords="offset points",
                             va="center", fontsize=8)
             ax.set_title(task, loc="left", fontsize=9)
             ax.grid(axis="y", visible=False)

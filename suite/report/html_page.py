@@ -24,7 +24,7 @@ FIGURE_FONTS = ", ".join(["'DejaVu Sans'", "Verdana"] + [f"'{f}'" for f in CJK_F
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--zebra:#f6f7f9;--warn:#fff4d6;--warnline:#e0b020;--bad:#b42318}
 *{box-sizing:border-box}
-body{font-family:%(fonts)s;color:var(--fg);margin:0 auto;max-width:1180px;padding:1.5rem 1.25rem 3rem;line-height:1.45}
+body{font-family:%(fonts)s;color:var(--fg);margin:0 auto;max-width:1320px;padding:1.5rem 1.25rem 3rem;line-height:1.45}
 h1{font-size:1.6rem;margin:.2rem 0 .6rem}
 h2{font-size:1.25rem;margin:2.2rem 0 .6rem;padding-bottom:.25rem;border-bottom:2px solid var(--line)}
 h3{font-size:1.02rem;margin:1.4rem 0 .5rem}
@@ -41,6 +41,7 @@ tbody tr:nth-child(even){background:var(--zebra)}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 th.num{text-align:right}
 td.text{white-space:pre-wrap;min-width:6rem;max-width:26rem}
+td.empty{color:var(--muted);font-style:italic}
 td.bad{color:var(--bad);font-weight:600}
 td.runs{white-space:nowrap}
 tbody th{background:none;white-space:nowrap}
@@ -67,11 +68,14 @@ def anchor(text: str) -> str:
     return f"t-{slug}-{hashlib.sha1(str(text).encode()).hexdigest()[:6]}"
 
 
-def table(df: pd.DataFrame, index: bool = True, text_columns: tuple = (), bad_column: str | None = None) -> str:
-    """``df`` as an HTML table; cells escaped, numbers right-aligned, ``text_columns`` wrapped."""
+def table(df: pd.DataFrame, index: bool = True, text_columns: tuple = (), bad_column: str | None = None,
+          left: tuple = ()) -> str:
+    """``df`` as an HTML table; cells escaped, numbers right-aligned (except ``left`` columns),
+    ``text_columns`` wrapped with empty texts marked as such."""
     frame = df.reset_index() if index else df
     cols = list(frame.columns)
-    kinds = {c: "text" if c in text_columns else ("num" if numeric_column(frame[c].map(e)) else "") for c in cols}
+    kinds = {c: "text" if c in text_columns else ("num" if c not in left and numeric_column(frame[c].map(e)) else "")
+             for c in cols}
     out = ["<div class='scroll'><table><thead><tr>"]
     out += [f"<th class='{kinds[c]}'>{e(c)}</th>" for c in cols]
     out.append("</tr></thead><tbody>")
@@ -82,6 +86,9 @@ def table(df: pd.DataFrame, index: bool = True, text_columns: tuple = (), bad_co
             if c == bad_column:
                 cls += " runs" + (" bad" if re.search(r"\b(?!ok\b)[a-z]+ \d", str(v)) else "")
             tag = "th" if index and i == 0 else "td"
+            if cls == "text" and e(v).strip() == "":
+                out.append("<td class='empty'>empty</td>")  # an empty answer is an answer
+                continue
             out.append(f"<{tag} class='{cls.strip()}'>{e(v)}</{tag}>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
@@ -133,7 +140,8 @@ def render(report: Report) -> str:
     p.append("</ul></section></main>")
     p += ["<footer id='environment'><h2>Environment</h2>",
           "<p class='note'>The versions, commit, device and dtype each run recorded; runs that failed before "
-          "starting have none.</p>", table(report.environments, index=False)]
+          "starting have none.</p>",
+          table(report.environments, index=False, left=tuple(c for c in report.environments.columns if c != "runs"))]
     p += [f"<div class='warning'><b>Warning:</b> {e(w)}</div>" for w in report.warnings]
     p.append("<p class='note'>Written by <code>leitai report</code> from runs/*/record.json.</p></footer>")
     p.append("</body></html>\n")

@@ -30,12 +30,12 @@ def _cut(value) -> str:
     return text if len(text) <= ANSWER_CHARS else text[: ANSWER_CHARS - 1] + "…"
 
 
-def table(df: pd.DataFrame, index: bool = True) -> str:
-    """``df`` as a pipe table, numbers right-aligned."""
+def table(df: pd.DataFrame, index: bool = True, left: tuple = ()) -> str:
+    """``df`` as a pipe table, numbers right-aligned (except ``left`` columns)."""
     frame = df.reset_index() if index else df
+    align = ["left" if c in left or not numeric_column(frame[c].map(cell)) else "right" for c in frame.columns]
     frame = frame.map(cell)
     frame.columns = [cell(c) for c in frame.columns]
-    align = ["right" if numeric_column(frame[c]) else "left" for c in frame.columns]
     return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
 
 
@@ -56,11 +56,12 @@ def render(report: Report) -> str:
             lines += ["### Answers side by side", "",
                       "The same test prompts for every method (the run with the lowest seed answers); "
                       f"texts cut at {ANSWER_CHARS} characters (report.html and generations.csv have them whole).",
-                      "", table(s.answers.map(_cut), index=False), ""]
+                      "", table(s.answers.map(_cut).replace("", "(empty)"), index=False), ""]
         if not s.more.empty:
             lines += ["### More measurements", "", table(s.more), ""]
     if not report.failed.empty:
         lines += ["## Runs that did not finish ok", "", table(report.failed, index=False), ""]
     lines += ["## How to read the tables", ""] + [f"- {cell(n)}" for n in NOTES] + [""]
-    lines += ["## Environment", "", table(report.environments, index=False), ""]
+    env = report.environments
+    lines += ["## Environment", "", table(env, index=False, left=tuple(c for c in env.columns if c != "runs")), ""]
     return "\n".join(lines)

@@ -19,8 +19,7 @@ from ..records import STATUSES
 
 #: the columns of a task table after the score and its interval: (results column, heading, kind)
 MAIN_METRICS = (
-    ("trainable_params", "trainable params", "integer"),
-    ("trainable_pct", "trainable %", "number"),
+    ("trainable_params", "trainable params (%)", "integer"),  # the % follows in brackets
     ("adapter_bytes", "adapter", "bytes"),
     ("peak_memory_bytes", "peak memory", "bytes"),
     ("train_seconds", "train s", "number"),
@@ -100,6 +99,8 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
                score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)}
         for col, heading, kind in MAIN_METRICS:
             row[heading] = fmt.mean_std(summary_of(stats, task, method, col), kind)
+            if col == "trainable_params" and len(ok):
+                row[heading] += f" ({fmt.number(summary_of(stats, task, method, 'trainable_pct').mean)}%)"
             if col == "peak_memory_bytes":
                 row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
         rows[method] = row
@@ -130,7 +131,7 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     This is where metrics a plugin or another part of the core adds show up without the report
     knowing them; ``*_bytes`` columns are shown in kB/MB/GB, whole-number columns as integers.
     """
-    main = {c for c, _, _ in MAIN_METRICS} | {"score"}
+    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct"}
     if stats.empty or task not in stats.index.get_level_values("task"):
         return pd.DataFrame()
     sub = stats.xs(task, level="task")
