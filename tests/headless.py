@@ -127,8 +127,9 @@ class Browser:
             self.events.append(reply)
 
     def wait_for(self, method: str) -> dict:
+        """The first event called ``method``, waiting for it if it has not come yet."""
         deadline = time.monotonic() + self.timeout
-        for i, ev in enumerate(self.events):
+        for ev in self.events:
             if ev.get("method") == method:
                 return ev
         while True:

@@ -1,13 +1,11 @@
 """The comparison report from hand-written records (no training): numbers, failures, escaping,
 figures, merging, determinism, and the page as a real headless browser shows it."""
-import json
 import math
 import re
 import shutil
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
