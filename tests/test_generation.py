@@ -15,7 +15,7 @@ from suite.train import TrainSettings, train
 
 from conftest import tiny_model
 
-METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "full"]
+METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"]
 SMALL = {"prefix-tuning": {"projection_hidden": 16}, "p-tuning": {"encoder_hidden": 16}, "prompt-tuning": {"init": "RANDOM"}}
 
 
