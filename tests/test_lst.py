@@ -152,7 +152,7 @@ def test_keeps_less_for_backward_than_lora(registry, lst):
     """Bytes autograd saves in one step on tiny-zh: LST keeps the ladders and its narrow side
     network; LoRA keeps every layer's activations of the full-width backbone."""
     saved = {}
-    items = random_items(8, 48, 16, vocab=7000)
+    items = random_items(4, 24, 8, vocab=7000)
     batch = data.collate(items, 0)
     for name in ("lst", "lora"):
         base, _ = registry.models["tiny-zh"].load()

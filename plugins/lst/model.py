@@ -1,6 +1,6 @@
 """The ladder side network and the causal-LM wrapper that trains it beside a frozen backbone.
 
-Forward pass (Sung et al. 2022, Fig. 2, for a decoder-only LM)::
+Forward pass (Sung et al. 2022, adapted to a decoder-only LM)::
 
     h_0 .. h_L = backbone hidden states             (frozen, computed without autograd)
     s = down_0(h_0)
