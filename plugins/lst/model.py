@@ -176,7 +176,8 @@ class LadderSideModel(nn.Module):
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
-        kwargs.pop("return_dict", None)
+        for key in ("return_dict", "use_cache", "output_hidden_states"):  # set by the wrapper itself
+            kwargs.pop(key, None)
         logits = self._logits(input_ids, attention_mask, **kwargs)
         loss = None
         if labels is not None:
