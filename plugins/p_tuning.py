@@ -11,6 +11,7 @@ class PTuning(PeftMethod):
         "and encoder width chosen for the embedded model; lr tuned for the arena's short budget."
     )
     defaults = {"lr": 3e-3, "virtual_tokens": 20, "encoder": "LSTM", "encoder_hidden": 128}
+    starts_from_base = False  # the virtual tokens are prepended to the input
 
     def peft_config(self, model, params):
         from peft import PromptEncoderConfig, TaskType

@@ -12,6 +12,7 @@ class PrefixTuning(PeftMethod):
         "paper's 5e-5 for the arena's short default budget."
     )
     defaults = {"lr": 1e-2, "virtual_tokens": 10, "projection": True, "projection_hidden": 512}
+    starts_from_base = False  # the prefixes shift every attention layer from the first step
 
     def peft_config(self, model, params):
         from peft import PrefixTuningConfig, TaskType

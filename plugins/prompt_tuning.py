@@ -12,6 +12,7 @@ class PromptTuning(PeftMethod):
         "is for Adafactor; the arena uses AdamW."
     )
     defaults = {"lr": 3e-2, "virtual_tokens": 20, "init": "SAMPLE_VOCAB"}
+    starts_from_base = False  # the virtual tokens are prepended to the input
 
     def peft_config(self, model, params):
         from peft import PromptTuningConfig, TaskType

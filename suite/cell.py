@@ -52,26 +52,6 @@ class Cell:
         return cls(**json.loads(text))
 
 
-class GuardError(Exception):
-    """A method broke the arena's rules (e.g. left frozen-declared base weights trainable)."""
-
-
-def check_method_output(method, base_params: list, model) -> int:
-    """The core's own checks on what a method returned; returns the trainable count."""
-    from .measure import count_parameters
-
-    trainable = count_parameters(model, trainable_only=True)
-    if trainable == 0:
-        raise GuardError(f"method {method.name!r} left no trainable parameters")
-    if method.freezes_base:
-        leaked = sum(p.numel() for p in base_params if p.requires_grad)
-        if leaked:
-            raise GuardError(
-                f"method {method.name!r} declares the base frozen but left {leaked:,} base parameters trainable"
-            )
-    return trainable
-
-
 def _silence_known_warnings():
     for pattern in SILENCED:
         warnings.filterwarnings("ignore", message=pattern)
@@ -107,6 +87,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from . import data, measure, models
     from .env import environment
     from .generate import greedy_generate
+    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
     from .tasks import format_prompt
@@ -135,10 +116,18 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     ]
 
     total = count_parameters(base)
-    base_params = list(base.parameters())
+    base_named = list(base.named_parameters())
+    probe = base_logits = None
+    if method.starts_from_base:  # the guard's probe: the base model's logits on two examples
+        probe = probe_batch(train_set, tokenizer.pad_token_id)
+        base_logits = real_logits(base, probe)
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
     model = method.apply(base, dict(cell.params))
-    trainable = check_method_output(method, base_params, model)
+    trainable = check_method_output(method, base_named, model)
+    if method.starts_from_base:
+        error = starts_from_base_error(model, probe, base_logits)
+        if error:
+            raise GuardError(f"method {method.name!r} {error}")
 
     batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.steps, cell.seed)
     batches = [[train_set[i] for i in b] for b in batches_idx]

@@ -7,7 +7,10 @@ from pathlib import Path
 
 from .errors import UsageError
 
-EPILOG = "Writing a method plugin: docs/plugins.md. Output files: README.md, 'Output'."
+EPILOG = (
+    "Writing a method plugin: docs/plugins.md (start with 'leitai new-plugin NAME'). "
+    "Output files: README.md, 'Output'."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,13 +47,19 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="show what the plugins registered")
     ls.add_argument("what", nargs="?", default="methods", choices=["methods", "tasks", "models", "plugins"])
+
+    new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
+                         epilog=EPILOG)
+    new.add_argument("name", help="the method's name, e.g. my-adapter (lower case, digits, hyphens)")
+    new.add_argument("--dir", help="where to write the package (default: ./leitai-NAME)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command](args)
+        commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin}
+        return commands[args.command](args)
     except UsageError as e:
         print(f"leitai: error: {e}", file=sys.stderr)
         return 2
@@ -117,6 +126,18 @@ def cmd_list(args) -> int:
             line += f"\n{'':17}score: {obj.score_name}; default sizes: {sizes}"
         print(line)
     _warn_failures(reg)
+    return 0
+
+
+def cmd_new_plugin(args) -> int:
+    from .plugins import registry
+    from .scaffold import new_plugin
+
+    root, files = new_plugin(args.name, Path(args.dir) if args.dir else None, registry())
+    print(f"leitai: wrote the plugin package for method {args.name!r} in {root}:")
+    for f in files:
+        print(f"  {f.relative_to(root)}")
+    print(f"next: pip install -e {root} && leitai list methods && pytest {root}")
     return 0
 
 

@@ -31,8 +31,15 @@ class Method:
     #: hyper-parameters; ``lr`` is read by the core, the rest by :meth:`apply`. Users override
     #: any key per method (``--set lora.r=16`` or ``[method.lora]`` in a TOML config).
     defaults: dict = {}
-    #: True when the base model's own weights must not train; the core checks it.
+    #: True when the base model's own weights must not train; the core checks it. A method
+    #: that trains some base tensors (biases, norms) keeps this True and overrides
+    #: :meth:`keeps_frozen` to name the ones it trains.
     freezes_base: bool = True
+    #: True when the model :meth:`apply` returns, before any training, computes the same
+    #: logits as the base model (LoRA with B = 0, full fine-tuning); False for methods that
+    #: change the outputs from the start (prefix, P- and prompt tuning). The core checks a
+    #: True claim before training and fails the cell if the outputs differ.
+    starts_from_base: bool = True
 
     def apply(self, model: torch.nn.Module, params: dict) -> torch.nn.Module:
         """Return the model to train, built around ``model`` (a fresh base model).
@@ -44,6 +51,23 @@ class Method:
         max_new_tokens=..., do_sample=False)`` the way transformers models do.
         """
         raise NotImplementedError
+
+    def keeps_frozen(self, name: str) -> bool:
+        """Whether the base parameter ``name`` (as ``base_model.named_parameters()`` names it)
+        must stay frozen. The core fails a cell whose method leaves such a parameter trainable.
+
+        The default answers :attr:`freezes_base` for every parameter; a method that trains a
+        chosen part of the base (BitFit trains the biases) returns False for just that part.
+        """
+        return self.freezes_base
+
+    def trainable_count(self, model: torch.nn.Module) -> int | None:
+        """The method's own count of the trainable parameters of ``model``, if it keeps one.
+
+        The core never reports this number (it counts for itself); the conformance kit
+        (:mod:`suite.testing`) checks that it equals the core's count. None: no claim.
+        """
+        return None
 
     def save(self, model: torch.nn.Module, directory: Path, params: dict) -> None:
         """Write what is needed to restore the trained model on top of the base weights."""
@@ -74,6 +98,9 @@ class PeftMethod(Method):
         from peft import get_peft_model
 
         return get_peft_model(model, self.peft_config(model, params))
+
+    def trainable_count(self, model):
+        return model.get_nb_trainable_parameters()[0]
 
     def save(self, model, directory, params):
         model.save_pretrained(str(directory))

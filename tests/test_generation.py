@@ -11,9 +11,8 @@ import torch
 from suite import data
 from suite.generate import greedy_by_forward, greedy_generate
 from suite.methods import method_params
+from suite.testing import tiny_model
 from suite.train import TrainSettings, train
-
-from conftest import tiny_model
 
 METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"]
 SMALL = {"prefix-tuning": {"projection_hidden": 16}, "p-tuning": {"encoder_hidden": 16}, "prompt-tuning": {"init": "RANDOM"}}

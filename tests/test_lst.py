@@ -9,7 +9,7 @@ from suite.measure import count_parameters, saved_for_backward
 from suite.methods import method_params
 from suite.train import TrainSettings, train
 
-from conftest import tiny_model
+from suite.testing import tiny_model
 
 KINDS = ["llama", "qwen2", "gpt2"]
 

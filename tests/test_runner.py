@@ -28,6 +28,7 @@ TROUBLE = textwrap.dedent('''
         """Multiplies the embeddings by a trainable NaN: the loss is NaN from step one."""
         name = "nanner"
         defaults = {"lr": 1e-3}
+        starts_from_base = False  # NaN from the start; else the guard fails it before training
         def apply(self, model, params):
             for p in model.parameters():
                 p.requires_grad_(False)

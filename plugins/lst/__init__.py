@@ -59,6 +59,10 @@ class LST(Method):
     def apply(self, model, params):
         return build(model, params)
 
+    def trainable_count(self, model):
+        """The side network's size: LST trains it and nothing else."""
+        return sum(p.numel() for p in model.side.parameters())
+
     def save(self, model, directory: Path, params):
         """Only the side network: ``side.safetensors`` and its shape in ``method.json``."""
         from safetensors.torch import save_file

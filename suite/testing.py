@@ -1,0 +1,376 @@
+"""The conformance kit: does a method do what the arena needs of it?
+
+Plugin authors run it from their own tests::
+
+    from suite.testing import check_method
+
+    def test_conforms():
+        check_method("my-method")          # raises ConformanceError, one line per failure
+
+On tiny random Llama, Qwen2 and GPT-2 models (a few thousand parameters each, built here, no
+download) it checks, each under its own name:
+
+``applies``           ``apply`` returns a model whose forward gives a finite ``.loss`` and ``.logits``
+``starts-from-base``  (methods that claim ``starts_from_base``) the untrained model's logits
+                      equal the base model's
+``trainable``         the core counts trainable parameters > 0, equal to the method's own
+                      count (if it offers one); the optimiser holds exactly the parameters
+                      that require grad, and each of them gets a gradient
+``frozen``            base parameters the method declares frozen do not require grad, get no
+                      gradient, and are bit-identical after an optimisation step
+``loss``              one optimisation step (the arena's AdamW, the method's ``lr``) on a fixed
+                      batch lowers the loss on that batch
+``generation``        cached, batched ``generate`` equals greedy decoding by full forward passes
+``save-load``         ``save``, then ``load`` into a fresh base model, reproduces the logits
+``seed``              two runs from the same seed give the same losses
+
+A failed check is one line naming the method and the check, e.g.
+``conformance: lora: generation: cached generate differs from forward decoding on qwen2 (prompt 2)``.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import Encoded, collate
+from .generate import greedy_by_forward, greedy_generate
+from .guards import leaked_base_parameters, real_logits, starts_from_base_error
+from .measure import count_parameters, unique_parameters
+from .methods import Method, method_params
+from .train import TrainSettings, make_optimizer
+
+ARCHITECTURES = ("llama", "qwen2", "gpt2")
+CHECKS = ("applies", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed")
+VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
+
+
+def tiny_config(kind: str, vocab_size: int = VOCAB):
+    """A causal LM config of a few thousand parameters, of architecture ``llama``, ``qwen2`` or ``gpt2``."""
+    from transformers import GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=vocab_size, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    if kind == "llama":
+        return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256, **common)
+    if kind == "qwen2":
+        return Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256, **common)
+    if kind == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
+    raise ValueError(f"no tiny config for architecture {kind!r} (known: {', '.join(ARCHITECTURES)})")
+
+
+def tiny_model(kind: str, seed: int = 0, vocab_size: int = VOCAB):
+    """A randomly initialised tiny causal LM; the same ``seed`` gives the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(kind, vocab_size))
+
+
+class ConformanceError(AssertionError):
+    """Raised by :func:`check_method` when a check fails; its message has one line per failure."""
+
+
+@dataclass
+class CheckResult:
+    method: str
+    check: str
+    architecture: str
+    status: str  # passed | failed | skipped
+    detail: str = ""  # why it failed, naming the architecture
+    seconds: float = 0.0
+
+    @property
+    def line(self) -> str:
+        return f"conformance: {self.method}: {self.check}: {self.detail}"
+
+
+@dataclass
+class ConformanceReport:
+    """What :func:`check_method` found: one result per check and architecture."""
+
+    method: str
+    architectures: tuple
+    results: list[CheckResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def lines(self) -> list[str]:
+        """One line per failed check."""
+        return [r.line for r in self.failures]
+
+    def summary(self) -> str:
+        passed = sum(r.status == "passed" for r in self.results)
+        head = f"conformance: {self.method}: {passed} checks passed, {len(self.failures)} failed"
+        return f"{head} on {', '.join(self.architectures)} ({self.seconds:.1f} s)"
+
+    def __str__(self) -> str:
+        return "\n".join([self.summary(), *self.lines])
+
+
+def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | None = None, seed: int = 0,
+                 raise_on_failure: bool = True) -> ConformanceReport:
+    """Run every check on ``method_or_name`` (a :class:`suite.Method` or a registered method's
+    name) for each architecture in ``architectures``.
+
+    ``params`` overrides the method's defaults, as ``--set`` would. Returns the report; when a
+    check fails and ``raise_on_failure`` is true, raises :class:`ConformanceError` whose
+    message is one line per failed check.
+    """
+    __tracebackhide__ = True  # pytest: show the failure lines, not this frame
+    method = _resolve(method_or_name)
+    settings = method_params(method, params)
+    report = ConformanceReport(method.name, tuple(architectures))
+    start = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    # Models this small run fastest on one thread, and many times slower on a busy machine
+    # when torch's threads wait on each other. Saving needs no progress bar either.
+    torch.set_num_threads(1)
+    hf_logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix="leitai-conformance-") as tmp:
+            for arch in architectures:
+                report.results += _check_architecture(method, settings, arch, seed, Path(tmp) / arch)
+    finally:
+        torch.set_num_threads(threads)
+        if bars:
+            hf_logging.enable_progress_bar()
+    report.seconds = time.perf_counter() - start
+    if raise_on_failure and not report.ok:
+        raise ConformanceError("\n".join(report.lines))
+    return report
+
+
+def _resolve(method_or_name) -> Method:
+    if isinstance(method_or_name, Method):
+        return method_or_name
+    from .plugins import registry
+
+    return registry().get("methods", method_or_name)
+
+
+def fixed_batch(generator_seed: int = 1) -> dict:
+    """Four examples of different lengths, right-padded as the arena pads (loss on answers only)."""
+    g = torch.Generator().manual_seed(generator_seed)
+    items = [
+        Encoded(str(i), torch.randint(3, VOCAB, (p,), generator=g).tolist(),
+                torch.randint(3, VOCAB, (a,), generator=g).tolist() + [EOS])
+        for i, (p, a) in enumerate([(9, 3), (6, 4), (11, 2), (7, 5)])
+    ]
+    return collate(items, PAD)
+
+
+def generation_prompts(generator_seed: int = 2) -> list[list[int]]:
+    """Prompts of two lengths, so batches of several equal-length prompts are exercised."""
+    g = torch.Generator().manual_seed(generator_seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 5, 8)]
+
+
+@dataclass
+class _Run:
+    """One seeded run: the base's state before the method, the model after one step, the losses."""
+
+    base_named: list
+    base_before: dict
+    base_logits: torch.Tensor
+    model: torch.nn.Module
+    loss_before: float = math.nan
+    step_loss: float = math.nan
+    loss_after: float = math.nan
+    optimizer_params: list = field(default_factory=list)
+
+
+def _eval_loss(model, batch) -> float:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        loss = model(**batch).loss
+    model.train(was_training)
+    return float(loss)
+
+
+def _start(method, params, arch, seed, batch) -> _Run:
+    """A fresh base model, its logits, then the method applied from ``seed`` (as a cell does)."""
+    base = tiny_model(arch, seed=0)
+    base_named = list(base.named_parameters())
+    before = {n: p.detach().clone() for n, p in base_named}
+    base_logits = real_logits(base, batch)
+    torch.manual_seed(seed)
+    model = method.apply(base, dict(params))
+    return _Run(base_named, before, base_logits, model)
+
+
+def _step(run: _Run, params, batch) -> None:
+    """The loss before, one step of the arena's optimiser in train mode, the loss after."""
+    run.loss_before = _eval_loss(run.model, batch)
+    settings = TrainSettings(lr=float(params["lr"]), warmup=0.0)
+    optimizer, schedule = make_optimizer(run.model, settings, steps=1)
+    run.optimizer_params = [p for group in optimizer.param_groups for p in group["params"]]
+    run.model.train()
+    loss = run.model(**batch).loss
+    loss.backward()
+    run.step_loss = loss.item()
+    if settings.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.optimizer_params, settings.grad_clip)
+    optimizer.step()
+    schedule.step()
+    run.loss_after = _eval_loss(run.model, batch)
+
+
+def _check_architecture(method, params, arch, seed, directory: Path) -> list[CheckResult]:
+    results: list[CheckResult] = []
+
+    def record(check: str, fn) -> bool:
+        start = time.perf_counter()
+        try:
+            detail = fn()
+        except Exception as e:  # a check that raises is a failed check, reported in one line
+            message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            detail = f"raised {type(e).__name__}: {message} on {arch}"
+        status = "failed" if detail else "passed"
+        results.append(CheckResult(method.name, check, arch, status, detail or "", time.perf_counter() - start))
+        return not detail
+
+    def skip(*checks):
+        results.extend(CheckResult(method.name, c, arch, "skipped") for c in checks)
+
+    batch = fixed_batch()
+    state: dict = {}
+
+    def applies():
+        state["run"] = run = _start(method, params, arch, seed, batch)
+        with torch.random.fork_rng(devices=[]):  # leave the RNG as a cell would find it
+            out = run.model(**batch)
+        loss, logits = getattr(out, "loss", None), getattr(out, "logits", None)
+        if not torch.is_tensor(loss) or loss.dim() != 0 or not torch.isfinite(loss):
+            return f"forward with labels gives no finite scalar .loss on {arch}"
+        if not torch.is_tensor(logits) or logits.shape[0] != batch["input_ids"].shape[0]:
+            return f"forward gives no .logits with one row per example on {arch}"
+        run.model.zero_grad(set_to_none=True)
+        return None
+
+    if not record("applies", applies):
+        skip(*CHECKS[1:])
+        return results
+    run: _Run = state["run"]
+
+    if method.starts_from_base:
+        record("starts-from-base", lambda: _on(arch, starts_from_base_error(run.model, batch, run.base_logits)))
+    else:
+        skip("starts-from-base")
+
+    leaked = leaked_base_parameters(method, run.base_named)
+    stepped = record("loss", lambda: _loss(run, params, batch, arch))
+    record("trainable", lambda: _trainable(method, run, arch, stepped))
+    record("frozen", lambda: _frozen(method, run, leaked, arch, stepped))
+    record("generation", lambda: _generation(run.model, arch))
+    record("save-load", lambda: _save_load(method, params, run.model, arch, batch, directory))
+    if stepped:
+        record("seed", lambda: _seed(method, params, arch, seed, batch, run))
+    else:
+        skip("seed")
+    return sorted(results, key=lambda r: CHECKS.index(r.check))
+
+
+def _on(arch: str, error: str | None) -> str | None:
+    return f"{error} on {arch}" if error else None
+
+
+def _loss(run: _Run, params, batch, arch) -> str | None:
+    if count_parameters(run.model, trainable_only=True) == 0:
+        return f"nothing to optimise: no parameter requires grad on {arch}"
+    _step(run, params, batch)
+    if not math.isfinite(run.loss_after):
+        return f"loss is {run.loss_after} after one step on {arch}"
+    if not run.loss_after < run.loss_before:
+        return (f"one step with lr {params['lr']:g} did not lower the loss on a fixed batch "
+                f"({run.loss_before:.5f} -> {run.loss_after:.5f}) on {arch}")
+    return None
+
+
+def _trainable(method, run: _Run, arch: str, stepped: bool) -> str | None:
+    model = run.model
+    count = count_parameters(model, trainable_only=True)
+    if count == 0:
+        return f"no parameter requires grad on {arch}"
+    claimed = method.trainable_count(model)
+    if claimed is not None and claimed != count:
+        return f"the method counts {claimed:,} trainable parameters, the core counts {count:,} on {arch}"
+    if not stepped:
+        return None
+    trainable = {id(p) for p in unique_parameters(model, trainable_only=True)}
+    seen = {id(p) for p in run.optimizer_params}
+    if seen != trainable:
+        return f"the optimiser holds {len(seen)} tensors, {len(trainable)} require grad on {arch}"
+    names = {id(p): n for n, p in model.named_parameters()}
+    dead = [names.get(id(p), "?") for p in unique_parameters(model, trainable_only=True) if p.grad is None]
+    if dead:
+        return f"{len(dead)} trainable tensors get no gradient (e.g. {dead[0]}) on {arch}"
+    return None
+
+
+def _frozen(method, run: _Run, leaked, arch: str, stepped: bool) -> str | None:
+    if leaked:
+        total = sum(n for _, n in leaked)
+        return f"{total:,} base parameters declared frozen require grad (e.g. {leaked[0][0]}) on {arch}"
+    frozen = [(n, p) for n, p in run.base_named if method.keeps_frozen(n)]
+    with_grad = [n for n, p in frozen if p.grad is not None]
+    if with_grad:
+        return f"base parameters declared frozen got a gradient (e.g. {with_grad[0]}) on {arch}"
+    changed = [n for n, p in frozen if not torch.equal(p.detach().to(run.base_before[n].device), run.base_before[n])]
+    if changed:
+        when = "after one step" if stepped else "after apply"
+        return f"{len(changed)} base tensors declared frozen changed {when} (e.g. {changed[0]}) on {arch}"
+    return None
+
+
+def _generation(model, arch: str) -> str | None:
+    prompts = generation_prompts()
+    cached = greedy_generate(model, prompts, max_new_tokens=6, eos_id=EOS, pad_id=PAD, device="cpu")
+    for i, (prompt, got) in enumerate(zip(prompts, cached)):
+        if got != greedy_by_forward(model, prompt, 6, eos_id=EOS, device="cpu"):
+            return f"cached generate differs from forward decoding on {arch} (prompt {i})"
+    return None
+
+
+def _save_load(method, params, model, arch, batch, directory: Path) -> str | None:
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    method.save(model, directory, dict(params))
+    loaded = method.load(tiny_model(arch, seed=0), directory, dict(params))
+    loaded.eval()
+    with torch.no_grad():
+        got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if got.shape != want.shape:
+        return f"the loaded model's logits have shape {tuple(got.shape)}, the saved model's {tuple(want.shape)} on {arch}"
+    diff = (got - want).abs().max().item()
+    if not diff <= 1e-5:
+        return f"the loaded model's logits differ from the saved model's by up to {diff:.3g} on {arch}"
+    return None
+
+
+def _seed(method, params, arch, seed, batch, first: _Run) -> str | None:
+    again = _start(method, params, arch, seed, batch)
+    _step(again, params, batch)
+    a = (first.loss_before, first.step_loss, first.loss_after)
+    b = (again.loss_before, again.step_loss, again.loss_after)
+    if not all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7) for x, y in zip(a, b)):
+        return f"two runs from seed {seed} give different losses ({a[2]:.6f} vs {b[2]:.6f}) on {arch}"
+    return None
