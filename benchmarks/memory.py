@@ -61,7 +61,7 @@ def child(args) -> dict:
 
     from plugins.tiny_zh import TinyZh
     from suite import data, measure
-    from suite.cell import check_method_output
+    from suite.guards import check_method_output
     from suite.methods import method_params
     from suite.plugins import load_registry
     from suite.train import TrainSettings, train
@@ -77,13 +77,13 @@ def child(args) -> dict:
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     total = measure.count_parameters(base)
-    base_params = list(base.parameters())
+    base_named = list(base.named_parameters())
     # the built-ins by module too, for a checkout that is not pip-installed (no entry points)
     builtins = [importlib.import_module(f"plugins.{m}") for m in ("full", "lora", "prefix_tuning", "lst")]
     method = load_registry(extra=builtins).get("methods", args.child)
     params = method_params(method, None)
     model = method.apply(base, params)
-    trainable = check_method_output(method, base_params, model)
+    trainable = check_method_output(method, base_named, model)
 
     g = torch.Generator().manual_seed(1)
     answer = args.seq // 4
