@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine: every built-in method on a randomly initialised Qwen2-0.5B-shaped model,
+# On a CUDA machine: every built-in method (LST included) on a randomly initialised Qwen2-0.5B-shaped model,
 # bf16 autocast, a fixed number of steps; prints tokens/s and peak allocated/reserved memory
 # per method. Under 8 minutes on one H100. Run from the repository root:
 #     bash benchmarks/gpu_shootout.sh [extra leitai run flags]
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Without network, leitai may not be pip-installed; then load the built-ins by module name.
 if ! python -c "from importlib.metadata import entry_points as e; assert any(e(group='leitai'))" 2>/dev/null; then
-    export LEITAI_PLUGINS="plugins.lora,plugins.prefix_tuning,plugins.p_tuning,plugins.prompt_tuning,plugins.full,plugins.tiny_zh,plugins.zh_sentiment${LEITAI_EXTRA_BUILTINS:+,$LEITAI_EXTRA_BUILTINS}"
+    export LEITAI_PLUGINS="plugins.lora,plugins.prefix_tuning,plugins.p_tuning,plugins.prompt_tuning,plugins.full,plugins.lst,plugins.tiny_zh,plugins.zh_sentiment${LEITAI_EXTRA_BUILTINS:+,$LEITAI_EXTRA_BUILTINS}"
 fi
 export LEITAI_PLUGINS="benchmarks.random_models${LEITAI_PLUGINS:+,$LEITAI_PLUGINS}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild the report files from DIR/runs/*/record.json")
     rep.add_argument("dirs", nargs="+", help="shootout directories (several are merged)")
-    rep.add_argument("--out", help="where to write (default: the first DIR)")
+    rep.add_argument("--out", help="where to write (default: DIR itself; required with several DIRs, "
+                     "which then gets a copy of every merged record.json)")
 
     ls = sub.add_parser("list", help="show what the plugins registered")
     ls.add_argument("what", nargs="?", default="methods", choices=["methods", "tasks", "models", "plugins"])
@@ -102,6 +103,8 @@ def cmd_report(args) -> int:
     for d in dirs:
         if not (d / "runs").is_dir():
             raise UsageError(f"{d}: no runs/ directory (not a shootout output)")
+    if len(dirs) > 1 and not args.out:
+        raise UsageError("merging several directories needs --out (the merged report gets its own directory)")
     out = Path(args.out) if args.out else dirs[0]
     results = write_report(dirs, out)
     print(f"leitai: report of {len(results)} runs written to {out}")

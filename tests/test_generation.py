@@ -14,7 +14,7 @@ from suite.methods import method_params
 from suite.testing import tiny_model
 from suite.train import TrainSettings, train
 
-METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "full"]
+METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"]
 SMALL = {"prefix-tuning": {"projection_hidden": 16}, "p-tuning": {"encoder_hidden": 16}, "prompt-tuning": {"init": "RANDOM"}}
 
 

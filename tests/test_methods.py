@@ -9,7 +9,9 @@ from suite.methods import method_params
 from suite.tasks import Example
 from suite.train import TrainSettings, train
 
-METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "full"]
+from test_lst import side_size
+
+METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,8 @@ def closed_form(name: str, params: dict, cfg) -> int:
         return n * d + lstm + (2 * h * 2 * h + 2 * h) + (2 * h * d + d)
     if name == "prompt-tuning":
         return params["virtual_tokens"] * d
+    if name == "lst":  # the side network (formula in test_lst.side_size); LLaMA's MLP is gated
+        return side_size(params, cfg, gated=True)
     if name == "full":
         return None
     raise ValueError(name)
@@ -89,7 +93,7 @@ def test_method_on_tiny_zh(name, registry, tiny_zh, tmp_path):
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, want, atol=1e-5)
 
-    if name != "full":  # plain peft loads the adapter, and counts what its saved config trains
+    if name not in ("full", "lst"):  # plain peft loads the adapter, and counts what its saved config trains
         from peft import PeftConfig, PeftModel, get_peft_model
 
         again, _ = tiny_zh.load()

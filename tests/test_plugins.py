@@ -6,7 +6,7 @@ from suite.plugins import load_registry
 
 from conftest import leitai
 
-BUILT_IN_METHODS = {"lora", "prefix-tuning", "p-tuning", "prompt-tuning", "full"}
+BUILT_IN_METHODS = {"lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"}
 
 
 def test_built_ins_register_through_entry_points(registry):

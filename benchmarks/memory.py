@@ -1,0 +1,172 @@
+"""Training memory of full fine-tuning, LoRA, prefix tuning and LST where activations dominate.
+
+A randomly initialised LLaMA config (hidden 512, 8 layers, tiny-zh's vocabulary by default),
+batches of 8 unpadded sequences of 256 tokens (the last quarter of each is the answer that
+carries the loss). Each method runs in a fresh process of its own, through the arena's own
+code: the method plugin's ``apply``, ``suite.train.train`` (AdamW, the same step as in a
+shootout) inside ``suite.measure.PeakMemory``, so every figure means what it means in a
+shootout's results:
+
+- ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (DESIGN.md);
+  on CUDA ``max_memory_allocated``;
+- ``activation_bytes``: bytes autograd saves for backward in one step (unique storages,
+  parameters excluded), with ``grads_bytes`` and ``optimizer_bytes`` beside it;
+- ``trainable_params``: counted by the core;
+- ``seconds_per_step``: the training loop's wall time over its steps (the first step also
+  counts the bytes saved for backward); ``cpu_seconds_per_step``, the process's CPU time over
+  its steps, is steadier where other work shares the cores.
+
+Run from the repository root::
+
+    python benchmarks/memory.py --json memory.json
+
+It prints a table with each method's peak as a fraction of full fine-tuning's.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ["full", "lora", "prefix-tuning", "lst"]
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=None, help="default: hidden / 64")
+    p.add_argument("--ffn", type=int, default=None, help="MLP width (default: 2.75 x hidden, as tiny-zh)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=3, help="training steps per method (the first sets up AdamW)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def child(args) -> dict:
+    """Measure one method in this (fresh) process; returns its figures."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from plugins.tiny_zh import TinyZh
+    from suite import data, measure
+    from suite.guards import check_method_output
+    from suite.methods import method_params
+    from suite.plugins import load_registry
+    from suite.train import TrainSettings, train
+
+    _, tokenizer = TinyZh().load()
+    heads = args.heads or max(1, args.hidden // 64)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.ffn or int(2.75 * args.hidden),
+        num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max(512, args.seq), tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    total = measure.count_parameters(base)
+    base_named = list(base.named_parameters())
+    # the built-ins by module too, for a checkout that is not pip-installed (no entry points)
+    builtins = [importlib.import_module(f"plugins.{m}") for m in ("full", "lora", "prefix_tuning", "lst")]
+    method = load_registry(extra=builtins).get("methods", args.child)
+    params = method_params(method, None)
+    model = method.apply(base, params)
+    trainable = check_method_output(method, base_named, model)
+
+    g = torch.Generator().manual_seed(1)
+    answer = args.seq // 4
+    items = [data.Encoded(str(i), torch.randint(3, len(tokenizer), (args.seq - answer,), generator=g).tolist(),
+                          torch.randint(3, len(tokenizer), (answer - 1,), generator=g).tolist() + [tokenizer.eos_token_id])
+             for i in range(args.batch)]
+    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision="no" if args.device == "cpu" else "bf16")
+    settings = TrainSettings(lr=float(params["lr"]), warmup=0.0, log_every=1)
+    weights = measure.tensor_bytes(measure.unique_parameters(model))
+    cpu_start = time.process_time()
+    with measure.PeakMemory(accelerator.device) as peak:
+        result = train(model, [items] * args.steps, tokenizer.pad_token_id, settings, accelerator)
+    cpu_seconds = time.process_time() - cpu_start
+    return {
+        "method": args.child, "peak_memory_bytes": peak.peak, "peak_memory_reserved_bytes": peak.reserved,
+        "memory_kind": peak.kind, "weights_bytes": weights, **result.breakdown,
+        "trainable_params": trainable, "total_params": total, "seconds_per_step": result.seconds / len(result.losses),
+        "cpu_seconds_per_step": cpu_seconds / len(result.losses),
+        "losses": result.losses, "params": params,
+    }
+
+
+def run_all(args) -> dict:
+    """Every method in a fresh child process; returns the JSON document."""
+    from suite.env import environment
+
+    import torch
+
+    figures = {}
+    for name in args.methods.split(","):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--hidden", str(args.hidden),
+               "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq),
+               "--steps", str(args.steps), "--device", args.device]
+        for flag in ("heads", "ffn"):
+            if getattr(args, flag):
+                cmd += [f"--{flag}", str(getattr(args, flag))]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+        if proc.returncode != 0:
+            figures[name] = {"method": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+            print(f"{name}: failed: {figures[name]['error']}", file=sys.stderr)
+            continue
+        figures[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    setup = {k: getattr(args, k) for k in ("hidden", "layers", "heads", "ffn", "batch", "seq", "steps", "device")}
+    return {"setup": setup, "env": environment(torch.device(args.device), "float32"), "methods": figures}
+
+
+def table(doc: dict) -> str:
+    import pandas as pd
+
+    rows = [m for m in doc["methods"].values() if "error" not in m]
+    if not rows:
+        return "no method finished"
+    t = pd.DataFrame(rows).set_index("method")
+    full = t["peak_memory_bytes"].get("full")
+    mib = 2 ** 20
+    out = pd.DataFrame({
+        "trainable params": t["trainable_params"].map("{:,}".format),
+        "peak MiB": (t["peak_memory_bytes"] / mib).round(1),
+        "x full": (t["peak_memory_bytes"] / full).round(3) if full else None,
+        "saved for backward MiB": (t["activation_bytes"] / mib).round(1),
+        "grads MiB": (t["grads_bytes"] / mib).round(1),
+        "AdamW state MiB": (t["optimizer_bytes"] / mib).round(1),
+        "s / step": t["seconds_per_step"].round(2),
+        "CPU s / step": t["cpu_seconds_per_step"].round(2),
+    })
+    return out.to_markdown()
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    doc = run_all(args)
+    print(table(doc))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=1))
+    return 0 if all("error" not in m for m in doc["methods"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

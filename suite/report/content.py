@@ -1,0 +1,107 @@
+"""What a report says, computed once from the records; ``summary.md`` and ``report.html`` are
+two renderings of it (the HTML adds the figures)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import environment, figures, tables
+from .frames import curves_frame, generations_frame, results_frame
+
+NOTES = (
+    "Each row is one method; numbers are means over the seeds that finished ok (n), "
+    "± the sample standard deviation when n > 1.",
+    "95% CI: Student's t interval of the mean score over seeds, mean ± t(0.975, n−1)·s/√n.",
+    "runs: every run of the method on the task by status; failed, oom and diverged runs are "
+    "listed under 'Runs that did not finish ok' and are not part of the means.",
+    "peak memory: what 'memory kind' says was measured (cuda_max_allocated on GPU; on CPU the "
+    "cell process's peak RSS during training minus its RSS before). adapter: bytes on disk of "
+    "the saved trainable weights. final train loss: mean of the last 10% of step losses; "
+    "dev loss: token-weighted over the dev split; the score is the task's metric on greedy "
+    "answers to the test split (higher is better). Rows are sorted by mean score.",
+    "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
+    "all integer digits.",
+)
+OVERALL_NOTE = (
+    "mean rank: a method's rank by mean score on each task it ran (1 = best; a task where it "
+    "has no ok run counts as last place), averaged over tasks. relative score: its mean score "
+    "as a percentage of the best method's on each task (0 where it has no ok run), averaged."
+)
+
+
+@dataclass
+class TaskSection:
+    task: str
+    score_name: str
+    table: pd.DataFrame
+    more: pd.DataFrame
+    answers: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
+
+
+@dataclass
+class Report:
+    facts: list[tuple[str, str]]
+    warnings: list[str]
+    overall: pd.DataFrame | None
+    sections: list[TaskSection]
+    memory_figure: str | None
+    failed: pd.DataFrame
+    environments: pd.DataFrame
+    results: pd.DataFrame
+
+
+def build(records: list[dict], with_figures: bool = True) -> Report:
+    """Everything the report shows, from ``records`` alone."""
+    results = results_frame(records)
+    curves = curves_frame(records)
+    generations = generations_frame(records)
+    stats = tables.method_stats(results)
+    tasks = sorted(results.task.dropna().unique()) if len(results) else []
+    palette = figures.colors(sorted(results.method.dropna().unique())) if len(results) else {}
+    orders = {t: tables.method_order(results, stats, t) for t in tasks}
+    sections = []
+    for task in tasks:
+        name = tables.score_name(results, task)
+        section = TaskSection(
+            task=task, score_name=name, table=tables.task_table(results, stats, task),
+            more=tables.more_table(results, stats, task),
+            answers=tables.answers_table(results, generations, task, orders[task]),
+        )
+        kinds = tables.memory_kinds(results, task)
+        if len(kinds) == 1:
+            section.notes.append(f"peak memory: {kinds[0]}")
+        if with_figures:
+            loss = figures.loss_curves(task, results, curves, orders[task], palette)
+            front = figures.pareto(task, results, stats, orders[task], palette, name)
+            if loss:
+                section.figures["Training loss"] = loss
+            if front:
+                section.figures["Score against cost"] = front
+        sections.append(section)
+    memory = figures.memory_bars(tasks, results, stats, orders, palette) if with_figures else None
+    return Report(
+        facts=_facts(results), warnings=environment.warnings(records),
+        overall=tables.overall_table(results, stats), sections=sections, memory_figure=memory,
+        failed=tables.failed_runs(results) if len(results) else pd.DataFrame(),
+        environments=environment.environments(records), results=results,
+    )
+
+
+def _facts(results: pd.DataFrame) -> list[tuple[str, str]]:
+    if results.empty:
+        return [("runs", "none finished yet")]
+
+    def names(col):
+        return ", ".join(sorted(str(v) for v in results[col].dropna().unique())) or "–"
+
+    seeds = sorted(int(s) for s in results.seed.dropna().unique())
+    return [
+        ("model", names("model")),
+        ("tasks", names("task")),
+        ("methods", names("method")),
+        ("seeds", ", ".join(map(str, seeds)) or "–"),
+        ("runs", f"{len(results)} ({tables.status_counts(results.status)})"),
+    ]

@@ -1,0 +1,240 @@
+"""The report's figures (matplotlib), as SVG markup to inline in ``report.html``.
+
+Chinese text: the SVG keeps text as text (``svg.fonttype = "none"``), so the browser that
+shows the report draws it with its own fonts, exactly like the Chinese in the report's tables.
+Making the figures therefore needs no CJK font at all; if one is installed, matplotlib uses it
+only to measure text for the layout. The SVG names DejaVu Sans first, then common CJK
+families; the browser falls back per character.
+
+Determinism: a fixed ``svg.hashsalt``, no date in the metadata, and ids prefixed per figure
+(several SVGs share one HTML document), so rebuilding a report gives identical files.
+"""
+from __future__ import annotations
+
+import html
+import io
+import logging
+import math
+import re
+import warnings
+from contextlib import contextmanager
+
+import pandas as pd
+
+from . import formatting as fmt
+from .tables import summary_of
+
+#: CJK families the browser may have, in order of preference (also used by report.html's CSS)
+CJK_FAMILIES = (
+    "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+    "PingFang SC", "Hiragino Sans GB", "Microsoft YaHei", "SimHei", "Droid Sans Fallback",
+)
+#: steps in the moving average of the loss curves, as a fraction of the run's steps
+SMOOTHING = 0.05
+
+
+def _families() -> list[str]:
+    """DejaVu Sans (matplotlib ships it) and whichever CJK families this machine has."""
+    from matplotlib import font_manager
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans"] + [f for f in CJK_FAMILIES if f in installed]
+
+
+def _rc() -> dict:
+    return {
+        "svg.fonttype": "none",
+        "svg.hashsalt": "leitai",
+        "font.family": _families(),
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "legend.frameon": False,
+    }
+
+
+@contextmanager
+def _style():
+    """The figures' rc settings; quiet about CJK fonts that have a single weight (WenQuanYi)."""
+    import matplotlib
+
+    log = logging.getLogger("matplotlib.font_manager")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with matplotlib.rc_context(_rc()):
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def _svg(fig, name: str) -> str:
+    """``fig`` as SVG markup for inlining: no XML prolog, ids unique to ``name``, scalable."""
+    buf = io.StringIO()
+    with warnings.catch_warnings():
+        # no CJK font for the layout: text is still written as text, the browser draws it
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", name) + "-"
+    svg = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{prefix}{m.group(1)})", svg)
+    svg = re.sub(r'xlink:href="#([^"]+)"', lambda m: f'xlink:href="#{prefix}{m.group(1)}"', svg)
+    svg = re.sub(r'<svg([^>]*?) width="[^"]+" height="[^"]+"', r'<svg\1', svg, count=1)
+    return svg.replace("<svg", f'<svg role="img" aria-label="{html.escape(name, quote=True)}"', 1)
+
+
+def colors(methods: list[str]) -> dict[str, str]:
+    """One colour per method, the same in every figure (by sorted name)."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
+    return {m: _hex(palette[i % len(palette)]) for i, m in enumerate(sorted(methods))}
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb[:3])
+
+
+def _figure(width: float, height: float, **kw):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained", **kw)
+
+
+def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
+                palette: dict[str, str]) -> str | None:
+    """Training loss of every method on ``task``: mean over ok seeds, a ±1 std band, the dev
+    loss as a marker at the last step. Step losses are smoothed by a centred moving average."""
+    ok = results[(results.task == task) & (results.status == "ok")]
+    train = curves[(curves.split == "train") & curves.run_id.isin(ok.run_id)]
+    if train.empty:
+        return None
+    with _style():
+        fig = _figure(7, 3.6)
+        ax = fig.add_subplot()
+        window = 1
+        for method in order:
+            runs = ok[ok.method == method].run_id
+            per_run = {}
+            for rid in runs:
+                c = train[train.run_id == rid].set_index("step")["loss"].sort_index()
+                if len(c):
+                    window = max(1, round(len(c) * SMOOTHING))
+                    per_run[rid] = c.rolling(window, center=True, min_periods=1).mean()
+            if not per_run:
+                continue
+            frame = pd.DataFrame(per_run)
+            mean, std = frame.mean(axis=1), frame.std(axis=1)
+            n = frame.shape[1]
+            ax.plot(mean.index, mean.values, color=palette[method], lw=1.4, label=f"{method} (n={n})")
+            if n > 1:
+                ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=palette[method],
+                                alpha=0.18, lw=0)
+            dev = curves[(curves.split == "dev") & curves.run_id.isin(runs)]
+            if len(dev):
+                ax.errorbar([dev.step.max()], [dev.loss.mean()], yerr=[dev.loss.std()] if len(dev) > 1 else None,
+                            fmt="o", color=palette[method], ms=4, capsize=2)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        smooth = f"moving average of {window} steps" if window > 1 else "per step"
+        ax.set_title(f"{task}: training loss ({smooth}; ● dev loss at the end)", loc="left")
+        ax.legend(loc="upper right", fontsize=8)
+        return _svg(fig, f"loss-{task}")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names on the front of (cost, score) points: no other point costs no more and scores no
+    less with one of the two strictly better. Lower cost and higher score are better."""
+    front = []
+    for name, cost, score in points:
+        dominated = any(
+            c <= cost and s >= score and (c < cost or s > score) for other, c, s in points if other != name
+        )
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[str],
+           palette: dict[str, str], score_label: str) -> str | None:
+    """Score against trainable parameters and against peak memory, the front marked."""
+    from matplotlib.ticker import EngFormatter
+
+    panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
+    with _style():
+        fig = _figure(7, 3.8)
+        axes = fig.subplots(1, 2, sharey=True)
+        drawn = False
+        for ax, (metric, label) in zip(axes, panels):
+            scale = 1e6 if metric.endswith("_bytes") else 1
+            points, errs = [], {}
+            for m in order:
+                cost, score = summary_of(stats, task, m, metric), summary_of(stats, task, m, "score")
+                if cost.n and score.n and math.isfinite(cost.mean) and math.isfinite(score.mean):
+                    points.append((m, cost.mean / scale, score.mean))
+                    errs[m] = (cost.std / scale if cost.n > 1 else 0.0, score.std if score.n > 1 else 0.0)
+            if not points:
+                continue
+            drawn = True
+            front = set(pareto_front(points))
+            for m, x, y in points:
+                xerr, yerr = errs[m]
+                on = m in front
+                ax.errorbar([x], [y], xerr=[xerr] if xerr else None, yerr=[yerr] if yerr else None, fmt="o",
+                            ms=7 if on else 6, color=palette[m], mfc=palette[m] if on else "white", mew=1.5,
+                            capsize=2, lw=1, label=m)
+            fp = sorted((x, y) for m, x, y in points if m in front)
+            if len(fp) > 1:
+                ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="0.4", lw=1, ls="--", zorder=0)
+            xs = [x for _, x, _ in points]
+            if min(xs) > 0 and max(xs) / min(xs) > 20:
+                ax.set_xscale("log")
+            if metric == "trainable_params":
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 5.19M, not 1e6 offsets
+            ax.set_xlabel(label)
+            ax.margins(x=0.15, y=0.12)
+        if not drawn:
+            return None
+        axes[0].set_ylabel(score_label)
+        # a legend, not labels at the points: methods with equal scores would write over each other
+        from matplotlib.lines import Line2D
+
+        names = list(dict.fromkeys(m for ax in axes for m in ax.get_legend_handles_labels()[1]))
+        handles = [Line2D([], [], marker="o", ls="", color=palette[m]) for m in names]
+        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=8)
+        fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std)",
+                     x=0.01, ha="left", fontsize=9)
+        return _svg(fig, f"pareto-{task}")
+
+
+def memory_bars(tasks: list[str], results: pd.DataFrame, stats: pd.DataFrame, orders: dict[str, list[str]],
+                palette: dict[str, str]) -> str | None:
+    """Peak memory of every method (mean over ok seeds, ±1 std), one panel per task."""
+    rows = [(t, [(m, summary_of(stats, t, m, "peak_memory_bytes")) for m in orders[t]]) for t in tasks]
+    rows = [(t, [(m, s) for m, s in ms if s.n]) for t, ms in rows]
+    rows = [(t, ms) for t, ms in rows if ms]
+    if not rows:
+        return None
+    kinds = " / ".join(sorted(results.loc[results.status == "ok", "memory_kind"].dropna().unique()))
+    with _style():
+        height = 0.9 + sum(0.28 * len(ms) + 0.5 for _, ms in rows)
+        fig = _figure(7, height)
+        axes = fig.subplots(len(rows), 1, squeeze=False, sharex=True)[:, 0]
+        for ax, (task, ms) in zip(axes, rows):
+            ms = sorted(ms, key=lambda p: p[1].mean)
+            names = [m for m, _ in ms]
+            values = [s.mean / 1e6 for _, s in ms]
+            errs = [s.std / 1e6 if s.n > 1 else 0 for _, s in ms]
+            ax.barh(names, values, xerr=errs, color=[palette[m] for m in names], capsize=2, height=0.6)
+            for i, (v, err) in enumerate(zip(values, errs)):
+                ax.annotate(f"{fmt.number(v)} MB", (max(v, 0) + err, i), xytext=(5, 0), textcoords="offset points",
+                            va="center", fontsize=8)
+            ax.set_title(task, loc="left", fontsize=9)
+            ax.grid(axis="y", visible=False)
+            ax.margins(x=0.18)
+        axes[-1].set_xlabel(f"peak memory during training (MB; {kinds or 'unknown kind'})")
+        return _svg(fig, "memory")

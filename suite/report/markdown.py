@@ -1,0 +1,67 @@
+"""``summary.md``: the report's tables as Markdown, readable in a terminal (figures: report.html).
+
+Text from data or plugins is made inert for Markdown renderers: ``&``, ``<`` and ``>`` become
+entities, ``|`` is escaped and newlines show as ``↵`` so a cell stays one table cell.
+"""
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from .content import NOTES, OVERALL_NOTE, Report
+from .formatting import numeric_column
+
+#: answers-table cells longer than this are cut in summary.md (report.html has them whole)
+ANSWER_CHARS = 120
+
+
+
+def cell(value) -> str:
+    """One table cell's text, safe inside a Markdown table."""
+    text = "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`")
+    return re.sub(r"\r\n|\r|\n", " ↵ ", text)
+
+
+def _cut(value) -> str:
+    text = "" if value is None or (isinstance(value, float) and value != value) else str(value)
+    return text if len(text) <= ANSWER_CHARS else text[: ANSWER_CHARS - 1] + "…"
+
+
+def table(df: pd.DataFrame, index: bool = True, left: tuple = ()) -> str:
+    """``df`` as a pipe table, numbers right-aligned (except ``left`` columns)."""
+    frame = df.reset_index() if index else df
+    align = ["left" if c in left or not numeric_column(frame[c].map(cell)) else "right" for c in frame.columns]
+    frame = frame.map(cell)
+    frame.columns = [cell(c) for c in frame.columns]
+    return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
+def render(report: Report) -> str:
+    lines = ["# leitai shootout", ""]
+    lines += [f"- **{k}**: {cell(v)}" for k, v in report.facts] + [""]
+    if report.results.empty:
+        return "\n".join(lines)
+    for w in report.warnings:
+        lines += [f"> **Warning:** {cell(w)}", ""]
+    lines += ["Figures (loss curves, Pareto fronts, memory) are in `report.html`.", ""]
+    if report.overall is not None:
+        lines += ["## Overall", "", table(report.overall), "", cell(OVERALL_NOTE), ""]
+    for s in report.sections:
+        lines += [f"## {cell(s.task)} ({cell(s.score_name)})", "", table(s.table), ""]
+        lines += [f"{cell(n)}." for n in s.notes] + ([""] if s.notes else [])
+        if not s.answers.empty:
+            lines += ["### Answers side by side", "",
+                      "The same test prompts for every method (the run with the lowest seed answers); "
+                      f"texts cut at {ANSWER_CHARS} characters (report.html and generations.csv have them whole).",
+                      "", table(s.answers.map(_cut).replace("", "(empty)"), index=False), ""]
+        if not s.more.empty:
+            lines += ["### More measurements", "", table(s.more), ""]
+    if not report.failed.empty:
+        lines += ["## Runs that did not finish ok", "", table(report.failed, index=False), ""]
+    lines += ["## How to read the tables", ""] + [f"- {cell(n)}" for n in NOTES] + [""]
+    env = report.environments
+    lines += ["## Environment", "", table(env, index=False, left=tuple(c for c in env.columns if c != "runs")), ""]
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""Where a report's records come from: one shootout directory, or several merged.
+
+Merging rules (``leitai report A B --out M``):
+
+- A run id names one (task, method, seed) cell, so the same run id in two directories is two
+  measurements of one cell. Counting both would pass one seed off as two, and picking one
+  would be a silent choice: it is an error that names both files.
+- The merged directory gets a copy of every merged ``record.json`` under ``M/runs/``, so it is
+  a shootout directory of its own (``leitai report M`` rebuilds it) that satisfies the output
+  contract. Adapter weights are not copied; they stay where they were trained.
+- ``M`` may be one of the inputs, or a directory whose ``runs/`` hold nothing but copies of
+  the inputs' records (a rebuild of an earlier merge). Anything else there is an error: a
+  report must describe exactly the runs in its directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import UsageError
+from ..records import record_path
+
+
+def _read(path: Path) -> dict:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: not a readable record ({e})") from None
+    if not isinstance(record, dict) or "run_id" not in record:
+        raise UsageError(f"{path}: not a run record (no run_id)")
+    return record
+
+
+def collect(dirs: list[Path]) -> dict[str, tuple[Path, dict]]:
+    """``{run_id: (record path, record)}`` over ``dirs``, in run-id order; duplicates are an error."""
+    found: dict[str, tuple[Path, dict]] = {}
+    for d in dirs:
+        for path in sorted(Path(d).glob("runs/*/record.json")):
+            record = _read(path)
+            rid = record["run_id"]
+            if rid in found and found[rid][0].resolve() != path.resolve():
+                raise UsageError(
+                    f"run {rid} is in both {found[rid][0]} and {path}; a cell must be merged once "
+                    "(remove one, or report the directories separately)"
+                )
+            found[rid] = (path, record)
+    return dict(sorted(found.items()))
+
+
+def gather(dirs: list[Path], out: Path) -> list[dict]:
+    """The records of ``dirs``, copied into ``out/runs`` where ``out`` is not one of them."""
+    out = Path(out)
+    found = collect(dirs)
+    inputs = {Path(d).resolve() for d in dirs}
+    if out.resolve() not in inputs:
+        for rid_path in sorted(out.glob("runs/*/record.json")):
+            rid = rid_path.parent.name
+            if rid not in found or rid_path.read_bytes() != found[rid][0].read_bytes():
+                raise UsageError(
+                    f"{rid_path}: {out} already holds runs that are not in the directories being reported; "
+                    "choose an empty --out"
+                )
+        for rid, (path, _) in found.items():
+            target = record_path(out, rid)
+            if target.resolve() != path.resolve() and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.tmp")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, target)  # a reader sees the whole record or none
+    return [record for _, record in found.values()]

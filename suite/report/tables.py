@@ -1,0 +1,243 @@
+"""The comparison tables (pandas): per task, overall, failed runs, and answers side by side.
+
+Every table has one row per method. Aggregates are over the seeds that finished ``ok``;
+the other runs are counted in the ``runs`` column and listed with their errors, never dropped.
+Methods are sorted by mean score (higher is better, the task contract), methods without a
+score last, ties by name.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+from . import formatting as fmt
+from .frames import TEXT_COLUMNS
+from .stats import Summary, summarise
+from ..records import STATUSES
+
+#: the columns of a task table after the score and its interval: (results column, heading, kind)
+MAIN_METRICS = (
+    ("trainable_params", "trainable params (%)", "integer"),  # the % follows in brackets
+    ("adapter_bytes", "adapter", "bytes"),
+    ("peak_memory_bytes", "peak memory", "bytes"),
+    ("train_seconds", "train s", "number"),
+    ("tokens_per_second", "tokens/s", "number"),
+    ("final_train_loss", "final train loss", "number"),
+    ("eval_loss", "dev loss", "number"),
+)
+#: numeric columns that are identifiers or settings, not measurements
+NOT_MEASUREMENTS = ("seed",)
+ANSWERS_PER_TASK = 5
+
+
+def method_stats(results: pd.DataFrame) -> pd.DataFrame:
+    """Long frame indexed by (task, method, metric): n, mean, std, ci_low, ci_high over ok seeds.
+
+    Every numeric column of ``results`` is summarised, including metrics the report does not
+    know by name.
+    """
+    cols = ["task", "method", "metric", "n", "mean", "std", "ci_low", "ci_high"]
+    ok = results[results.status == "ok"]
+    numeric = [
+        c for c in ok.columns
+        if c not in TEXT_COLUMNS and c not in NOT_MEASUREMENTS and pd.api.types.is_numeric_dtype(ok[c])
+    ]
+    rows = []
+    for (task, method), df in ok.groupby(["task", "method"], sort=True):
+        for metric in numeric:
+            s = summarise(df[metric].tolist())
+            if s.n:
+                rows.append((task, method, metric, s.n, s.mean, s.std, s.ci_low, s.ci_high))
+    return pd.DataFrame(rows, columns=cols).set_index(["task", "method", "metric"]).sort_index()
+
+
+def summary_of(stats: pd.DataFrame, task: str, method: str, metric: str) -> Summary:
+    """The :class:`Summary` of one metric (n = 0 when the method has no ok run with it)."""
+    try:
+        row = stats.loc[(task, method, metric)]
+    except KeyError:
+        return summarise([])
+    return Summary(int(row["n"]), row["mean"], row["std"], row["ci_low"], row["ci_high"])
+
+
+def score_name(results: pd.DataFrame, task: str) -> str:
+    names = results.loc[results.task == task, "score_name"].dropna().unique()
+    return " / ".join(sorted(names)) or "score"
+
+
+def method_order(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> list[str]:
+    """The task's methods, best mean score first; methods without a score last; ties by name."""
+    methods = sorted(results.loc[results.task == task, "method"].unique())
+    scores = {m: summary_of(stats, task, m, "score").mean for m in methods}
+
+    def key(m):
+        scored = not math.isnan(scores[m])
+        return (not scored, -scores[m] if scored else 0.0, m)
+
+    return sorted(methods, key=key)
+
+
+def status_counts(statuses) -> str:
+    """``ok 2, failed 1``: every status that occurred, in the order ok, failed, oom, diverged."""
+    counts = pd.Series(list(statuses)).value_counts()
+    order = [s for s in STATUSES if s in counts] + sorted(s for s in counts.index if s not in STATUSES)
+    return ", ".join(f"{s} {counts[s]}" for s in order)
+
+
+def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.DataFrame:
+    """One row per method (index), the formatted columns a reader compares methods by."""
+    df = results[results.task == task]
+    rows = {}
+    for method in method_order(results, stats, task):
+        runs = df[df.method == method]
+        ok = runs[runs.status == "ok"]
+        score = summary_of(stats, task, method, "score")
+        # the score first: it is what a reader decides by; the costs next to it
+        row = {"runs": status_counts(runs.status), "n": str(len(ok)),
+               score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)}
+        for col, heading, kind in MAIN_METRICS:
+            row[heading] = fmt.mean_std(summary_of(stats, task, method, col), kind)
+            if col == "trainable_params" and len(ok):
+                row[heading] += f" ({fmt.number(summary_of(stats, task, method, 'trainable_pct').mean)}%)"
+            if col == "peak_memory_bytes":
+                row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
+        rows[method] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    if len(memory_kinds(results, task)) <= 1:
+        table = table.drop(columns="memory kind")  # one kind: said once, under the table
+    return table
+
+
+def memory_kinds(results: pd.DataFrame, task: str) -> list[str]:
+    """What ``peak_memory_bytes`` measured in the task's ok runs (one kind unless runs are mixed)."""
+    ok = results[(results.task == task) & (results.status == "ok")]
+    return sorted(ok.memory_kind.dropna().unique())
+
+
+def _kind(results: pd.DataFrame, metric: str) -> str:
+    """How to show a metric the report does not know: bytes, whole numbers or 3 figures."""
+    if metric.endswith("_bytes"):
+        return "bytes"
+    values = pd.to_numeric(results[metric], errors="coerce").dropna()
+    return "integer" if len(values) and (values == values.round()).all() and (values.abs() >= 1).all() else "number"
+
+
+def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Every other numeric measurement of the task's ok runs (mean ± std), one row per method.
+
+    This is where metrics a plugin or another part of the core adds show up without the report
+    knowing them; ``*_bytes`` columns are shown in kB/MB/GB, whole-number columns as integers.
+    """
+    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct"}
+    if stats.empty or task not in stats.index.get_level_values("task"):
+        return pd.DataFrame()
+    sub = stats.xs(task, level="task")
+    metrics = [m for m in sorted(sub.index.get_level_values("metric").unique()) if m not in main]
+    rows = {}
+    for method in method_order(results, stats, task):
+        rows[method] = {
+            m: fmt.mean_std(summary_of(stats, task, method, m), _kind(results, m)) for m in metrics
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=metrics)
+    table.index.name = "method"
+    return table if metrics else pd.DataFrame()
+
+
+def overall_table(results: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame | None:
+    """Methods across tasks (only when there are several tasks).
+
+    - ``mean rank``: the method's rank by mean score in each task it ran on (1 = best, tied
+      methods share the better rank), averaged over those tasks; a task where it has no ok run counts
+      as last place there.
+    - ``relative score``: its mean score as a percentage of the best method's mean score on
+      the task, averaged over the tasks it ran on; a task without an ok run counts as 0.
+    - costs: trainable % averaged over tasks, the largest peak memory, total training seconds.
+    Sorted by mean rank.
+    """
+    tasks = sorted(results.task.unique())
+    if len(tasks) < 2:
+        return None
+    ranks: dict[str, list[float]] = {}
+    relative: dict[str, list[float]] = {}
+    for task in tasks:
+        methods = sorted(results.loc[results.task == task, "method"].unique())
+        scores = pd.Series({m: summary_of(stats, task, m, "score").mean for m in methods}, dtype=float)
+        rank = scores.rank(ascending=False, method="min").fillna(len(methods))
+        best = scores.max()  # nan when no method has a score on this task
+        for m in methods:
+            ranks.setdefault(m, []).append(float(rank[m]))
+            if best > 0:
+                relative.setdefault(m, []).append(0.0 if math.isnan(scores[m]) else 100 * scores[m] / best)
+    rows = {}
+    for m in sorted(ranks):
+        ran = [t for t in tasks if ((results.task == t) & (results.method == m)).any()]
+        ok = [t for t in ran if summary_of(stats, t, m, "score").n]
+        pct = [summary_of(stats, t, m, "trainable_pct").mean for t in ok]
+        mem = [summary_of(stats, t, m, "peak_memory_bytes").mean for t in ok]
+        secs = [summary_of(stats, t, m, "train_seconds").mean for t in ok]
+        rows[m] = {
+            "_rank": sum(ranks[m]) / len(ranks[m]),
+            "tasks ok": f"{len(ok)}/{len(ran)}",
+            "mean rank": fmt.number(sum(ranks[m]) / len(ranks[m])),
+            "relative score %": fmt.number(_mean(relative.get(m, []))),
+            "trainable %": fmt.number(_mean(pct)),
+            "largest peak memory": fmt.nbytes(max(mem)) if mem else fmt.MISSING,
+            "total train s": fmt.number(sum(secs)) if secs else fmt.MISSING,
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = table.sort_values("_rank", kind="stable").drop(columns="_rank")
+    table.index.name = "method"
+    return table
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def failed_runs(results: pd.DataFrame) -> pd.DataFrame:
+    """Every run that did not finish ok, with its status and error."""
+    bad = results[results.status != "ok"]
+    return bad[["run_id", "task", "method", "seed", "status", "error"]].reset_index(drop=True)
+
+
+def natural_key(text: str) -> tuple:
+    """Sort ``ex2`` before ``ex10``."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", str(text)))
+
+
+def answers_table(results: pd.DataFrame, generations: pd.DataFrame, task: str, order: list[str],
+                  n: int = ANSWERS_PER_TASK) -> pd.DataFrame:
+    """The same ``n`` test prompts for every method, with the reference and each method's answer.
+
+    For each method the ok run with the lowest seed answers; the prompts are the first ``n``
+    example ids (natural order) that all of those runs answered. Columns: example, prompt,
+    reference, then one per method in ``order``.
+    """
+    df = results[(results.task == task) & (results.status == "ok")]
+    chosen = {}
+    for method in order:
+        runs = df[df.method == method].sort_values(["seed", "run_id"])
+        if len(runs):
+            chosen[method] = runs.iloc[0]
+    if not chosen:
+        return pd.DataFrame()
+    answers = {m: generations[generations.run_id == r.run_id].drop_duplicates("example_id").set_index("example_id")
+               for m, r in chosen.items()}
+    common = set.intersection(*(set(a.index.astype(str)) for a in answers.values()))
+    ids = sorted(common, key=natural_key)[:n]
+    if not ids:
+        return pd.DataFrame()
+    first = next(iter(answers.values()))
+    first.index = first.index.astype(str)
+    table = pd.DataFrame({"example": ids, "prompt": [first.loc[i, "prompt"] for i in ids],
+                          "reference": [first.loc[i, "reference"] for i in ids]})
+    for m, a in answers.items():
+        a.index = a.index.astype(str)
+        seed = chosen[m].seed
+        label = m if pd.isna(seed) else f"{m} (seed {int(seed)})"
+        table[label] = [a.loc[i, "output"] for i in ids]
+    return table
