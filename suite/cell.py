@@ -90,12 +90,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
-    from .tasks import format_prompt
+    from .tasks import format_prompt, resolve_task
     from .train import TrainSettings, mean_loss, train
 
     reg = registry()
     method = reg.get("methods", cell.method)
-    task = reg.get("tasks", cell.task)
+    task = resolve_task(cell.task, reg)
     spec = models.resolve(cell.model, reg, cell.trust_remote_code)
 
     use_cpu = cell.device == "cpu" or (cell.device == "auto" and not torch.cuda.is_available())
@@ -109,11 +109,14 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     tokenizer = models.prepare_tokenizer(tokenizer)
     splits = task.splits(cell.task_sizes)
     train_set, truncated = data.encode(tokenizer, splits["train"], cell.max_len)
-    dev_set, _ = data.encode(tokenizer, splits["dev"], cell.max_len)
+    dev_set, dev_truncated = data.encode(tokenizer, splits["dev"], cell.max_len)
     test_examples = splits["test"]
-    test_prompts = [
-        data.encode_prompt(tokenizer, ex, cell.max_len - task.max_new_tokens)[0] for ex in test_examples
-    ]
+    max_new_tokens = generation_budget(task.max_new_tokens, train_set)
+    test_prompts, test_truncated = [], 0
+    for ex in test_examples:
+        ids, cut = data.encode_prompt(tokenizer, ex, cell.max_len - max_new_tokens)
+        test_prompts.append(ids)
+        test_truncated += cut
 
     total = count_parameters(base)
     base_named = list(base.named_parameters())
@@ -149,6 +152,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
         steps=len(result.losses), lr=settings.lr, truncated_examples=truncated,
+        truncated_eval_examples=dev_truncated + test_truncated, train_examples=len(train_set),
+        dev_examples=len(dev_set), test_examples=len(test_examples), max_new_tokens=max_new_tokens,
         first_train_loss=result.losses[0] if result.losses else None,
         final_train_loss=_tail_mean(result.losses), score_name=task.score_name,
         **result.breakdown,
@@ -162,12 +167,14 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     with accelerator.autocast():
         dev_loss = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
         outputs = greedy_generate(
-            model, test_prompts, task.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, device,
+            model, test_prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, device,
             cell.eval_batch_size,
         )
     texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
     m["eval_loss"] = dev_loss
-    m["score"] = task.score(texts, [ex.output for ex in test_examples])
+    references = [ex.output for ex in test_examples]
+    m["score"] = task.score(texts, references)
+    m.update(extra_metrics(task, texts, references, m))
     record["curve"].append({"step": len(result.losses), "split": "dev", "loss": dev_loss})
     record["generations"] = [
         {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t}
@@ -184,6 +191,27 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     tmp.rename(adapter)
     m["adapter_bytes"] = measure.dir_bytes(adapter)
     record["status"] = "ok"
+
+
+def generation_budget(max_new_tokens: int, train_set: list) -> int:
+    """Tokens greedy generation may produce: the task's ``max_new_tokens``, but no more than the
+    longest training answer (with its end token). Answers are cut to half the context for
+    training, so the prompt always keeps room; and no method spends time generating past what
+    any method was taught to answer (the same budget for every method of a task)."""
+    longest = max((len(e.answer) for e in train_set), default=max_new_tokens)
+    return max(1, min(max_new_tokens, longest))
+
+
+def extra_metrics(task, predictions: list[str], references: list[str], measured: dict) -> dict:
+    """The task's further metrics (:meth:`suite.Task.metrics`), checked: they may only add
+    numeric columns, never replace what the core measured."""
+    extra = task.metrics(predictions, references) or {}
+    for name, value in extra.items():
+        if not isinstance(name, str) or name in measured:
+            raise ValueError(f"task {task.name!r} returned metric {name!r}, which clashes with a core column")
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"task {task.name!r} returned a non-numeric metric {name}={value!r}")
+    return {name: float(value) for name, value in extra.items()}
 
 
 def _tail_mean(losses: list[float], frac: float = 0.1) -> float | None:

@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a shootout and write its report", epilog=EPILOG)
     S = argparse.SUPPRESS  # only flags the user gives override the TOML config
     run.add_argument("--methods", default=S, help="comma-separated method names (default: all registered)")
-    run.add_argument("--tasks", default=S, help="comma-separated task names (default: zh-sentiment)")
+    run.add_argument("--tasks", default=S,
+                     help="comma-separated task names, or file:PATH[?score=NAME] for your own data (default: zh-sentiment)")
     run.add_argument("--model", default=S, help="tiny-zh (default) or a Hugging Face model id / local path")
     run.add_argument("--seeds", default=S, help="number of seeds (0..N-1) or a comma-separated list (default 1)")
     run.add_argument("--max-steps", type=int, default=S, dest="max_steps", help="training steps per run (default 150)")
@@ -77,7 +78,8 @@ def _warn_failures(registry) -> None:
 def cmd_run(args) -> int:
     from .config import build_config, parse_set
     from .plugins import registry
-    from .runner import run_shootout
+    from .records import read_records
+    from .runner import run_shootout, truncation_warnings
 
     cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set", "quiet")}
     cli["method_overrides"] = parse_set(args.set)
@@ -86,6 +88,8 @@ def cmd_run(args) -> int:
     _warn_failures(reg)
     config.fill_defaults(reg)
     outcome = run_shootout(config, reg, progress=not args.quiet)
+    for line in truncation_warnings(read_records(outcome.out_dir), config.max_len):
+        print(f"leitai: warning: {line}", file=sys.stderr)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.statuses.items())) or "nothing new"
     print(f"leitai: {outcome.ran} runs ({counts}), {outcome.skipped} already done; report in {outcome.out_dir}")
     print(f"leitai: summary: {outcome.out_dir / 'summary.md'}")
@@ -125,11 +129,49 @@ def cmd_list(args) -> int:
         if args.what == "methods":
             line += "\n" + " " * 17 + "defaults: " + ", ".join(f"{k}={v}" for k, v in obj.defaults.items())
         elif args.what == "tasks":
-            sizes = ", ".join(f"{k} {v}" for k, v in obj.default_sizes.items())
-            line += f"\n{'':17}score: {obj.score_name}; default sizes: {sizes}"
+            line += "\n" + _task_sizes(obj)
         print(line)
     _warn_failures(reg)
     return 0
+
+
+def cached_split_sizes(task) -> tuple[dict, dict]:
+    """A task's split sizes for the default run and the full task, cached on disk
+    (``$XDG_CACHE_HOME/leitai/task-sizes.json``) by name, version and source: counting them
+    means reading whole corpora, which takes seconds; a task bumps ``version`` when its
+    examples change."""
+    import json
+    import os
+
+    from .records import write_json_atomic
+
+    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leitai" / "task-sizes.json"
+    key = f"{task.name}|{task.version}|{task.source}|{sorted(task.default_sizes.items())}|{getattr(task, 'max_chars', '')}"
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = [task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)]
+        try:
+            write_json_atomic(path, cache)
+        except OSError:
+            pass  # a read-only home only makes the next listing slow again
+    default, full = cache[key]
+    return default, full
+
+
+def _task_sizes(task) -> str:
+    """A task's score and split sizes, for the default run and for ``--task-size full``."""
+    def fmt(sizes):
+        return "/".join(str(sizes.get(s, "?")) for s in ("train", "dev", "test"))
+
+    try:
+        default, full = (fmt(s) for s in cached_split_sizes(task))
+    except Exception as e:  # a broken task plugin is listed, not fatal
+        default = full = f"? ({type(e).__name__}: {e})"
+    extra = f"; max {task.max_chars} characters in capped runs" if getattr(task, "max_chars", None) else ""
+    return f"{'':17}score: {task.score_name}; train/dev/test default {default}{extra}; full {full}"
 
 
 def cmd_new_plugin(args) -> int:

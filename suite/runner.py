@@ -23,13 +23,16 @@ def run_id(method: str, task: str, seed: int) -> str:
 
 
 def plan(config: ShootoutConfig, registry) -> list[Cell]:
-    """The cells of a shootout, after checking every name and setting against the plugins."""
+    """The cells of a shootout, after checking every name and setting against the plugins.
+
+    Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
+    validated before any cell starts: bad data stops the shootout with one line.
+    """
     from .methods import method_params
+    from .tasks import resolve_task
 
     cells = []
-    for task in config.tasks:
-        if task not in registry.tasks:
-            raise UsageError(f"unknown task {task!r} (known: {', '.join(sorted(registry.tasks))})")
+    tasks = {name: resolve_task(name, registry) for name in config.tasks}
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
@@ -48,7 +51,7 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
                         run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
                         model=config.model, params=params, steps=config.max_steps,
                         batch_size=config.batch_size, max_len=config.max_len,
-                        task_sizes=config.sizes_for(registry.tasks[task]), device=config.device,
+                        task_sizes=config.sizes_for(tasks[task]), device=config.device,
                         trust_remote_code=config.trust_remote_code, warmup=config.warmup,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                         log_every=config.log_every, eval_batch_size=config.eval_batch_size,
@@ -115,6 +118,23 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
         bar.close()
         write_report([out], out)  # also after Ctrl-C: what finished is reported
     return Outcome(out, len(todo), len(cells) - len(todo), statuses)
+
+
+def truncation_warnings(records: list[dict], max_len: int) -> list[str]:
+    """One line per task whose examples did not fit ``max_len`` tokens and were truncated
+    (the counts are the same for every method of a task: same data, same tokenizer)."""
+    worst: dict[str, dict] = {}
+    for r in records:
+        m = r.get("metrics", {})
+        if m.get("truncated_examples") or m.get("truncated_eval_examples"):
+            if r["task"] not in worst or m.get("truncated_examples", 0) > worst[r["task"]].get("truncated_examples", 0):
+                worst[r["task"]] = m
+    return [
+        f"{task}: {m.get('truncated_examples', 0)} of {m.get('train_examples', '?')} training examples and "
+        f"{m.get('truncated_eval_examples', 0)} dev/test examples were longer than --max-len {max_len} tokens "
+        "and were truncated"
+        for task, m in sorted(worst.items())
+    ]
 
 
 def _check_same_settings(out: Path, cell: Cell, record: dict) -> None:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterable
 
 SPLITS = ("train", "dev", "test")
 
@@ -45,6 +48,55 @@ def stable_order(examples: list[Example]) -> list[Example]:
     return sorted(examples, key=lambda e: hashlib.sha1(e.id.encode("utf-8")).digest())
 
 
+def normalise(text: str) -> str:
+    """The form of a text that duplicates are detected on: NFKC (full-width digits and letters
+    become ASCII) with all whitespace removed."""
+    return "".join(unicodedata.normalize("NFKC", text).split())
+
+
+def assign_splits(
+    examples: Iterable[Example], key: Callable[[Example], str] | None = None, distinct_answers: bool = False,
+) -> dict[str, list[Example]]:
+    """Deterministic train/dev/test splits without duplicates across them.
+
+    Examples whose normalised prompt (instruction and input) is the same are duplicates: one
+    is kept, the smallest by (instruction, input, output), so the choice does not depend on
+    the corpus order. With ``distinct_answers`` only examples whose answer is the same too are
+    duplicates (a user's file may hold several answers to one instruction). Each example goes
+    to ``split_of(normalise(key(example)))`` (``key`` defaults to the prompt, so equal prompts
+    can never land in two splits; tasks whose examples share a source text key on that text).
+    Example ids are recomputed from the normalised text; each split is in :func:`stable_order`.
+    Cut to sizes with :func:`take`.
+    """
+    norm = lru_cache(maxsize=None)(normalise)  # inputs are often split keys too: normalise once
+    kept: dict[str, tuple[Example, str]] = {}
+    for ex in examples:
+        prompt = norm(ex.instruction) + "\n" + norm(ex.input)
+        ident = prompt + "\n" + normalise(ex.output) if distinct_answers else prompt
+        ex = Example(hashlib.sha1(ident.encode("utf-8")).hexdigest()[:12], ex.instruction, ex.input, ex.output)
+        seen = kept.get(ex.id)
+        if seen is None or (ex.instruction, ex.input, ex.output) < (seen[0].instruction, seen[0].input, seen[0].output):
+            kept[ex.id] = ex, prompt
+    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for ex, prompt in kept.values():
+        out[split_of(norm(key(ex)) if key else prompt)].append(ex)
+    return {s: stable_order(exs) for s, exs in out.items()}
+
+
+def take(
+    splits: dict[str, list[Example]], sizes: dict | None, keep: Callable[[Example], bool] | None = None,
+) -> dict[str, list[Example]]:
+    """The first ``sizes[split]`` examples of each split (all of them for ``None``), skipping
+    those ``keep`` rejects (e.g. over-long ones in a CPU-sized run). Splits keep their order,
+    so a bigger size gives a superset of a smaller one."""
+    out = {}
+    for split, examples in splits.items():
+        n = (sizes or {}).get(split)
+        chosen = [e for e in examples if keep(e)] if keep else list(examples)
+        out[split] = chosen[:n]
+    return out
+
+
 class Task:
     """Base class for tasks. Register instances through ``register_tasks``."""
 
@@ -75,3 +127,36 @@ class Task:
     def score(self, predictions: list[str], references: list[str]) -> float:
         """The task's metric over generated answers (higher is better)."""
         raise NotImplementedError
+
+    def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
+        """Further metrics next to :meth:`score`, e.g. ``{"bleu4": 12.3}`` (optional).
+
+        They are stored in the run's record as extra result columns; names must not clash
+        with the core's own measurements (``score``, ``eval_loss``, ...).
+        """
+        return {}
+
+    def split_sizes(self, sizes: dict | None = None) -> dict[str, int]:
+        """How many examples each split holds for ``sizes`` (``None``: the full task).
+
+        Used by ``leitai list tasks``; the default builds the splits, a task may count faster.
+        """
+        return {split: len(examples) for split, examples in self.splits(sizes).items()}
+
+
+def resolve_task(name: str, registry) -> Task:
+    """The task called ``name``: a registered one, or a user's data file for ``file:PATH``.
+
+    Raises :class:`suite.errors.UsageError` with a one-line reason for an unknown name or an
+    unusable file.
+    """
+    from .errors import UsageError
+
+    if name.startswith("file:"):
+        from .userdata import load_file_task
+
+        return load_file_task(name)
+    if name not in registry.tasks:
+        known = ", ".join(sorted(registry.tasks))
+        raise UsageError(f"unknown task {name!r} (known: {known}, or file:PATH for your own data)")
+    return registry.tasks[name]

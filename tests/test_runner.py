@@ -143,3 +143,10 @@ def test_bad_input_is_one_line(args, message, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_generations_show_the_same_prompts_for_every_method(shootout):
+    out, _ = shootout
+    gens = pd.read_csv(out / "generations.csv")
+    per_run = {run: tuple(zip(g.example_id, g.prompt, g.reference)) for run, g in gens.groupby("run_id")}
+    assert len(per_run) >= 2 and len(set(per_run.values())) == 1  # every method and seed, the same sample
