@@ -68,7 +68,8 @@ def run_cell(cell: Cell, run_dir: Path) -> dict:
         "metrics": {}, "curve": [], "generations": [], "env": {},
     }
     try:
-        _run(cell, run_dir, record)
+        if _run(cell, run_dir, record) == "not main process":
+            return None
     except Exception as e:
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
         record["status"] = "oom" if oom else "failed"
@@ -140,15 +141,24 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     )
     weights_bytes = measure.tensor_bytes(measure.unique_parameters(model))
     quiet = os.environ.get("LEITAI_PROGRESS") == "0"
+    quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
             result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar)
     model = accelerator.unwrap_model(model)
+    peaks = [peak.peak]
+    if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process
+        peaks = accelerator.gather(torch.tensor([peak.peak], device=device)).tolist()
+        result.tokens = int(accelerator.reduce(torch.tensor(result.tokens, device=device), "sum"))
+        if not accelerator.is_main_process:
+            return "not main process"
+        record["metrics"]["peak_memory_per_device"] = peaks
+        record["metrics"]["processes"] = accelerator.num_processes
 
     m = record["metrics"]
     m.update(
         trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total,
-        peak_memory_bytes=peak.peak, peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
+        peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
         steps=len(result.losses), lr=settings.lr, truncated_examples=truncated,
@@ -230,12 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     cell = Cell.from_json(spec_path.read_text(encoding="utf-8"))
     run_dir = spec_path.parent
     _silence_known_warnings()
+    if os.environ.get("LEITAI_THREADS"):  # the executor's share of the cores
+        import torch
+
+        torch.set_num_threads(int(os.environ["LEITAI_THREADS"]))
     if os.environ.get("LEITAI_PROGRESS") == "0":
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     record = run_cell(cell, run_dir)
-    write_json_atomic(run_dir / "record.json", record)
+    if record is not None:  # under a distributed launch only the main process writes it
+        write_json_atomic(run_dir / "record.json", record)
     return 0
 
 

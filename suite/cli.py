@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a method setting, e.g. --set lora.r=16 (repeatable)")
     run.add_argument("--trust-remote-code", action="store_true", default=S, dest="trust_remote_code",
                      help="allow a hub model's own code to run (off by default)")
+    run.add_argument("--executor", default=S, help="where cells run: local (default), ray, or a plugin's")
+    run.add_argument("--workers", type=int, default=S, help="cells at once with the local executor (default 1)")
+    run.add_argument("--devices", default=S, help="GPU ids to share out among local workers, e.g. 0,1,2,3")
+    run.add_argument("--gpus-per-cell", type=int, default=S, dest="gpus_per_cell",
+                     help="GPUs per cell; more than 1 runs the cell under accelerate's distributed launch (DDP)")
+    run.add_argument("--cpus-per-cell", type=int, default=S, dest="cpus_per_cell",
+                     help="CPU threads per cell (default: local cores / workers; ray 1)")
+    run.add_argument("--ray-address", default=S, dest="ray_address", help="an existing Ray cluster (default: start a local one)")
+    run.add_argument("--max-retries", type=int, default=S, dest="max_retries",
+                     help="ray: re-runs of a cell whose worker died (default 2)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     rep = sub.add_parser("report", help="rebuild the report files from DIR/runs/*/record.json")
@@ -48,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                      "which then gets a copy of every merged record.json)")
 
     ls = sub.add_parser("list", help="show what the plugins registered")
-    ls.add_argument("what", nargs="?", default="methods", choices=["methods", "tasks", "models", "plugins"])
+    ls.add_argument("what", nargs="?", default="methods",
+                    choices=["methods", "tasks", "models", "executors", "plugins"])
 
     new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
                          epilog=EPILOG)

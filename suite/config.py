@@ -40,6 +40,13 @@ class ShootoutConfig:
     grad_clip: float = 1.0
     log_every: int = 10
     eval_batch_size: int = 32
+    executor: str = "local"
+    workers: int = 1
+    devices: str = ""  # comma-separated GPU ids for the local executor
+    gpus_per_cell: int = 1
+    cpus_per_cell: int = 0  # 0: the executor's default
+    ray_address: str = ""
+    max_retries: int = 2
     method_overrides: dict = field(default_factory=dict)  # method -> {setting: value}
 
     def fill_defaults(self, registry) -> "ShootoutConfig":
@@ -149,7 +156,7 @@ def build_config(cli: dict, config_file: str | None = None) -> ShootoutConfig:
             raise UsageError(f"--task-size takes default, full or a number, not {values['task_size']!r}")
     if values.get("device", "auto") not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device takes auto, cpu or cuda, not {values['device']!r}")
-    for key in ("max_steps", "batch_size", "max_len"):
+    for key in ("max_steps", "batch_size", "max_len", "workers", "gpus_per_cell"):
         if key in values and (not isinstance(values[key], int) or values[key] < 1):
             raise UsageError(f"{key.replace('_', '-')} must be a positive whole number, not {values[key]!r}")
     return ShootoutConfig(**values, method_overrides=overrides)

@@ -1,51 +1,102 @@
-"""Executors run cells somewhere and hand back their records; the runner alone writes results.
+"""Executors run a shootout's cells somewhere and hand back their records.
 
-An executor only needs ``map(cells, run_one)``: call ``run_one(cell)`` for every cell (here,
-in this process, one after another; elsewhere, in parallel or on other machines) and yield
-``(cell, record)`` as each finishes. ``run_one`` starts the cell's own child process.
+An executor is a plugin (``register_executors``): a subclass of :class:`Executor` whose
+``map(cells, out_dir)`` runs every cell, each in a fresh process of its own, and yields
+``(cell, record)`` as each finishes, once ``out_dir/runs/<run_id>/`` holds the run's files.
+Where the cell ran (a local process pool, a Ray cluster, a Slurm job) is the executor's
+business; the driver process alone writes the shootout directory. The pieces every executor
+needs, starting a cell's process and turning a dead process into a ``failed`` record, are here.
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import threading
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cell import Cell
+from .records import read_json, write_json_atomic
 
 
-class LocalExecutor:
-    """Cells one after another on this machine, each in a fresh child process."""
+@dataclass
+class ExecutorSettings:
+    workers: int = 1  # cells at once (local)
+    devices: list[str] | None = None  # GPU ids handed out to cells (local)
+    gpus_per_cell: int = 1  # >1: the cell runs under `accelerate launch` with that many processes
+    cpus_per_cell: int | None = None  # CPU threads per cell (local: cores / workers; ray: 1)
+    address: str | None = None  # an existing cluster to join (ray)
+    max_retries: int = 2  # re-runs of a cell whose worker died (ray)
+    progress: bool = True  # show each cell's step bar
 
-    name = "local"
 
-    def map(self, cells, run_one):
-        for cell in cells:
-            yield cell, run_one(cell)
+class Executor:
+    """Base class for executors. Register subclasses through ``register_executors``."""
+
+    #: the name users type after ``--executor``
+    name: str = ""
+    description: str = ""
+
+    def __init__(self, settings: ExecutorSettings):
+        self.settings = settings
+
+    def map(self, cells: list[Cell], out_dir: Path):
+        """Run every cell; yield ``(cell, record)`` as each finishes.
+
+        When a pair is yielded, ``out_dir/runs/<run_id>/record.json`` (written atomically, last)
+        and the run's other files are in place. Ctrl-C (KeyboardInterrupt) must cancel what is
+        still running and leave finished runs intact.
+        """
+        raise NotImplementedError
 
 
-def launch_child(cell: Cell, run_dir: Path, env: dict | None = None) -> tuple[int, str]:
-    """Run ``python -m suite.cell`` for ``cell``; return its exit code and the tail of its stderr.
+class Interrupted(KeyboardInterrupt):
+    """A cell's process was stopped by Ctrl-C: no record, the cell is not done."""
 
-    The child's stderr (its progress bar) is passed through to ours while the last few KB are
-    kept, so a child that dies without writing a record can still say why.
+
+def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def cell_command(spec: Path, processes: int = 1) -> list[str]:
+    """The command that runs a cell. Several processes (one per GPU, or CPU processes over
+    gloo where there is none) start under torchrun; accelerate's ``Accelerator`` in the cell
+    picks the process group up from its environment (set ``ACCELERATE_USE_FSDP=true`` and the
+    ``FSDP_*`` variables for FSDP instead of DDP)."""
+    if processes <= 1:
+        return [sys.executable, "-m", "suite.cell", str(spec)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+            "-m", "suite.cell", str(spec)]
+
+
+def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1) -> tuple[int, str]:
+    """Run ``cell`` in a child process; return its exit code and the tail of its stderr.
+
+    The child's stderr (its progress bar) is passed through while the last few KB are kept,
+    so a child that dies without writing a record can still say why. The child dies with us.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "cell.json"
     spec.write_text(cell.to_json(), encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "suite.cell", str(spec)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+        cell_command(spec, processes), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
     )
     tail: deque[bytes] = deque(maxlen=64)
+    show = (env or {}).get("LEITAI_PROGRESS", os.environ.get("LEITAI_PROGRESS")) != "0"
 
     def pump():
         out = getattr(sys.stderr, "buffer", None)
         for chunk in iter(lambda: proc.stderr.read1(4096), b""):
             tail.append(chunk)
-            if out is not None:
+            if out is not None and show:
                 out.write(chunk)
                 out.flush()
 
@@ -59,3 +110,46 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None) -> tuple[in
         raise
     reader.join()
     return code, b"".join(tail).decode("utf-8", errors="replace")
+
+
+def failed_record(cell: Cell, error: str, detail: str = "") -> dict:
+    import time
+
+    return {
+        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
+        "model": cell.model, "status": "failed", "error": error, "traceback": detail,
+        "config": {"method": cell.method, "params": cell.params}, "metrics": {}, "curve": [],
+        "generations": [], "env": {}, "finished_at": time.time(),
+    }
+
+
+def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1) -> dict:
+    """Run ``cell`` in its own process in ``run_dir`` and return its record.
+
+    A process that exits without a record gets a ``failed`` record naming its exit status and
+    last line of output; one stopped by Ctrl-C gets none (raises :class:`Interrupted`).
+    """
+    run_dir = Path(run_dir)
+    (run_dir / "record.json").unlink(missing_ok=True)  # a retried cell starts clean
+    code, tail = launch_child(cell, run_dir, env, processes)
+    record = read_json(run_dir / "record.json")
+    if record is None:
+        if code in (-signal.SIGINT, 130):
+            raise Interrupted(cell.run_id)
+        last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+        record = failed_record(cell, f"cell process exited with status {code}: {last[-1] if last else 'no output'}", tail)
+        write_json_atomic(run_dir / "record.json", record)
+    return record
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def thread_env(threads: int) -> dict:
+    """Environment that caps a child's CPU threads (torch reads these at start-up)."""
+    n = str(max(1, threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "LEITAI_THREADS": n}

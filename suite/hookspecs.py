@@ -50,3 +50,13 @@ def register_models(register):
     ``model.name`` is accepted by ``--model``; names that no plugin registers are treated as
     Hugging Face model ids or local paths.
     """
+
+
+@hookspec
+def register_executors(register):
+    """Register executors: where and how a shootout's cells run.
+
+    Call ``register(cls)`` with a subclass of :class:`suite.executors.Executor`; ``cls.name``
+    is what users type after ``--executor``. The core constructs it with the shootout's
+    :class:`suite.executors.ExecutorSettings` and calls ``map(cells, out_dir)``.
+    """

@@ -16,7 +16,7 @@ import pluggy
 from . import hookspecs
 
 GROUP = "leitai"
-KINDS = ("methods", "tasks", "models")
+KINDS = ("methods", "tasks", "models", "executors")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Registry:
     methods: dict = field(default_factory=dict)
     tasks: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
+    executors: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)  # (kind, name) -> plugin name
     plugins: dict = field(default_factory=dict)  # plugin name -> PluginInfo
 

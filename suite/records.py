@@ -29,11 +29,13 @@ def record_path(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / "runs" / run_id / "record.json"
 
 
+def read_json(path: Path) -> dict | None:
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def read_record(out_dir: Path, run_id: str) -> dict | None:
-    path = record_path(out_dir, run_id)
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(record_path(out_dir, run_id))
 
 
 def read_records(out_dir: Path) -> list[dict]:

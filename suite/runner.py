@@ -6,15 +6,13 @@ Records are the only results: a cell is done when ``runs/<run_id>/record.json`` 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cell import Cell
 from .config import ShootoutConfig
-from .executors import LocalExecutor, launch_child
 from .errors import UsageError
-from .records import read_record, record_path, write_json_atomic
+from .records import read_record, record_path
 
 
 def run_id(method: str, task: str, seed: int) -> str:
@@ -68,13 +66,18 @@ class Outcome:
     statuses: dict
 
 
-def failed_record(cell: Cell, error: str, detail: str = "") -> dict:
-    return {
-        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
-        "model": cell.model, "status": "failed", "error": error, "traceback": detail,
-        "config": {"method": cell.method, "params": cell.params}, "metrics": {}, "curve": [],
-        "generations": [], "env": {}, "finished_at": time.time(),
-    }
+def make_executor(config: ShootoutConfig, registry, progress: bool = True):
+    """The executor plugin named by ``--executor``, built with the shootout's settings."""
+    from .executors import ExecutorSettings
+
+    if config.executor not in registry.executors:
+        raise UsageError(f"unknown executor {config.executor!r} (known: {', '.join(sorted(registry.executors))})")
+    settings = ExecutorSettings(
+        workers=config.workers, devices=[d.strip() for d in config.devices.split(",") if d.strip()] or None,
+        gpus_per_cell=config.gpus_per_cell, cpus_per_cell=config.cpus_per_cell or None,
+        address=config.ray_address or None, max_retries=config.max_retries, progress=progress,
+    )
+    return registry.executors[config.executor](settings)
 
 
 def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
@@ -83,6 +86,7 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     from .report import write_report
 
     cells = plan(config, registry)
+    executor = executor or make_executor(config, registry, progress)
     out = Path(config.out)
     existing = list(out.glob("runs/*/record.json")) if out.exists() else []
     if existing and not config.resume:
@@ -95,22 +99,10 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
             continue
         todo.append(cell)
     out.mkdir(parents=True, exist_ok=True)
-    executor = executor or LocalExecutor()
     statuses: dict[str, int] = {}
-
-    def run_one(cell: Cell) -> dict:
-        run_dir = out / "runs" / cell.run_id
-        code, tail = launch_child(cell, run_dir, env=None if progress else {"LEITAI_PROGRESS": "0"})
-        record = read_record(out, cell.run_id)
-        if record is None:  # the child died without writing its record
-            last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-            record = failed_record(cell, f"cell process exited with status {code}: {last[-1] if last else 'no output'}", tail)
-            write_json_atomic(record_path(out, cell.run_id), record)
-        return record
-
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="shootout", unit="cell", disable=not progress)
     try:
-        for cell, record in executor.map(todo, run_one):
+        for cell, record in executor.map(todo, out):
             statuses[record["status"]] = statuses.get(record["status"], 0) + 1
             bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
             bar.update(1)

@@ -58,7 +58,9 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     pending: list[torch.Tensor] = []
     model.train()
     start = time.perf_counter()
+    rank, world = accelerator.process_index, accelerator.num_processes
     for step, items in enumerate(batches):
+        items = items[rank::world] if world > 1 else items  # data parallel: each process its share
         batch = collate(items, pad_id)
         result.tokens += sum(e.length for e in items)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -80,7 +82,10 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
             result.breakdown["optimizer_bytes"] = optimizer_bytes(optimizer)
         pending.append(loss.detach())
         if (step + 1) % settings.log_every == 0 or step + 1 == len(batches):
-            values = torch.stack(pending).float().cpu().tolist()
+            stacked = torch.stack(pending).float()
+            if world > 1:
+                stacked = accelerator.reduce(stacked, "mean")
+            values = stacked.cpu().tolist()
             pending.clear()
             result.losses += values
             if progress is not None:

@@ -1,0 +1,147 @@
+"""Executors: the local pool with workers, a cell spread over two processes, and Ray with
+workers that die mid-cell, cells that keep failing, and an interrupted shootout resumed."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import leitai
+
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
+
+# Methods that misbehave the way a cluster does. Markers count attempts per method.
+UNRULY = textwrap.dedent('''
+    import os, signal, time
+    from pathlib import Path
+    from suite import hookimpl
+    from plugins.lora import LoRA
+
+    def attempt(name):
+        marker = Path(os.environ["UNRULY_DIR"]) / name
+        with open(marker, "a") as f:
+            f.write("x")
+        return len(marker.read_text())
+
+    class DiesOnce(LoRA):
+        """Kills the process that runs the cell (the Ray worker) on its first attempt."""
+        name = "dies-once"
+        def apply(self, model, params):
+            if attempt(self.name) == 1:
+                os.kill(os.getppid(), signal.SIGKILL)
+                time.sleep(60)
+            return super().apply(model, params)
+
+    class DiesAlways(LoRA):
+        name = "dies-always"
+        def apply(self, model, params):
+            attempt(self.name)
+            os.kill(os.getppid(), signal.SIGKILL)
+            time.sleep(60)
+
+    class Hangs(LoRA):
+        """Sleeps (as a long cell would) unless UNRULY_NO_HANG is set."""
+        name = "hangs"
+        def apply(self, model, params):
+            attempt(self.name)
+            if not os.environ.get("UNRULY_NO_HANG"):
+                time.sleep(600)
+            return super().apply(model, params)
+
+    @hookimpl
+    def register_methods(register):
+        for m in (DiesOnce(), DiesAlways(), Hangs()):
+            register(m)
+''')
+
+
+@pytest.fixture(scope="module")
+def unruly(tmp_path_factory):
+    d = tmp_path_factory.mktemp("unruly")
+    (d / "unruly_plugin.py").write_text(UNRULY)
+    markers = d / "markers"
+    markers.mkdir()
+    return {"LEITAI_PLUGINS": "unruly_plugin", "PYTHONPATH": f"{d}:{os.environ.get('PYTHONPATH', '')}",
+            "UNRULY_DIR": str(markers)}, markers
+
+
+def losses(out):
+    r = pd.read_csv(out / "results.csv").set_index("run_id")
+    return r[["status", "first_train_loss", "final_train_loss", "eval_loss"]]
+
+
+def test_local_workers_give_the_same_results(tmp_path):
+    one = leitai("run", "--methods", "lora", "--seeds", "2", "--workers", "1", "--out", tmp_path / "w1", *SMALL)
+    two = leitai("run", "--methods", "lora", "--seeds", "2", "--workers", "2", "--out", tmp_path / "w2", *SMALL)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = losses(tmp_path / "w1"), losses(tmp_path / "w2")
+    assert (a.status == "ok").all() and a.index.equals(b.index)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5)
+    threads = [json.loads(p.read_text())["env"]["torch_threads"] for p in (tmp_path / "w2").glob("runs/*/record.json")]
+    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2  # the cores were shared out
+
+
+def test_cell_over_two_processes(tmp_path):
+    proc = leitai("run", "--methods", "lora", "--gpus-per-cell", "2", "--out", tmp_path / "ddp", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(next((tmp_path / "ddp").glob("runs/*/record.json")).read_text())
+    assert record["status"] == "ok", record.get("traceback")
+    assert record["metrics"]["processes"] == 2 and len(record["metrics"]["peak_memory_per_device"]) == 2
+
+
+def test_bad_executor_settings_are_one_line(tmp_path):
+    for args, message in [(["--executor", "slurm"], "unknown executor 'slurm'"),
+                          (["--workers", "3", "--devices", "0,1"], "--workers 3 needs 3 devices"),
+                          (["--workers", "0"], "workers must be a positive whole number")]:
+        proc = leitai("run", "--out", tmp_path / "x", *args, *SMALL)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (CI installs it)")
+
+
+def test_ray_retries_a_dead_worker_and_records_failures_once(tmp_path, unruly):
+    env, markers = unruly
+    out = tmp_path / "ray"
+    proc = leitai("run", "--executor", "ray", "--max-retries", "1", "--methods", "lora,dies-once,dies-always",
+                  "--out", out, *SMALL, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = pd.read_csv(out / "results.csv").set_index("method")
+    assert len(r) == 3 and len(list(out.glob("runs/*/record.json"))) == 3
+    assert r.loc["lora", "status"] == "ok"
+    assert r.loc["dies-once", "status"] == "ok"  # retried after its worker died ...
+    assert (markers / "dies-once").read_text() == "xx"  # ... exactly once more
+    assert r.loc["dies-always", "status"] == "failed"
+    assert r.loc["dies-always", "error"].startswith("ray: ") and "after 1 retries" in r.loc["dies-always", "error"]
+    assert (markers / "dies-always").read_text() == "xx"  # first try + 1 retry
+    assert not list(out.glob("runs/.*"))  # no staging left behind
+
+
+def test_interrupted_ray_shootout_resumes_without_redoing(tmp_path, unruly):
+    env, markers = unruly
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "suite.cli", "run", "--executor", "ray", "--methods", "lora,hangs", "--out", str(out), *SMALL]
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    deadline = time.time() + 300
+    lora = out / "runs" / "zh-sentiment__lora__s0" / "record.json"
+    while not (lora.exists() and (markers / "hangs").exists()) and time.time() < deadline:
+        time.sleep(1)
+    assert lora.exists(), "the fast cell never finished"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "finished runs are kept" in err
+    assert not (out / "runs" / "zh-sentiment__hangs__s0" / "record.json").exists()
+    stamp = lora.stat().st_mtime_ns
+    again = leitai("run", "--executor", "ray", "--methods", "lora,hangs", "--out", out, "--resume", *SMALL,
+                   env={**env, "UNRULY_NO_HANG": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 runs (1 ok), 1 already done" in again.stdout
+    assert lora.stat().st_mtime_ns == stamp
+    assert set(pd.read_csv(out / "results.csv").status) == {"ok"}
