@@ -66,10 +66,24 @@ def split_sentences(pairs: tuple[tuple[str, str], ...]) -> list[tuple[tuple[str,
     return sentences
 
 
+#: percent of People's Daily sentences kept out of every task and of tiny-zh's pretraining:
+#: the side corpus that forgetting is measured on
+SIDE_PCT = 3
+
+
+def is_side_sentence(text: str) -> bool:
+    """Whether a People's Daily sentence belongs to the side corpus (by a hash of its
+    normalised text, salted so it is independent of the task splits)."""
+    import hashlib
+
+    from suite.tasks import normalise
+
+    digest = hashlib.sha1(("side:" + normalise(text)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < SIDE_PCT
+
+
 @lru_cache(maxsize=1)
-def peoples_daily_tagged_sentences(min_chars: int = 5) -> tuple[Tagged, ...]:
-    """Every sentence of the People's Daily corpus with at least ``min_chars`` characters, as
-    ``(text, ((word, tag), ...))``, in corpus order (repeated sentences included; tasks dedupe)."""
+def _all_tagged_sentences(min_chars: int = 5) -> tuple[Tagged, ...]:
     out = []
     for _, pairs in peoples_daily_sentences():
         for sentence in split_sentences(pairs):
@@ -77,6 +91,24 @@ def peoples_daily_tagged_sentences(min_chars: int = 5) -> tuple[Tagged, ...]:
             if len(text) >= min_chars:
                 out.append((text, sentence))
     return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def peoples_daily_tagged_sentences() -> tuple[Tagged, ...]:
+    """Every sentence of the People's Daily corpus with at least 5 characters, as
+    ``(text, ((word, tag), ...))``, in corpus order (repeated sentences included; tasks dedupe),
+    except the side corpus's (:func:`side_sentences`)."""
+    return tuple(s for s in _all_tagged_sentences() if not is_side_sentence(s[0]))
+
+
+@lru_cache(maxsize=1)
+def side_sentences() -> tuple[str, ...]:
+    """The side corpus: People's Daily sentences that no task and no pretraining uses, each once,
+    in a fixed order (by hash). Forgetting is the change of a model's loss on them."""
+    import hashlib
+
+    texts = {t for t, _ in _all_tagged_sentences() if is_side_sentence(t)}
+    return tuple(sorted(texts, key=lambda t: hashlib.sha1(t.encode("utf-8")).digest()))
 
 
 def peoples_daily_split(text: str) -> str:

@@ -13,7 +13,10 @@ EPILOG = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("run", "report", "list", "new-plugin")
+
+
+def _parser(plugin_commands=()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="leitai", description="擂台 leitai: a shootout of fine-tuning methods on Chinese instruction tasks.",
         epilog=EPILOG,
@@ -59,20 +62,32 @@ def _parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="show what the plugins registered")
     ls.add_argument("what", nargs="?", default="methods",
-                    choices=["methods", "tasks", "models", "executors", "plugins"])
+                    choices=["methods", "tasks", "models", "executors", "commands", "plugins"])
 
     new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
                          epilog=EPILOG)
     new.add_argument("name", help="the method's name, e.g. my-adapter (lower case, digits, hyphens)")
     new.add_argument("--dir", help="where to write the package (default: ./leitai-NAME)")
+    for command in plugin_commands:
+        if command.name in CORE_COMMANDS:
+            continue
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    plugin_commands = {}
+    if not argv or argv[0] not in CORE_COMMANDS:  # only then load plugins for their commands
+        from .plugins import registry
+
+        plugin_commands = registry().commands
+    args = _parser(plugin_commands.values()).parse_args(argv)
     try:
         commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin}
-        return commands[args.command](args)
+        if args.command in commands:
+            return commands[args.command](args)
+        return plugin_commands[args.command].run(args)
     except UsageError as e:
         print(f"leitai: error: {e}", file=sys.stderr)
         return 2

