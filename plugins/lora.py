@@ -11,6 +11,7 @@ class LoRA(PeftMethod):
         "r, alpha and dropout from the paper's GPT-2 setting (Table 11). lr raised from the "
         "paper's 2e-4 for the arena's short default budget."
     )
+    mergeable = True  # W + (alpha/r)·B·A is one matrix again: no extra inference cost
     defaults = {
         "lr": 1e-3,
         "r": 4,

@@ -42,6 +42,10 @@ class Cell:
     grad_clip: float = 1.0
     log_every: int = 10
     eval_batch_size: int = 32
+    side_corpus: str = "none"  # a registered side corpus, or none
+    side_corpus_size: int = 128
+    infer_prompts: int = 8
+    infer_new_tokens: int = 16
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -86,6 +90,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from transformers import set_seed
 
     from . import data, measure, models
+    from .after_use import SIDE_BATCH, SIDE_MAX_TOKENS, AfterUse, inference_costs
+    from .forgetting import side_batches
     from .env import environment
     from .generate import greedy_generate
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
@@ -119,6 +125,15 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         test_prompts.append(ids)
         test_truncated += cut
 
+    side = None
+    if cell.side_corpus != "none" and cell.side_corpus_size:
+        texts = reg.get("side_corpora", cell.side_corpus).texts(cell.side_corpus_size)
+        side = side_batches(tokenizer, texts, SIDE_MAX_TOKENS, SIDE_BATCH)
+    after_use = AfterUse(method, side, rtol=1e-5 if use_cpu else 1e-3)
+    base.to(device)
+    with accelerator.autocast():
+        after_use.measure_base(base)  # the untouched base model, before the method touches it
+
     total = count_parameters(base)
     base_named = list(base.named_parameters())
     probe = base_logits = None
@@ -132,6 +147,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
+    with accelerator.autocast():
+        view_before = after_use.view_loss(model, "before training")
 
     batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.steps, cell.seed)
     batches = [[train_set[i] for i in b] for b in batches_idx]
@@ -200,6 +217,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         shutil.rmtree(adapter)
     tmp.rename(adapter)
     m["adapter_bytes"] = measure.dir_bytes(adapter)
+
+    with accelerator.autocast():
+        m.update(after_use.forgetting(model), forgetting_view_before=view_before)
+    m.update(inference_costs(
+        method, model, lambda: spec.load()[0].to(device), test_prompts[: cell.infer_prompts],
+        cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if use_cpu else 2e-2,
+    ))
     record["status"] = "ok"
 
 

@@ -53,6 +53,12 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
     run.add_argument("--ray-address", default=S, dest="ray_address", help="an existing Ray cluster (default: start a local one)")
     run.add_argument("--max-retries", type=int, default=S, dest="max_retries",
                      help="ray: re-runs of a cell whose worker died (default 2)")
+    run.add_argument("--side-corpus", default=S, dest="side_corpus",
+                     help="text forgetting is measured on: zh-news-side (default), another registered one, or none")
+    run.add_argument("--side-corpus-size", type=int, default=S, dest="side_corpus_size",
+                     help="side-corpus texts to measure forgetting on (default 128)")
+    run.add_argument("--infer-prompts", type=int, default=S, dest="infer_prompts",
+                     help="test prompts to time inference on, per run (default 8; 0: no timing)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     rep = sub.add_parser("report", help="rebuild the report files from DIR/runs/*/record.json")
@@ -62,7 +68,7 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="show what the plugins registered")
     ls.add_argument("what", nargs="?", default="methods",
-                    choices=["methods", "tasks", "models", "executors", "commands", "plugins"])
+                    choices=["methods", "tasks", "models", "executors", "side-corpora", "commands", "plugins"])
 
     new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
                          epilog=EPILOG)
@@ -147,10 +153,11 @@ def cmd_list(args) -> int:
             state = f"FAILED: {info.error}" if info.error else what
             print(f"{info.name:<16} {info.source:<22} {state}")
         return 0
-    table = getattr(reg, args.what)
+    kind = args.what.replace("-", "_")
+    table = getattr(reg, kind)
     for name in sorted(table):
         obj = table[name]
-        origin = reg.plugins[reg.origin[(args.what, name)]].source
+        origin = reg.plugins[reg.origin[(kind, name)]].source
         line = f"{name:<16} {obj.description}  [{origin}]"
         if args.what == "methods":
             line += "\n" + " " * 17 + "defaults: " + ", ".join(f"{k}={v}" for k, v in obj.defaults.items())

@@ -47,6 +47,10 @@ class ShootoutConfig:
     cpus_per_cell: int = 0  # 0: the executor's default
     ray_address: str = ""
     max_retries: int = 2
+    side_corpus: str = ""  # empty: the registered default; "none": no forgetting measurement
+    side_corpus_size: int = 128  # side-corpus texts forgetting is measured on
+    infer_prompts: int = 8  # test prompts inference is timed on (0: not timed)
+    infer_new_tokens: int = 16  # new tokens per timed generation
     method_overrides: dict = field(default_factory=dict)  # method -> {setting: value}
 
     def fill_defaults(self, registry) -> "ShootoutConfig":
@@ -60,6 +64,12 @@ class ShootoutConfig:
             if not marked:
                 raise UsageError("no default model is registered; pass --model")
             self.model = marked[0]
+        if not self.side_corpus:
+            marked = [n for n, c in registry.side_corpora.items() if getattr(c, "default", False)]
+            self.side_corpus = marked[0] if marked else "none"
+        elif self.side_corpus != "none" and self.side_corpus not in registry.side_corpora:
+            known = ", ".join(sorted(registry.side_corpora)) or "none registered"
+            raise UsageError(f"unknown side corpus {self.side_corpus!r} (known: {known}; or none)")
         if not self.out:
             self.out = str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
         if not self.methods or not self.tasks:
@@ -156,6 +166,9 @@ def build_config(cli: dict, config_file: str | None = None) -> ShootoutConfig:
             raise UsageError(f"--task-size takes default, full or a number, not {values['task_size']!r}")
     if values.get("device", "auto") not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device takes auto, cpu or cuda, not {values['device']!r}")
+    for key in ("side_corpus_size", "infer_prompts", "infer_new_tokens"):
+        if key in values and (not isinstance(values[key], int) or values[key] < 0):
+            raise UsageError(f"{key.replace('_', '-')} must be a whole number >= 0, not {values[key]!r}")
     for key in ("max_steps", "batch_size", "max_len", "workers", "gpus_per_cell"):
         if key in values and (not isinstance(values[key], int) or values[key] < 1):
             raise UsageError(f"{key.replace('_', '-')} must be a positive whole number, not {values[key]!r}")

@@ -62,15 +62,16 @@ def real_logits(model, batch: dict) -> torch.Tensor:
     """
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     try:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     finally:
         model.train(was_training)
     if logits.shape[:2] != batch["input_ids"].shape:
         raise ValueError(
             f"logits of shape {tuple(logits.shape)} for input_ids of shape {tuple(batch['input_ids'].shape)}"
         )
-    return logits[batch["attention_mask"].bool()].float()
+    return logits[batch["attention_mask"].to(device).bool()].float()
 
 
 def starts_from_base_error(model, batch: dict, base: torch.Tensor, atol: float = 1e-4) -> str | None:

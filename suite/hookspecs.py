@@ -63,6 +63,16 @@ def register_executors(register):
 
 
 @hookspec
+def register_side_corpora(register):
+    """Register side corpora: running text no task trains on, for measuring forgetting.
+
+    Call ``register(corpus)`` with an instance of a :class:`suite.forgetting.SideCorpus`
+    subclass; ``corpus.name`` is what users type after ``--side-corpus``. The core measures
+    every run's cross-entropy on it before and after training.
+    """
+
+
+@hookspec
 def register_commands(register):
     """Register subcommands of the ``leitai`` command line.
 

@@ -40,6 +40,10 @@ class Method:
     #: change the outputs from the start (prefix, P- and prompt tuning). The core checks a
     #: True claim before training and fails the cell if the outputs differ.
     starts_from_base: bool = True
+    #: True when :meth:`merge` folds the trained weights into the base model's own matrices
+    #: (LoRA): the core then also times inference merged, after checking that merged and
+    #: unmerged outputs agree.
+    mergeable: bool = False
 
     def apply(self, model: torch.nn.Module, params: dict) -> torch.nn.Module:
         """Return the model to train, built around ``model`` (a fresh base model).
@@ -68,6 +72,22 @@ class Method:
         (:mod:`suite.testing`) checks that it equals the core's count. None: no claim.
         """
         return None
+
+    def base_view(self, model: torch.nn.Module):
+        """A context manager that yields a module computing the *untouched base model* with
+        the method's parts switched off, or None when the method cannot (full fine-tuning
+        trains the base itself).
+
+        The core measures forgetting against the base; it checks the view's loss on the side
+        corpus against the base model's own figure before and after training, so a view that
+        is not the base fails the cell.
+        """
+        return None
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return the trained ``model`` with the method folded into plain base-model weights
+        (called only when :attr:`mergeable`, after the adapter was saved; may work in place)."""
+        raise NotImplementedError(f"method {self.name!r} cannot merge")
 
     def save(self, model: torch.nn.Module, directory: Path, params: dict) -> None:
         """Write what is needed to restore the trained model on top of the base weights."""
@@ -101,6 +121,19 @@ class PeftMethod(Method):
 
     def trainable_count(self, model):
         return model.get_nb_trainable_parameters()[0]
+
+    def base_view(self, model):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def disabled():
+            with model.disable_adapter():  # peft switches every adapter (and prompt) off
+                yield model
+
+        return disabled()
+
+    def merge(self, model):
+        return model.merge_and_unload()
 
     def save(self, model, directory, params):
         model.save_pretrained(str(directory))

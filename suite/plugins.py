@@ -16,7 +16,7 @@ import pluggy
 from . import hookspecs
 
 GROUP = "leitai"
-KINDS = ("methods", "tasks", "models", "executors", "commands")
+KINDS = ("methods", "tasks", "models", "executors", "side_corpora", "commands")
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Registry:
     tasks: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)
     executors: dict = field(default_factory=dict)
+    side_corpora: dict = field(default_factory=dict)
     commands: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)  # (kind, name) -> plugin name
     plugins: dict = field(default_factory=dict)  # plugin name -> PluginInfo

@@ -53,6 +53,8 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
                         trust_remote_code=config.trust_remote_code, warmup=config.warmup,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                         log_every=config.log_every, eval_batch_size=config.eval_batch_size,
+                        side_corpus=config.side_corpus, side_corpus_size=config.side_corpus_size,
+                        infer_prompts=config.infer_prompts, infer_new_tokens=config.infer_new_tokens,
                     )
                 )
     return cells

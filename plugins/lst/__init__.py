@@ -63,6 +63,12 @@ class LST(Method):
         """The side network's size: LST trains it and nothing else."""
         return sum(p.numel() for p in model.side.parameters())
 
+    def base_view(self, model):
+        """The frozen backbone itself: LST adds to its output and never changes it."""
+        import contextlib
+
+        return contextlib.nullcontext(model.base)
+
     def save(self, model, directory: Path, params):
         """Only the side network: ``side.safetensors`` and its shape in ``method.json``."""
         from safetensors.torch import save_file

@@ -1,0 +1,59 @@
+"""Forgetting: how much a trained model lost of the base model's language, measured as the
+change of its cross-entropy per token on a fixed side corpus (running text no task trains on).
+
+The side corpus comes from a plugin (hook ``register_side_corpora``); the built-in one is a
+held-out slice of the People's Daily corpus (plugins/zh_side_corpus.py). The loss is computed
+here from the logits, not taken from the model's own loss, so every method is scored by the
+same formula: positions a method prepends (prompt tuning's virtual tokens) are dropped, and
+each sentence's tokens after the first are predicted from the ones before.
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import Encoded, collate
+
+
+class SideCorpus:
+    """Base class for side corpora. Register instances through ``register_side_corpora``."""
+
+    #: the name users type after ``--side-corpus``
+    name: str = ""
+    description: str = ""
+    #: the corpus used when no ``--side-corpus`` is given (one registered corpus sets this)
+    default: bool = False
+
+    def texts(self, count: int) -> list[str]:
+        """The first ``count`` texts of the corpus, the same in every process. They must share
+        no text with any task's splits (or the base model's pretraining text, where known)."""
+        raise NotImplementedError
+
+
+def side_batches(tokenizer, texts: list[str], max_len: int, batch_size: int) -> list[dict]:
+    """The side texts tokenised (start token first, cut to ``max_len``) into length-sorted,
+    right-padded batches."""
+    ids = tokenizer(texts, truncation=True, max_length=max_len, verbose=False)["input_ids"]
+    items = sorted((Encoded(str(i), seq, []) for i, seq in enumerate(ids) if len(seq) >= 2), key=lambda e: e.length)
+    return [collate(items[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(items), batch_size)]
+
+
+@torch.inference_mode()
+def cross_entropy(model, batches: list[dict]) -> float:
+    """Mean cross-entropy per predicted token of ``model`` over ``batches`` (nats)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        for batch in batches:
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
+            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"
+            )
+            total += float(loss)
+            count += int((target != -100).sum())
+    finally:
+        model.train(was_training)
+    return total / count

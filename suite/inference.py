@@ -1,0 +1,86 @@
+"""Inference cost of a trained model: greedy decoding latency per new token and prompt
+processing (prefill) throughput, one prompt at a time (the latency a user of the adapter sees).
+
+Each prompt is generated twice: one new token (prefill plus one step) and ``new_tokens`` new
+tokens; the difference, over the tokens produced after the first, is the per-token decoding
+latency. Several models are timed in turn, ``repeats`` times, keeping each one's fastest
+repeat, so drift of the machine hits them all alike.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def _generate(model, ids: torch.Tensor, new_tokens: int, pad_id: int) -> tuple[float, int]:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              num_beams=1, pad_token_id=pad_id)
+    _sync(ids.device)
+    start = time.perf_counter()
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    _sync(ids.device)
+    return time.perf_counter() - start, out.shape[1] - ids.shape[1]
+
+
+def time_one(model, prompts: list[list[int]], new_tokens: int, pad_id: int, autocast) -> dict:
+    """One timing pass of ``model`` over ``prompts``: ms per decoded token and prefill tokens/s."""
+    device = next(model.parameters()).device
+    model.eval()
+    prefill_s = decode_s = 0.0
+    decoded = prompt_tokens = 0
+    with autocast():
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=device)
+            t1, _ = _generate(model, ids, 1, pad_id)
+            tn, n = _generate(model, ids, new_tokens, pad_id)
+            prefill_s += t1
+            prompt_tokens += len(prompt)
+            if n > 1:
+                decode_s += max(tn - t1, 0.0)
+                decoded += n - 1
+    return {"ms_per_token": 1000 * decode_s / decoded if decoded else None,
+            "prefill_tokens_per_second": prompt_tokens / prefill_s if prefill_s else None}
+
+
+def time_models(models: dict, prompts: list[list[int]], new_tokens: int, pad_id: int, autocast,
+                repeats: int = 3) -> dict[str, dict]:
+    """:func:`time_one` for each named model, interleaved, best of ``repeats`` per figure."""
+    best: dict[str, dict] = {}
+    for _ in range(repeats):
+        for name, model in models.items():
+            got = time_one(model, prompts, new_tokens, pad_id, autocast)
+            mine = best.setdefault(name, got)
+            if got["ms_per_token"] is not None and (mine["ms_per_token"] is None or got["ms_per_token"] < mine["ms_per_token"]):
+                mine["ms_per_token"] = got["ms_per_token"]
+            if got["prefill_tokens_per_second"] and got["prefill_tokens_per_second"] > (mine["prefill_tokens_per_second"] or 0):
+                mine["prefill_tokens_per_second"] = got["prefill_tokens_per_second"]
+    return best
+
+
+@torch.inference_mode()
+def logits_on(model, prompts: list[list[int]]) -> list[torch.Tensor]:
+    """The model's logits (float32, on the CPU) at each prompt's own positions."""
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt], device=device)
+        out.append(model(input_ids=ids).logits[0, -len(prompt) :].float().cpu())
+    return out
+
+
+def merge_check(before: list[torch.Tensor], after: list[torch.Tensor], rtol: float) -> tuple[float, bool]:
+    """Largest absolute logit difference between ``before`` and ``after``, and whether it is
+    within ``rtol`` of the largest logit (plus a small absolute floor)."""
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    scale = max(float(a.abs().max()) for a in before)
+    return diff, diff <= 1e-4 + rtol * scale
