@@ -23,6 +23,10 @@ download) it checks, each under its own name:
 ``generation``        cached, batched ``generate`` equals greedy decoding by full forward passes
 ``save-load``         ``save``, then ``load`` into a fresh base model, reproduces the logits
 ``seed``              two runs from the same seed give the same losses
+``base-view``         (methods that offer ``base_view``) after a step, the model with the method
+                      switched off computes the untouched base model's logits
+``merge``             (methods that declare ``mergeable``) the merged model's logits equal the
+                      unmerged model's
 
 A failed check is one line naming the method and the check, e.g.
 ``conformance: lora: generation: cached generate differs from forward decoding on qwen2 (prompt 2)``.
@@ -45,7 +49,8 @@ from .methods import Method, method_params
 from .train import TrainSettings, make_optimizer
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
-CHECKS = ("applies", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed")
+CHECKS = ("applies", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
+          "base-view", "merge")
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 
 
@@ -285,6 +290,14 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
         record("seed", lambda: _seed(method, params, arch, seed, batch, run))
     else:
         skip("seed")
+    if method.base_view(run.model) is not None:
+        record("base-view", lambda: _base_view(method, run, batch, arch))
+    else:
+        skip("base-view")
+    if method.mergeable:  # last: merging may change the model in place
+        record("merge", lambda: _merge(method, run.model, arch))
+    else:
+        skip("merge")
     return sorted(results, key=lambda r: CHECKS.index(r.check))
 
 
@@ -364,6 +377,25 @@ def _save_load(method, params, model, arch, batch, directory: Path) -> str | Non
     if not diff <= 1e-5:
         return f"the loaded model's logits differ from the saved model's by up to {diff:.3g} on {arch}"
     return None
+
+
+def _base_view(method, run: _Run, batch, arch) -> str | None:
+    with method.base_view(run.model) as base:
+        got = real_logits(base, batch)
+    diff = (got - run.base_logits).abs().max().item()
+    if not diff <= 1e-5 + 1e-5 * run.base_logits.abs().max().item():
+        return f"with the method switched off (base_view) the logits differ from the base model's by up to {diff:.3g} on {arch}"
+    return None
+
+
+def _merge(method, model, arch) -> str | None:
+    from .inference import logits_on, merge_check
+
+    prompts = generation_prompts()
+    before = logits_on(model, prompts)
+    merged = method.merge(model)
+    diff, ok = merge_check(before, logits_on(merged, prompts), rtol=1e-5)
+    return None if ok else f"merged logits differ from unmerged ones by up to {diff:.3g} on {arch}"
 
 
 def _seed(method, params, arch, seed, batch, first: _Run) -> str | None:

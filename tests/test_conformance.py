@@ -20,7 +20,11 @@ def built_in_methods() -> list[str]:
 def test_built_in_method_conforms(name, registry):
     report = check_method(name)  # raises ConformanceError with the failure lines
     assert report.ok and report.architectures == ("llama", "qwen2", "gpt2")
-    checks = set(CHECKS) if registry.methods[name].starts_from_base else set(CHECKS) - {"starts-from-base"}
+    method = registry.methods[name]
+    checks = set(CHECKS) - {
+        check for check, applies in [("starts-from-base", method.starts_from_base), ("merge", method.mergeable),
+                                     ("base-view", name != "full")] if not applies
+    }
     passed = {(r.check, r.architecture) for r in report.results if r.status == "passed"}
     assert passed == {(c, a) for c in checks for a in report.architectures}
 
@@ -153,12 +157,32 @@ class Liar(LoRA):
         return config
 
 
+class Peeker(LoRA):
+    """Says its base view is the base model, but leaves the adapter switched on."""
+
+    name = "peeker"
+
+    def base_view(self, model):
+        import contextlib
+
+        return contextlib.nullcontext(model)
+
+
+class FakeMerge(LoRA):
+    """Declares that it merges, but drops the adapter instead of folding it in."""
+
+    name = "fake-merge"
+
+    def merge(self, model):
+        return model.unload()
+
+
 BROKEN = [
     # PEFT saves only the adapter, so the embeddings it trained are lost too
-    (Unfrozen, "llama", {"frozen", "save-load"},
+    (Unfrozen, "llama", {"frozen", "save-load", "base-view"},
      "conformance: unfrozen: frozen: 4,096 base parameters declared frozen require grad "
      "(e.g. model.embed_tokens.weight) on llama"),
-    (Sneaky, "qwen2", {"frozen", "save-load"},
+    (Sneaky, "qwen2", {"frozen", "save-load", "base-view"},
      "conformance: sneaky: frozen: 1 base tensors declared frozen changed after one step (e.g. model.norm.weight) on qwen2"),
     (NothingTrains, "gpt2", {"trainable", "loss"},
      "conformance: nothing-trains: trainable: no parameter requires grad on gpt2"),
@@ -174,6 +198,9 @@ BROKEN = [
     (Liar, "gpt2", {"starts-from-base"},
      "conformance: liar: starts-from-base: claims to start from the base model, but before training "
      "its logits differ from the base model's by up to"),
+    (Peeker, "llama", {"base-view"},
+     "conformance: peeker: base-view: with the method switched off (base_view) the logits differ from the base"),
+    (FakeMerge, "gpt2", {"merge"}, "conformance: fake-merge: merge: merged logits differ from unmerged ones by up to"),
 ]
 
 

@@ -20,6 +20,12 @@ NOTES = (
     "the saved trainable weights. final train loss: mean of the last 10% of step losses; "
     "dev loss: token-weighted over the dev split; the score is the task's metric on greedy "
     "answers to the test split (higher is better). Rows are sorted by mean score.",
+    "forgetting: the trained model's cross-entropy per token (nats) on a side corpus of running "
+    "text no task trains on, minus the untouched base model's on the same tokens (higher: more of "
+    "the base's language lost; negative: the side text got easier). inference × base: greedy "
+    "decoding latency per new token, one prompt at a time, as a multiple of the base model's own "
+    "latency measured in the same process; merged × base: the same after merging the adapter into "
+    "the weights (methods that can merge, after checking merged and unmerged logits agree).",
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
 )

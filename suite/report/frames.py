@@ -17,7 +17,9 @@ RESULT_COLUMNS = (
 ).split()
 EXTRA_COLUMNS = (
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
-    "steps lr truncated_examples device device_name dtype"
+    "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
+    "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
+    "device device_name dtype"
 ).split()
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
                 "device", "device_name", "dtype")

@@ -26,6 +26,9 @@ MAIN_METRICS = (
     ("tokens_per_second", "tokens/s", "number"),
     ("final_train_loss", "final train loss", "number"),
     ("eval_loss", "dev loss", "number"),
+    ("forgetting", "forgetting", "number"),
+    ("infer_overhead", "inference × base", "number"),
+    ("infer_overhead_merged", "merged × base", "number"),
 )
 #: numeric columns that are identifiers or settings, not measurements
 NOT_MEASUREMENTS = ("seed",)
