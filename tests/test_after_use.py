@@ -8,7 +8,7 @@ from conftest import leitai
 
 METHODS = "lora,full,prefix-tuning,p-tuning,prompt-tuning,lst"
 SIDE = 16
-MODEL = "tiny-zh-random"
+MODEL = "tiny-zh"
 
 
 @pytest.fixture(scope="module")
