@@ -63,7 +63,8 @@ def test_inference_is_timed_for_every_method_and_merged_where_it_can_be(results)
 
 def test_side_corpus_shares_no_text_with_tasks_or_pretraining(registry):
     from plugins.corpora import side_sentences
-    from plugins.tiny_zh.corpus import Matcher, build_corpus
+    from plugins.corpora import Matcher
+    from plugins.tiny_zh.corpus import build_corpus
     from suite.tasks import normalise
 
     side = [normalise(t) for t in side_sentences()]

@@ -22,10 +22,9 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from plugins.corpora import MIN_CONTAINED, Matcher
 from suite.tasks import normalise
 
-#: protected strings at least this long are excluded wherever they occur inside a unit
-MIN_CONTAINED = 8
 #: percent of units held out for the pretraining's own perplexity
 HELDOUT_PCT = 2
 
@@ -80,29 +79,6 @@ def protected_texts() -> frozenset[str]:
                     if text:
                         out.add(text)
     return frozenset(out)
-
-
-class Matcher:
-    """Finds protected strings in a text: equal to any, or containing one of >= MIN_CONTAINED
-    characters (indexed by their first MIN_CONTAINED characters, so a scan is one dict lookup
-    per position)."""
-
-    def __init__(self, protected):
-        self.exact = frozenset(protected)
-        self.by_prefix: dict[str, list[str]] = {}
-        for p in self.exact:
-            if len(p) >= MIN_CONTAINED:
-                self.by_prefix.setdefault(p[:MIN_CONTAINED], []).append(p)
-
-    def hits(self, text: str) -> bool:
-        if text in self.exact:
-            return True
-        get, k = self.by_prefix.get, MIN_CONTAINED
-        for i in range(len(text) - k + 1):
-            candidates = get(text[i:i + k])
-            if candidates and any(text.startswith(p, i) for p in candidates):
-                return True
-        return False
 
 
 def is_heldout(unit: str) -> bool:
