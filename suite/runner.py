@@ -53,6 +53,7 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
                         trust_remote_code=config.trust_remote_code, warmup=config.warmup,
                         weight_decay=config.weight_decay, grad_clip=config.grad_clip,
                         log_every=config.log_every, eval_batch_size=config.eval_batch_size,
+                        gradient_checkpointing=config.gradient_checkpointing,
                     )
                 )
     return cells
