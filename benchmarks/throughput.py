@@ -172,11 +172,12 @@ def child(args) -> dict:
         enable_gradient_checkpointing(base)
     set_seed(args.seed)
     if args.child == "trainer":
-        out = run_trainer(args, method, params, base, tokenizer, prepared.train)
+        model, out = run_trainer(args, method, params, base, tokenizer, prepared.train)
     else:
         model = method.apply(base, dict(params))
         run = run_bare if args.child == "bare" else run_arena
         out = run(args, model, batches, tokenizer.pad_token_id, float(params["lr"]))
+    out["dev_loss"] = dev_loss(args, model, prepared.dev, tokenizer.pad_token_id)  # not timed
     out.update(way=args.child, method=args.method, flops=flops, mean_tokens_per_example=mean_len,
                data_cached=prepared.cached, data_seconds=prepared.seconds)
     return out
@@ -185,6 +186,28 @@ def child(args) -> dict:
 def tail_mean(losses: list[float], frac: float = 0.1) -> float:
     k = max(1, int(len(losses) * frac))
     return sum(losses[-k:]) / k
+
+
+def tail_stderr(losses: list[float], frac: float = 0.1) -> float | None:
+    """Standard error of :func:`tail_mean`: how much the final loss moves with the batches."""
+    tail = losses[-max(1, int(len(losses) * frac)):]
+    if len(tail) < 2:
+        return None
+    mean = sum(tail) / len(tail)
+    return (sum((x - mean) ** 2 for x in tail) / (len(tail) - 1) / len(tail)) ** 0.5
+
+
+def dev_loss(args, model, dev, pad_id) -> float:
+    """The trained model's loss on the task's dev split (the same for every way; not timed)."""
+    import torch
+
+    from suite.data import eval_batches
+    from suite.train import mean_loss
+
+    device = torch.device(args.device)
+    model.to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return mean_loss(model, eval_batches(dev, 32), pad_id, device)
 
 
 def run_arena(args, model, batches, pad_id, lr) -> dict:
@@ -196,7 +219,8 @@ def run_arena(args, model, batches, pad_id, lr) -> dict:
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
     result = train(model, batches, pad_id, TrainSettings(lr=lr), accelerator)
     return {"seconds": result.seconds, "tokens": result.tokens, "losses": result.losses,
-            "final_loss": tail_mean(result.losses), "answer_head": result.answer_head, **result.breakdown,
+            "final_loss": tail_mean(result.losses), "final_loss_stderr": tail_stderr(result.losses),
+            "answer_head": result.answer_head, **result.breakdown,
             "padded_tokens": sum(len(b) * max(e.length for e in b) for b in batches)}
 
 
@@ -243,7 +267,7 @@ def run_bare(args, model, batches, pad_id, lr) -> dict:
     losses = torch.stack(losses).float().cpu().tolist()  # the one host sync
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "tokens": tokens, "losses": losses, "final_loss": tail_mean(losses),
-            "padded_tokens": sum(b[0].numel() for b in built)}
+            "final_loss_stderr": tail_stderr(losses), "padded_tokens": sum(b[0].numel() for b in built)}
 
 
 def run_trainer(args, method, params, base, tokenizer, train_set) -> dict:
@@ -300,7 +324,7 @@ def run_trainer(args, method, params, base, tokenizer, train_set) -> dict:
         trainer.train()
     logged = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     steps = trainer.state.global_step
-    return {"seconds": clock["end"] - clock["start"], "tokens": sum(c[0] for c in counted[:steps]),
+    return model, {"seconds": clock["end"] - clock["start"], "tokens": sum(c[0] for c in counted[:steps]),
             "padded_tokens": sum(c[1] for c in counted[:steps]), "logged_losses": logged,
             "final_loss": logged[-1] if logged else None}  # the mean of the last tenth of the steps
 
@@ -347,7 +371,8 @@ def compare(args) -> dict:
                 runs.append(out)
                 if "error" not in out:
                     print(f"{method}/{way} round {r}: {out['tokens'] / out['seconds']:,.0f} tokens/s, "
-                          f"final loss {out['final_loss']:.4f} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+                          f"final loss {out['final_loss']:.4f}, dev loss {out['dev_loss']:.4f} "
+                          f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return summarise(runs, ways, peak_tflops(args))
 
 
@@ -366,6 +391,8 @@ def summarise(runs: list[dict], ways: list[str], peak: float | None) -> dict:
                 "wall_seconds": sum(r["seconds"] for r in ok) / len(ok),
                 "final_loss": sum(r["final_loss"] for r in ok) / len(ok),
                 "final_loss_runs": [r["final_loss"] for r in ok],
+                "final_loss_stderr": ok[0].get("final_loss_stderr"),
+                "dev_loss": sum(r["dev_loss"] for r in ok) / len(ok),
                 "tokens": ok[0]["tokens"], "padding_efficiency": ok[0]["tokens"] / ok[0]["padded_tokens"],
                 "model_tflops_per_second": ok[0]["flops"]["flops_per_token"] * mean_tps / 1e12,
             }
@@ -392,8 +419,12 @@ def compare_table(doc: dict) -> str:
         for way, w in res["ways"].items():
             row = {"method": method, "way": way, "tokens/s": round(w["tokens_per_second"]),
                    "wall s": round(w["wall_seconds"], 1), "final loss": round(w["final_loss"], 4),
+                   "± (s.e.)": round(w["final_loss_stderr"], 4) if w.get("final_loss_stderr") else "",
+                   "dev loss": round(w["dev_loss"], 4),
                    "non-pad share": round(w["padding_efficiency"], 3),
                    "model TFLOP/s": round(w["model_tflops_per_second"], 4)}
+            if "activation_bytes" in w:
+                row["saved for backward MiB"] = round(w["activation_bytes"] / 2**20, 1)
             if "mfu" in w:
                 row["MFU"] = f"{100 * w['mfu']:.1f}%"
             if len(w["tokens_per_second_runs"]) > 1:
@@ -437,7 +468,9 @@ def scaling(args) -> dict:
         ).stdout.strip().splitlines()[-1])
         seqs.append(out)
         print(f"seq {length}: {out['tokens_per_second']:,.0f} tokens/s", file=sys.stderr)
-    return {"cells": cells, "seq_lens": seqs}
+    counts, walls = [c["cells"] for c in cells], [c["wall_seconds"] for c in cells]
+    fit = fit_line(counts, walls) if len(cells) > 1 else (0.0, walls[0])
+    return {"cells": cells, "fit": fit, "seq_lens": seqs}
 
 
 def seq_child(args, length: int) -> dict:
@@ -473,19 +506,35 @@ def seq_child(args, length: int) -> dict:
             "activation_bytes": result.breakdown.get("activation_bytes")}
 
 
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b·x``: a shootout's fixed cost and its cost per cell."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    return my - b * mx, b
+
+
 def scaling_table(doc: dict) -> str:
     import pandas as pd
 
     c = pd.DataFrame(doc["cells"])
-    c["s / cell"] = (c["wall_seconds"] / c["cells"]).round(1)
-    c["train s / cell"] = (c["train_seconds"] / c["cells"]).round(1)
-    c = c.rename(columns={"wall_seconds": "wall s", "data_cached": "cells with cached data"})
-    c["wall s"] = c["wall s"].round(1)
-    s = pd.DataFrame(doc["seq_lens"])[["seq_len", "seconds_per_step", "tokens_per_second", "activation_bytes"]]
-    s["activation_bytes"] = (s["activation_bytes"] / 2**20).round(1)
-    s = s.rename(columns={"activation_bytes": "saved for backward MiB", "seconds_per_step": "s / step"})
-    return (c[["cells", "wall s", "s / cell", "train s / cell", "cells with cached data"]].to_markdown(index=False)
-            + "\n\n" + s.to_markdown(index=False, floatfmt=",.2f"))
+    out = pd.DataFrame({
+        "cells": c["cells"], "wall s": c["wall_seconds"].round(1),
+        "s / cell": (c["wall_seconds"] / c["cells"]).round(1),
+        "training s / cell": (c["train_seconds"] / c["cells"]).round(1),
+        "data s / cell": (c["data_seconds"] / c["cells"]).round(2),
+        "cells with cached data": c["data_cached"],
+    })
+    fixed, per_cell = doc["fit"]
+    s = pd.DataFrame(doc["seq_lens"])
+    seq = pd.DataFrame({
+        "seq len": s["seq_len"], "s / step": s["seconds_per_step"].round(2),
+        "tokens/s": s["tokens_per_second"].round(0).astype(int),
+        "saved for backward MiB": (s["activation_bytes"] / 2**20).round(1),
+    })
+    return (out.to_markdown(index=False) + f"\n\nwall ≈ {fixed:.1f} s + cells × {per_cell:.1f} s\n\n"
+            + seq.to_markdown(index=False))
 
 
 def main(argv=None) -> int:
