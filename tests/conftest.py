@@ -1,12 +1,15 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LEITAI_PROGRESS", "0")
+# tokenised task data is cached per test session, not in the user's cache
+os.environ.setdefault("LEITAI_CACHE_DIR", tempfile.mkdtemp(prefix="leitai-test-cache-"))
 
 
 def leitai(*args, env=None, cwd=None, timeout=600):
