@@ -162,7 +162,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         truncated_eval_examples=prepared.eval_truncated, train_examples=len(train_set),
         dev_examples=len(dev_set), test_examples=len(test_examples), max_new_tokens=max_new_tokens,
         first_train_loss=result.losses[0] if result.losses else None,
-        final_train_loss=_tail_mean(result.losses), score_name=task.score_name,
+        final_train_loss=_tail_mean(result.losses), score_name=task.score_name, answer_head=result.answer_head,
         **result.breakdown,
     )
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
