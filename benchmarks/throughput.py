@@ -247,7 +247,8 @@ def run_bare(args, model, batches, pad_id, lr) -> dict:
         0.0, 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm)))))
     head = model.get_output_embeddings()
     where = {}
-    head.register_forward_pre_hook(lambda m, a: (a[0][where["rows"], where["cols"] + a[0].shape[1] - where["width"]],))
+    hook = head.register_forward_pre_hook(  # the head only at answer positions, as the arena does
+        lambda m, a: (a[0][where["rows"], where["cols"] + a[0].shape[1] - where["width"]],))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     losses = []
     if device.type == "cuda":
@@ -266,6 +267,7 @@ def run_bare(args, model, batches, pad_id, lr) -> dict:
         losses.append(loss.detach())
     losses = torch.stack(losses).float().cpu().tolist()  # the one host sync
     seconds = time.perf_counter() - start
+    hook.remove()
     return {"seconds": seconds, "tokens": tokens, "losses": losses, "final_loss": tail_mean(losses),
             "final_loss_stderr": tail_stderr(losses), "padded_tokens": sum(b[0].numel() for b in built)}
 
