@@ -57,8 +57,10 @@ def loss_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 def output_head(model) -> torch.nn.Module | None:
     """The module that turns hidden states into logits (the model's output embeddings)."""
     for module in model.modules():  # the model itself, or the causal LM a wrapper holds
-        get = getattr(module, "get_output_embeddings", None)
-        head = get() if callable(get) else None
+        try:
+            head = module.get_output_embeddings()
+        except Exception:  # no such method, or one a wrapper does not implement
+            continue
         if isinstance(head, torch.nn.Module):
             return head
     return None
