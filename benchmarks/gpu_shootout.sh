@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA machine: every built-in method (LST included) on a randomly initialised Qwen2-0.5B-shaped model,
 # bf16 autocast, a fixed number of steps; prints tokens/s and peak allocated/reserved memory
-# per method. Under 8 minutes on one H100. Run from the repository root:
+# per method; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
+# and against HF Trainer + PEFT (ratios a/b, a/c) with model FLOPs utilisation (MFU, PaLM's
+# formula, in that script's docstring). Under 8 minutes on one H100. Run from the repository root:
 #     bash benchmarks/gpu_shootout.sh [extra leitai run flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +30,10 @@ for c in ("peak_memory_bytes", "peak_memory_reserved_bytes"):
 t = t.rename(columns={"peak_memory_bytes": "alloc GiB", "peak_memory_reserved_bytes": "reserved GiB"})
 print(t.to_markdown(index=False, floatfmt=",.1f"))
 PY
+
+# Throughput: arena (a) vs bare loop (b) vs HF Trainer + PEFT (c), bf16 autocast, with MFU
+# (peak bf16 FLOP/s from the card's name; override with PEAK_TFLOPS=...).
+python benchmarks/throughput.py --model random-qwen2-0.5b --device cuda --methods lora,full \
+    --steps "${THROUGHPUT_STEPS:-60}" --batch-size 16 --task-size 1024 \
+    ${PEAK_TFLOPS:+--peak-tflops "$PEAK_TFLOPS"} --json "$OUT/throughput.json"
+echo "throughput figures: $OUT/throughput.json"

@@ -46,6 +46,7 @@ class Cell:
     side_corpus_size: int = 128
     infer_prompts: int = 8
     infer_new_tokens: int = 16
+    gradient_checkpointing: bool = False
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -89,7 +90,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from . import data, measure, models
+    from . import data, measure, models, taskdata
     from .after_use import SIDE_BATCH, SIDE_MAX_TOKENS, AfterUse, inference_costs
     from .forgetting import side_batches
     from .env import environment
@@ -98,7 +99,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
     from .tasks import format_prompt, resolve_task
-    from .train import TrainSettings, mean_loss, train
+    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
 
     reg = registry()
     method = reg.get("methods", cell.method)
@@ -114,16 +115,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
 
     base, tokenizer = spec.load()
     tokenizer = models.prepare_tokenizer(tokenizer)
-    splits = task.splits(cell.task_sizes)
-    train_set, truncated = data.encode(tokenizer, splits["train"], cell.max_len)
-    dev_set, dev_truncated = data.encode(tokenizer, splits["dev"], cell.max_len)
-    test_examples = splits["test"]
-    max_new_tokens = generation_budget(task.max_new_tokens, train_set)
-    test_prompts, test_truncated = [], 0
-    for ex in test_examples:
-        ids, cut = data.encode_prompt(tokenizer, ex, cell.max_len - max_new_tokens)
-        test_prompts.append(ids)
-        test_truncated += cut
+    prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
+    train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
+    test_prompts, max_new_tokens = prepared.test_prompts, prepared.max_new_tokens
+    record["metrics"].update(data_seconds=prepared.seconds, data_cached=prepared.cached)
+    if cell.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
 
     side = None
     if cell.side_corpus != "none" and cell.side_corpus_size:
@@ -178,11 +175,11 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
-        steps=len(result.losses), lr=settings.lr, truncated_examples=truncated,
-        truncated_eval_examples=dev_truncated + test_truncated, train_examples=len(train_set),
+        steps=len(result.losses), lr=settings.lr, truncated_examples=prepared.truncated,
+        truncated_eval_examples=prepared.eval_truncated, train_examples=len(train_set),
         dev_examples=len(dev_set), test_examples=len(test_examples), max_new_tokens=max_new_tokens,
         first_train_loss=result.losses[0] if result.losses else None,
-        final_train_loss=_tail_mean(result.losses), score_name=task.score_name,
+        final_train_loss=_tail_mean(result.losses), score_name=task.score_name, answer_head=result.answer_head,
         **result.breakdown,
     )
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]

@@ -43,6 +43,8 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
                      help="override a method setting, e.g. --set lora.r=16 (repeatable)")
     run.add_argument("--trust-remote-code", action="store_true", default=S, dest="trust_remote_code",
                      help="allow a hub model's own code to run (off by default)")
+    run.add_argument("--gradient-checkpointing", action="store_true", default=S, dest="gradient_checkpointing",
+                     help="recompute activations in backward: less memory, about a third more time per step")
     run.add_argument("--executor", default=S, help="where cells run: local (default), ray, or a plugin's")
     run.add_argument("--workers", type=int, default=S, help="cells at once with the local executor (default 1)")
     run.add_argument("--devices", default=S, help="GPU ids to share out among local workers, e.g. 0,1,2,3")

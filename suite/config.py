@@ -40,6 +40,7 @@ class ShootoutConfig:
     grad_clip: float = 1.0
     log_every: int = 10
     eval_batch_size: int = 32
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
     executor: str = "local"
     workers: int = 1
     devices: str = ""  # comma-separated GPU ids for the local executor

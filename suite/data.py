@@ -26,28 +26,52 @@ class Encoded:
         return len(self.prompt) + len(self.answer)
 
 
+def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    """Token ids of many texts in one batched tokenizer call; each distinct text once."""
+    distinct = list(dict.fromkeys(texts))
+    if not distinct:
+        return []
+    ids = dict(zip(distinct, tokenizer(distinct, add_special_tokens=special).input_ids))
+    return [list(ids[t]) for t in texts]
+
+
+def _prompt_ids(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int], list[int]]]:
+    """(head, body, tail) token ids of each example's prompt (see :func:`prompt_parts`)."""
+    parts = [prompt_parts(ex) for ex in examples]
+    heads = _token_ids(tokenizer, [p[0] for p in parts], True)  # with the start token, if any
+    bodies = _token_ids(tokenizer, [p[1] for p in parts], False)
+    tails = _token_ids(tokenizer, [p[2] for p in parts], False)
+    return list(zip(heads, bodies, tails))
+
+
+def _fit(head: list[int], body: list[int], tail: list[int], max_prompt: int) -> tuple[list[int], bool]:
+    room = max(max_prompt - len(head) - len(tail), 0)
+    return head + body[:room] + tail, len(body) > room
+
+
+def encode_prompts(tokenizer, examples: list[Example], max_prompt: int) -> list[tuple[list[int], bool]]:
+    """Each example's prompt ids, its body shortened to fit ``max_prompt``, and whether it was."""
+    return [_fit(*parts, max_prompt) for parts in _prompt_ids(tokenizer, examples)]
+
+
 def encode_prompt(tokenizer, example: Example, max_prompt: int) -> tuple[list[int], bool]:
     """Token ids of the example's prompt, its body shortened to fit ``max_prompt``."""
-    head, body, tail = prompt_parts(example)
-    head_ids = tokenizer(head).input_ids  # with the tokenizer's start token, if it adds one
-    body_ids = tokenizer(body, add_special_tokens=False).input_ids
-    tail_ids = tokenizer(tail, add_special_tokens=False).input_ids
-    room = max(max_prompt - len(head_ids) - len(tail_ids), 0)
-    return head_ids + body_ids[:room] + tail_ids, len(body_ids) > room
+    return encode_prompts(tokenizer, [example], max_prompt)[0]
 
 
 def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encoded], int]:
     """Tokenise examples for training; returns them and how many had to be truncated.
 
     The answer keeps at most half the context; the prompt's body gives way first, so the
-    instruction and the ``Answer:`` cue always survive.
+    instruction and the ``Answer:`` cue always survive. Tokenisation is batched (one tokenizer
+    call per prompt part and one for the answers, each distinct text once).
     """
+    answers = _token_ids(tokenizer, [ex.output for ex in examples], False)
     out, truncated = [], 0
-    for ex in examples:
-        answer = tokenizer(ex.output, add_special_tokens=False).input_ids
+    for ex, answer, parts in zip(examples, answers, _prompt_ids(tokenizer, examples)):
         cut = len(answer) + 1 > max_len // 2
         answer = answer[: max_len // 2 - 1] + [tokenizer.eos_token_id]
-        prompt, cut_prompt = encode_prompt(tokenizer, ex, max_len - len(answer))
+        prompt, cut_prompt = _fit(*parts, max_len - len(answer))
         truncated += cut or cut_prompt
         out.append(Encoded(ex.id, prompt, answer))
     return out, truncated

@@ -55,6 +55,7 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
                         log_every=config.log_every, eval_batch_size=config.eval_batch_size,
                         side_corpus=config.side_corpus, side_corpus_size=config.side_corpus_size,
                         infer_prompts=config.infer_prompts, infer_new_tokens=config.infer_new_tokens,
+                        gradient_checkpointing=config.gradient_checkpointing,
                     )
                 )
     return cells

@@ -3,6 +3,11 @@
 AdamW over the parameters that require grad, linear warm-up then cosine decay, gradient
 clipping, bf16 autocast on CUDA (through accelerate). Loss values are read back to the host
 only every ``log_every`` steps, so the loop does not wait on the device at every step.
+
+The output head runs only where the loss is (:class:`AnswerHead`): at the positions whose next
+token is an answer token. The loss is the same as the model's own (the mean cross-entropy over
+answer tokens); the head's matmul and the softmax over the vocabulary are skipped for the
+prompt, which on a small model with a large vocabulary is a large share of the step.
 """
 from __future__ import annotations
 
@@ -11,8 +16,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
-from .data import Encoded, collate
+from .data import IGNORE, Encoded, collate
 from .measure import optimizer_bytes, saved_for_backward, tensor_bytes
 
 
@@ -32,10 +38,113 @@ class TrainResult:
     seconds: float = 0.0
     diverged: bool = False
     breakdown: dict = field(default_factory=dict)  # grads/optimizer/activation bytes
+    answer_head: bool = False  # the head ran only at answer positions (see AnswerHead)
 
 
 class Diverged(Exception):
     pass
+
+
+def loss_index(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Where a batch's loss is, computed on the host before the batch moves to the device (so
+    no step waits on the device): rows and columns of the positions whose next token carries a
+    label, those labels, and the batch's width."""
+    keep = labels[:, 1:] != IGNORE  # position t predicts token t + 1
+    rows, cols = keep.nonzero(as_tuple=True)
+    return rows, cols, labels[:, 1:][keep], labels.shape[1]
+
+
+def output_head(model) -> torch.nn.Module | None:
+    """The module that turns hidden states into logits (the model's output embeddings)."""
+    for module in model.modules():  # the model itself, or the causal LM a wrapper holds
+        try:
+            head = module.get_output_embeddings()
+        except Exception:  # no such method, or one a wrapper does not implement
+            continue
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+class AnswerHead:
+    """Runs a model's output head only at the positions that carry loss.
+
+    A forward pre-hook on the head keeps, of the hidden states ``(batch, width', hidden)``, only
+    the loss positions, so the head computes ``(n_answer_tokens, vocab)`` logits instead of
+    ``(batch, width, vocab)``. A method that prepends virtual tokens (prompt tuning, P-tuning)
+    makes ``width' > width``; real tokens are then the last ``width`` positions. The loss is the
+    mean cross-entropy over answer tokens, as the model's own ``loss`` is.
+
+    :meth:`check` compares it with the model's own loss on a batch, without dropout; a model
+    or method where they differ (a head called twice, tokens inserted elsewhere) is trained
+    with full logits instead (``active`` is then False).
+    """
+
+    def __init__(self, model):
+        self.head = output_head(model)
+        self.active = self.head is not None
+        self._index = None
+        self._calls = 0
+        self._handle = self.head.register_forward_pre_hook(self._slice) if self.active else None
+
+    def _slice(self, module, args):
+        if self._index is None:
+            return None
+        self._calls += 1
+        rows, cols, _, width = self._index
+        hidden = args[0]
+        return (hidden[rows, cols + (hidden.shape[1] - width)], *args[1:])
+
+    def loss(self, model, batch: dict, index) -> torch.Tensor:
+        """The batch's loss: answer-only logits when active, else the model's own loss."""
+        if not self.active:
+            return model(**batch).loss
+        self._index, self._calls = index, 0
+        try:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        finally:
+            self._index = None
+        return F.cross_entropy(logits.float(), index[2])
+
+    @torch.no_grad()
+    def check(self, model, batch: dict, index) -> bool:
+        """Whether the answer-only loss equals the model's own on ``batch`` (dropout off)."""
+        if not self.active:
+            return False
+        was_training = model.training
+        model.eval()
+        try:
+            ours = self.loss(model, batch, index)
+            calls = self._calls
+            theirs = model(**batch).loss
+        except Exception:
+            ours, theirs, calls = None, None, 0
+        finally:
+            model.train(was_training)
+        self.active = bool(calls == 1 and ours is not None and theirs is not None
+                           and torch.isclose(ours.float(), theirs.float(), rtol=1e-3, atol=1e-5))
+        if not self.active:
+            self.remove()
+        return self.active
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self.active = False
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward instead of keeping them (transformers'
+    non-reentrant checkpointing, which needs no gradient on the inputs, so frozen embeddings
+    work): less memory for activations, about one more forward pass of time."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name for it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def make_optimizer(model, settings: TrainSettings, steps: int):
@@ -57,18 +166,25 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     result = TrainResult()
     pending: list[torch.Tensor] = []
     model.train()
-    start = time.perf_counter()
     rank, world = accelerator.process_index, accelerator.num_processes
+    head = AnswerHead(accelerator.unwrap_model(model))
+    if batches:  # set-up, not training: does the answer-only head give the model's own loss?
+        first = collate(batches[0][rank::world] if world > 1 else batches[0], pad_id)
+        index = tuple(t.to(device) for t in loss_index(first["labels"])[:3]) + (first["labels"].shape[1],)
+        result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
+    start = time.perf_counter()
     for step, items in enumerate(batches):
         items = items[rank::world] if world > 1 else items  # data parallel: each process its share
         batch = collate(items, pad_id)
+        index = loss_index(batch["labels"])
         result.tokens += sum(e.length for e in items)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
         if step == 0:  # measure what one step keeps for backward, once
             with saved_for_backward(exclude=all_params) as saved:
-                loss = model(**batch).loss
+                loss = head.loss(model, batch, index)
         else:
-            loss = model(**batch).loss
+            loss = head.loss(model, batch, index)
         accelerator.backward(loss)
         if step == 0:
             result.breakdown["activation_bytes"] = saved["bytes"]
@@ -97,6 +213,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     result.seconds = time.perf_counter() - start
+    head.remove()
     return result
 
 

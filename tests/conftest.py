@@ -1,12 +1,18 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LEITAI_PROGRESS", "0")
+# tokenised task data is cached per test session, not in the user's cache
+os.environ["LEITAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="leitai-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LEITAI_CACHE_DIR"], ignore_errors=True)
 
 
 def leitai(*args, env=None, cwd=None, timeout=600):

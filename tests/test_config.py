@@ -30,3 +30,20 @@ def test_bad_toml_names_the_file(tmp_path):
     path.write_text("max_steps = \n")
     with pytest.raises(UsageError, match="c.toml: not valid TOML"):
         build_config({}, str(path))
+
+
+def test_gradient_checkpointing_reaches_every_cell(tmp_path, registry):
+    """``--gradient-checkpointing`` (or ``gradient_checkpointing = true`` in TOML) is a setting of
+    every planned cell; off by default."""
+    from suite.cli import _parser
+    from suite.runner import plan
+
+    args = vars(_parser().parse_args(["run", "--gradient-checkpointing", "--methods", "lora,full"]))
+    assert args["gradient_checkpointing"] is True
+    cfg = build_config({"methods": "lora,full", "gradient_checkpointing": True}).fill_defaults(registry)
+    assert [c.gradient_checkpointing for c in plan(cfg, registry)] == [True, True]
+    path = tmp_path / "c.toml"
+    path.write_text("gradient_checkpointing = true\n")
+    assert build_config({}, str(path)).gradient_checkpointing is True
+    cfg = build_config({"methods": "lora"}).fill_defaults(registry)
+    assert [c.gradient_checkpointing for c in plan(cfg, registry)] == [False]

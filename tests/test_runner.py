@@ -89,6 +89,8 @@ def test_shootout_writes_the_output_contract(shootout):
     record = json.loads((out / "runs" / ok.loc["lora", "run_id"] / "record.json").read_text())
     assert record["env"]["versions"]["transformers"] and record["env"]["device"] == "cpu"
     assert "zh-sentiment" in (out / "summary.md").read_text()
+    # the task is tokenised once (the first cell), then read from the cache by the next
+    assert ok["data_seconds"].notna().all() and str(ok.loc["full", "data_cached"]) == "True"
 
 
 def test_failures_are_results_and_the_rest_finish(shootout):
@@ -150,3 +152,18 @@ def test_generations_show_the_same_prompts_for_every_method(shootout):
     gens = pd.read_csv(out / "generations.csv")
     per_run = {run: tuple(zip(g.example_id, g.prompt, g.reference)) for run, g in gens.groupby("run_id")}
     assert len(per_run) >= 2 and len(set(per_run.values())) == 1  # every method and seed, the same sample
+
+
+def test_gradient_checkpointing_keeps_less_for_backward(shootout, tmp_path):
+    """A cell with ``--gradient-checkpointing`` trains and saves fewer bytes for backward than
+    the same cell without it."""
+    out, _ = shootout
+    proc = leitai("run", "--methods", "lora", "--gradient-checkpointing", "--out", tmp_path / "gc", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gc = pd.read_csv(tmp_path / "gc" / "results.csv").iloc[0]
+    results = pd.read_csv(out / "results.csv")
+    plain = results[(results.method == "lora") & (results.seed == 0)].iloc[0]
+    assert gc.status == "ok"
+    assert gc.activation_bytes < plain.activation_bytes
+    record = json.loads(next((tmp_path / "gc" / "runs").glob("*/record.json")).read_text())
+    assert record["config"]["gradient_checkpointing"] is True

@@ -1,0 +1,148 @@
+"""A task's splits and their tokenisation, prepared once and cached on disk.
+
+Every cell of a shootout needs the same train/dev/test splits of its task, tokenised by the
+same tokenizer: a grid of methods × seeds would otherwise read the corpus and tokenise it
+once per cell. :func:`prepare` does it once and keeps the result in
+``$LEITAI_CACHE_DIR/tasks/`` (default ``$XDG_CACHE_HOME/leitai`` or ``~/.cache/leitai``;
+``LEITAI_CACHE_DIR=off`` disables the cache). An entry is keyed by everything the result
+depends on: the task's name, class, source and ``version`` (a task bumps it when its examples
+change; a user's file task uses the file's digest), the split sizes, ``max_len``, the task's
+``max_new_tokens``, the tokenizer's fingerprint and this module's format. Entries are written
+atomically, so cells that run at once may race to write one and both write the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Encoded, encode, encode_prompts
+from .tasks import Example
+
+#: bump when the encoding or the stored layout changes
+FORMAT = 1
+
+
+@dataclass
+class TaskData:
+    """What a cell trains and evaluates on (the same for every method of a task)."""
+
+    train: list[Encoded]
+    dev: list[Encoded]
+    test: list[Example]
+    test_prompts: list[list[int]]  # the test examples' prompt ids, room left for generation
+    max_new_tokens: int
+    truncated: int  # training examples that did not fit max_len
+    eval_truncated: int  # dev and test examples that did not
+    cached: bool = False  # read from the cache rather than built
+    seconds: float = 0.0  # wall time to prepare (or read) it
+
+
+def cache_dir() -> Path | None:
+    """Where task data is cached; ``None`` when ``LEITAI_CACHE_DIR=off``."""
+    configured = os.environ.get("LEITAI_CACHE_DIR", "")
+    if configured.lower() == "off":
+        return None
+    if configured:
+        return Path(configured)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leitai"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A digest of everything in ``tokenizer`` that decides token ids: its vocabulary, merges,
+    normaliser and special tokens (a fast tokenizer's full serialisation), and its class."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        body = json.loads(backend.to_str())
+        body.pop("padding", None), body.pop("truncation", None)  # padding never changes ids
+    else:
+        body = sorted(tokenizer.get_vocab().items())
+    special = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    doc = [type(tokenizer).__name__, body, special, tokenizer.bos_token_id, tokenizer.eos_token_id]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def cache_key(task, sizes: dict | None, max_len: int, tokenizer) -> dict:
+    return {
+        "format": FORMAT, "task": task.name, "class": f"{type(task).__module__}.{type(task).__qualname__}",
+        "source": task.source, "version": str(task.version), "sizes": sizes, "max_len": max_len,
+        "max_new_tokens": task.max_new_tokens, "tokenizer": tokenizer_fingerprint(tokenizer),
+    }
+
+
+def cache_path(key: dict) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in key["task"])[:60]
+    return root / "tasks" / f"{safe}-{digest}.json"
+
+
+def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
+    """The task's splits, tokenised (no cache)."""
+    from .cell import generation_budget
+
+    splits = task.splits(sizes)
+    train, truncated = encode(tokenizer, splits["train"], max_len)
+    dev, dev_truncated = encode(tokenizer, splits["dev"], max_len)
+    max_new_tokens = generation_budget(task.max_new_tokens, train)
+    prompts = encode_prompts(tokenizer, splits["test"], max_len - max_new_tokens)
+    return TaskData(
+        train=train, dev=dev, test=list(splits["test"]), test_prompts=[ids for ids, _ in prompts],
+        max_new_tokens=max_new_tokens, truncated=truncated,
+        eval_truncated=dev_truncated + sum(cut for _, cut in prompts),
+    )
+
+
+def prepare(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
+    """The task's data for a cell: from the cache when an entry for exactly these inputs
+    exists, else built and stored. ``cached`` and ``seconds`` say which and how long it took."""
+    start = time.perf_counter()
+    key = cache_key(task, sizes, max_len, tokenizer)
+    path = cache_path(key)
+    data = _read(path, key) if path is not None else None
+    if data is None:
+        data = build(task, sizes, max_len, tokenizer)
+        if path is not None:
+            _write(path, key, data)
+    data.seconds = time.perf_counter() - start
+    return data
+
+
+def _read(path: Path, key: dict) -> TaskData | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if doc.get("key") != key:  # a digest collision or a hand-edited file: rebuild
+        return None
+    return TaskData(
+        train=[Encoded(*e) for e in doc["train"]], dev=[Encoded(*e) for e in doc["dev"]],
+        test=[Example(*e) for e in doc["test"]], test_prompts=doc["test_prompts"],
+        max_new_tokens=doc["max_new_tokens"], truncated=doc["truncated"],
+        eval_truncated=doc["eval_truncated"], cached=True,
+    )
+
+
+def _write(path: Path, key: dict, data: TaskData) -> None:
+    doc = {
+        "key": key,
+        "train": [[e.example_id, e.prompt, e.answer] for e in data.train],
+        "dev": [[e.example_id, e.prompt, e.answer] for e in data.dev],
+        "test": [[e.id, e.instruction, e.input, e.output] for e in data.test],
+        "test_prompts": data.test_prompts, "max_new_tokens": data.max_new_tokens,
+        "truncated": data.truncated, "eval_truncated": data.eval_truncated,
+    }
+    try:  # compact, atomic: a reader sees no file or the whole file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs the next cell the tokenisation again
