@@ -55,6 +55,7 @@ def summarise(values) -> Summary:
     mean = math.fsum(xs) / n
     if n == 1:
         return Summary(1, mean, math.nan, math.nan, math.nan)
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
+    # equal values have no spread (the mean of equal floats can differ from them in the last bit)
+    std = 0.0 if min(xs) == max(xs) else math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = t975(n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
