@@ -23,6 +23,8 @@ import pandas as pd
 def run(out: Path, args, extra: list[str]) -> float:
     cmd = [sys.executable, "-m", "suite.cli", "run", "--methods", args.methods, "--seeds", str(args.seeds),
            "--max-steps", str(args.steps), "--out", str(out), "-q", *extra]
+    if not args.after_use:  # the grid's scheduling is what is measured, not the per-cell extras
+        cmd += ["--infer-prompts", "0", "--side-corpus", "none"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -35,6 +37,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ray", action="store_true", help="also run the grid on a local Ray cluster")
+    p.add_argument("--after-use", action="store_true",
+                   help="also measure forgetting and inference cost in every cell (off by default)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     ways = {"workers 1": ["--workers", "1"], f"workers {args.workers}": ["--workers", str(args.workers)]}
