@@ -172,15 +172,18 @@ def cmd_list(args) -> int:
 
 def cached_split_sizes(task) -> tuple[dict, dict]:
     """A task's split sizes for the default run and the full task, cached on disk
-    (``$XDG_CACHE_HOME/leitai/task-sizes.json``) by name, version and source: counting them
+    (``task-sizes.json`` in :func:`suite.taskdata.cache_dir`) by name, version and source: counting them
     means reading whole corpora, which takes seconds; a task bumps ``version`` when its
     examples change."""
     import json
-    import os
 
     from .records import write_json_atomic
+    from .taskdata import cache_dir
 
-    path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leitai" / "task-sizes.json"
+    root = cache_dir()
+    if root is None:  # LEITAI_CACHE_DIR=off
+        return task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)
+    path = root / "task-sizes.json"
     key = f"{task.name}|{task.version}|{task.source}|{sorted(task.default_sizes.items())}|{getattr(task, 'max_chars', '')}"
     try:
         cache = json.loads(path.read_text(encoding="utf-8"))
