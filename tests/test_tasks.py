@@ -120,7 +120,6 @@ def test_numbers_are_cn2an_conversions():
 def test_list_tasks_shows_six_tasks_with_sizes_and_scores(tasks, capsys, tmp_path, monkeypatch):
     from suite.cli import main
     monkeypatch.setenv("LEITAI_CACHE_DIR", str(tmp_path / "leitai"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert main(["list", "tasks"]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "leitai" / "task-sizes.json").exists()
