@@ -4,7 +4,10 @@ processing (prefill) throughput, one prompt at a time (the latency a user of the
 Each prompt is generated twice: one new token (prefill plus one step) and ``new_tokens`` new
 tokens; the difference, over the tokens produced after the first, is the per-token decoding
 latency. Several models are timed in turn, ``repeats`` times, keeping each one's fastest
-repeat, so drift of the machine hits them all alike.
+repeat, so drift of the machine hits them all alike. On the CPU the timing runs on one
+thread: a decoding step of a small model is a long chain of small ops, and with two threads
+each op waits for the second one, which on a machine with any other load turns milliseconds
+into seconds and the figure into noise.
 """
 from __future__ import annotations
 
@@ -54,6 +57,16 @@ def time_one(model, prompts: list[list[int]], new_tokens: int, pad_id: int, auto
 def time_models(models: dict, prompts: list[list[int]], new_tokens: int, pad_id: int, autocast,
                 repeats: int = 3) -> dict[str, dict]:
     """:func:`time_one` for each named model, interleaved, best of ``repeats`` per figure."""
+    threads = torch.get_num_threads()
+    if next(next(iter(models.values())).parameters()).device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        return _best_of(models, prompts, new_tokens, pad_id, autocast, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best_of(models: dict, prompts, new_tokens, pad_id, autocast, repeats) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for _ in range(repeats):
         for name, model in models.items():
