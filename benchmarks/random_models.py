@@ -22,7 +22,7 @@ class RandomModel(ModelSpec):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from plugins.tiny_zh import HERE, TinyZh
+        from plugins.tiny_zh import TinyZh
 
         _, tokenizer = TinyZh().load()
         shape = dict(self.shape)

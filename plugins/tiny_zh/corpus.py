@@ -11,7 +11,7 @@ Units (one sentence, review or dictionary entry each):
 How no evaluation text leaks in: every example of the dev and test splits of every registered
 task (full splits, not the CPU-sized ones) gives its input and answer, normalised
 (:func:`suite.tasks.normalise`). A unit is left out when its normalised text *equals* one of
-them, or *contains* one of at least :data:`MIN_CONTAINED` characters (shorter ones, such as a
+them, or *contains* one of at least 8 characters (:data:`plugins.corpora.MIN_CONTAINED`) (shorter ones, such as a
 number or 正面, occur by chance in running text and are no example's text). ``tests/test_tiny_zh.py``
 checks the result independently. A fixed 2% of the remaining units (by hash) is held out for
 the model's own perplexity.
@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from plugins.corpora import MIN_CONTAINED, Matcher
+from plugins.corpora import Matcher
 from suite.tasks import normalise
 
 #: percent of units held out for the pretraining's own perplexity
