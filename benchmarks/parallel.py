@@ -2,10 +2,12 @@
 
 Runs the same grid (default: lora and full, 4 seeds each = 8 cells on the default task) with
 ``--workers 1`` and ``--workers N``, each into a fresh directory, and prints wall seconds,
-the speed-up and whether every run's losses agree. With ``--ray`` the grid also runs on a
-local Ray cluster.
+the speed-up, whether every run's losses and forgetting agree, and the mean inference overhead
+each way measured (a timing, so it may differ by noise, not systematically). With ``--ray`` the
+grid also runs on a local Ray cluster. The cells are the ones ``leitai run`` runs, forgetting and
+inference timing included; ``--train-only`` leaves those two out.
 
-    python benchmarks/parallel.py [--workers 2] [--steps 40] [--json PATH]
+    python benchmarks/parallel.py [--workers 2] [--steps 40] [--train-only] [--ray] [--one-thread] [--json PATH]
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import pandas as pd
 def run(out: Path, args, extra: list[str]) -> float:
     cmd = [sys.executable, "-m", "suite.cli", "run", "--methods", args.methods, "--seeds", str(args.seeds),
            "--max-steps", str(args.steps), "--out", str(out), "-q", *extra]
-    if not args.after_use:  # the grid's scheduling is what is measured, not the per-cell extras
+    if args.train_only:
         cmd += ["--infer-prompts", "0", "--side-corpus", "none"]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -37,11 +39,15 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--ray", action="store_true", help="also run the grid on a local Ray cluster")
-    p.add_argument("--after-use", action="store_true",
-                   help="also measure forgetting and inference cost in every cell (off by default)")
+    p.add_argument("--train-only", action="store_true",
+                   help="leave forgetting and inference timing out of every cell")
+    p.add_argument("--one-thread", action="store_true",
+                   help="also run one worker with one torch thread per cell, the thread count each of 2 workers gets on 2 cores")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
     ways = {"workers 1": ["--workers", "1"], f"workers {args.workers}": ["--workers", str(args.workers)]}
+    if args.one_thread:  # the same cells one worker, one thread each: how well cells themselves overlap
+        ways["workers 1, 1 thread"] = ["--workers", "1", "--cpus-per-cell", "1"]
     if args.ray:
         ways["ray"] = ["--executor", "ray", "--cpus-per-cell", "1"]
     rows, frames = [], {}
@@ -50,15 +56,19 @@ def main() -> int:
             out = Path(tmp) / name.replace(" ", "")
             seconds = run(out, args, extra)
             r = pd.read_csv(out / "results.csv").set_index("run_id").sort_index()
-            frames[name] = r[["first_train_loss", "final_train_loss", "eval_loss"]]
-            rows.append({"way": name, "cells": len(r), "ok": int((r.status == "ok").sum()), "wall_seconds": round(seconds, 1)})
+            compared = ["first_train_loss", "final_train_loss", "eval_loss"] + ([] if args.train_only else ["forgetting"])
+            frames[name] = r[compared]
+            row = {"way": name, "cells": len(r), "ok": int((r.status == "ok").sum()), "wall_seconds": round(seconds, 1)}
+            if not args.train_only:
+                row["mean_infer_overhead"] = round(float(r.infer_overhead.mean()), 2)
+            rows.append(row)
     base = rows[0]["wall_seconds"]
     for row in rows:
         row["speedup"] = round(base / row["wall_seconds"], 2)
     first = next(iter(frames.values()))
     same = {name: bool(((f - first).abs() <= 1e-5 * first.abs().clip(lower=1)).all().all()) for name, f in frames.items()}
     table = pd.DataFrame(rows)
-    table["same_losses"] = table.way.map(same)
+    table["same_losses_forgetting"] = table.way.map(same)
     print(table.to_markdown(index=False))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "same_losses": same, "settings": vars(args)}, indent=1))
