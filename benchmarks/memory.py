@@ -14,7 +14,8 @@ shootout's results:
 - ``trainable_params``: counted by the core;
 - ``seconds_per_step``: the training loop's wall time over its steps (the first step also
   counts the bytes saved for backward); ``cpu_seconds_per_step``, the process's CPU time over
-  its steps, is steadier where other work shares the cores.
+  the whole ``train`` call (its one-off answer-head check and the memory sampler included) per
+  step, is steadier where other work shares the cores.
 
 Run from the repository root::
 
