@@ -58,25 +58,15 @@ def child(args) -> dict:
     """Measure one method in this (fresh) process; returns its figures."""
     import torch
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from plugins.tiny_zh import TinyZh
+    from benchmarks.random_models import random_llama
     from suite import data, measure
     from suite.guards import check_method_output
     from suite.methods import method_params
     from suite.plugins import load_registry
     from suite.train import TrainSettings, train
 
-    _, tokenizer = TinyZh().load()
-    heads = args.heads or max(1, args.hidden // 64)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.ffn or int(2.75 * args.hidden),
-        num_hidden_layers=args.layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max(512, args.seq), tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    base, tokenizer = random_llama(args.hidden, args.layers, args.heads, args.ffn, args.seq)
     total = measure.count_parameters(base)
     base_named = list(base.named_parameters())
     # the built-ins by module too, for a checkout that is not pip-installed (no entry points)

@@ -35,6 +35,27 @@ class RandomModel(ModelSpec):
         return model, tokenizer
 
 
+def random_llama(hidden: int, layers: int, heads: int | None = None, ffn: int | None = None, max_len: int = 512):
+    """``(model, tokenizer)``: a randomly initialised LLaMA (seed 0, float32) of the given size
+    with tiny-zh's tokenizer and vocabulary; ``heads`` defaults to hidden / 64 and ``ffn`` to
+    2.75 x hidden, as in tiny-zh."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from plugins.tiny_zh import TinyZh
+
+    _, tokenizer = TinyZh().load()
+    heads = heads or max(1, hidden // 64)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=ffn or int(2.75 * hidden),
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=max(512, max_len), tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32), tokenizer
+
+
 @hookimpl
 def register_models(register):
     for name, shape in SHAPES.items():

@@ -57,6 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from suite.cell import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
+
 WAYS = ("arena", "bare", "trainer")
 #: dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name (first match wins)
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
@@ -106,23 +108,12 @@ def registry():
 
 def load_model(args, reg):
     """``(model, tokenizer)`` in float32 on the CPU."""
-    import torch
-
     from suite import models
 
     if args.model == "random-llama":
-        from transformers import AutoModelForCausalLM, LlamaConfig
+        from benchmarks.random_models import random_llama
 
-        _, tokenizer = reg.models["tiny-zh"].load()
-        heads = args.heads or max(1, args.hidden // 64)
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
-            intermediate_size=args.ffn or int(2.75 * args.hidden), num_attention_heads=heads,
-            num_key_value_heads=heads, max_position_embeddings=max(512, args.max_len), tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        )
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model, tokenizer = random_llama(args.hidden, args.layers, args.heads, args.ffn, args.max_len)
     else:
         model, tokenizer = models.resolve(args.model, reg).load()
     return model, models.prepare_tokenizer(tokenizer)
@@ -181,11 +172,6 @@ def child(args) -> dict:
     out.update(way=args.child, method=args.method, flops=flops, mean_tokens_per_example=mean_len,
                data_cached=prepared.cached, data_seconds=prepared.seconds)
     return out
-
-
-def tail_mean(losses: list[float], frac: float = 0.1) -> float:
-    k = max(1, int(len(losses) * frac))
-    return sum(losses[-k:]) / k
 
 
 def tail_stderr(losses: list[float], frac: float = 0.1) -> float | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .forgetting import cross_entropy
 from .guards import GuardError
-from .inference import logits_on, merge_check, time_models
+from .inference import keep_best, logits_on, merge_check, time_models
 
 #: side-corpus texts are cut to this many tokens and scored this many at a time
 SIDE_MAX_TOKENS = 128
@@ -74,10 +74,7 @@ def inference_costs(method, model, load_base, prompts: list[list[int]], new_toke
         if not ok:
             raise GuardError(f"method {method.name!r}: merged and unmerged logits differ by up to {diff:.3g}")
         again = time_models({"base": base, "merged": merged_model}, prompts, new_tokens, pad_id, autocast)
-        for key, value in again["base"].items():  # the base's best over both rounds
-            if value is not None and (timed["base"][key] is None or
-                                      (value < timed["base"][key] if key == "ms_per_token" else value > timed["base"][key])):
-                timed["base"][key] = value
+        keep_best(timed["base"], again["base"])  # the base's best over both rounds
         timed["merged"] = again["merged"]
     suffix = {"method": "", "base": "_base", "merged": "_merged"}
     for name, figures in timed.items():

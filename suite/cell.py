@@ -179,7 +179,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         truncated_eval_examples=prepared.eval_truncated, train_examples=len(train_set),
         dev_examples=len(dev_set), test_examples=len(test_examples), max_new_tokens=max_new_tokens,
         first_train_loss=result.losses[0] if result.losses else None,
-        final_train_loss=_tail_mean(result.losses), score_name=task.score_name, answer_head=result.answer_head,
+        final_train_loss=tail_mean(result.losses), score_name=task.score_name, answer_head=result.answer_head,
         **result.breakdown,
     )
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
@@ -245,7 +245,7 @@ def extra_metrics(task, predictions: list[str], references: list[str], measured:
     return {name: float(value) for name, value in extra.items()}
 
 
-def _tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
+def tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
     """Mean of the last 10% of step losses: one batch's loss is too noisy to compare methods."""
     if not losses:
         return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import Encoded, collate
+from .data import IGNORE, Encoded, collate
 
 
 class SideCorpus:
@@ -48,12 +48,12 @@ def cross_entropy(model, batches: list[dict]) -> float:
         for batch in batches:
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
-            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)
             loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=-100, reduction="sum"
+                logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=IGNORE, reduction="sum"
             )
             total += float(loss)
-            count += int((target != -100).sum())
+            count += int((target != IGNORE).sum())
     finally:
         model.train(was_training)
     return total / count

@@ -9,14 +9,16 @@ from pathlib import Path
 STATUSES = ("ok", "failed", "oom", "diverged")
 
 
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON so that a reader sees either the old file or the whole new one."""
+def write_json_atomic(path: Path, data, compact: bool = False) -> None:
+    """Write JSON so that a reader sees either the old file or the whole new one
+    (``compact``: no indentation or spaces, for large machine-read files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1, allow_nan=True)
+            layout = {"separators": (",", ":")} if compact else {"indent": 1}
+            json.dump(data, f, ensure_ascii=False, allow_nan=True, **layout)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .data import Encoded, encode, encode_prompts
+from .records import write_json_atomic
 from .tasks import Example
 
 #: bump when the encoding or the stored layout changes
@@ -138,11 +138,7 @@ def _write(path: Path, key: dict, data: TaskData) -> None:
         "test_prompts": data.test_prompts, "max_new_tokens": data.max_new_tokens,
         "truncated": data.truncated, "eval_truncated": data.eval_truncated,
     }
-    try:  # compact, atomic: a reader sees no file or the whole file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, ensure_ascii=False, separators=(",", ":"))
-        os.replace(tmp, path)
+    try:  # atomic: a reader sees no file or the whole file
+        write_json_atomic(path, doc, compact=True)
     except OSError:
         pass  # an unwritable cache only costs the next cell the tokenisation again
