@@ -7,7 +7,7 @@ code: the method plugin's ``apply``, ``suite.train.train`` (AdamW, the same step
 shootout) inside ``suite.measure.PeakMemory``, so every figure means what it means in a
 shootout's results:
 
-- ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (DESIGN.md);
+- ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (README, "How the arena measures");
   on CUDA ``max_memory_allocated``;
 - ``activation_bytes``: bytes autograd saves for backward in one step (unique storages,
   parameters excluded), with ``grads_bytes`` and ``optimizer_bytes`` beside it;
@@ -99,9 +99,9 @@ def child(args) -> dict:
 
 def run_all(args) -> dict:
     """Every method in a fresh child process; returns the JSON document."""
-    from suite.env import environment
-
     import torch
+
+    from suite.env import environment
 
     figures = {}
     for name in args.methods.split(","):

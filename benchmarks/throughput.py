@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from suite.cell import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
+from suite.train import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
 
 WAYS = ("arena", "bare", "trainer")
 #: dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name (first match wins)
@@ -141,9 +141,9 @@ def child(args) -> dict:
     from transformers import set_seed
 
     from suite import data, taskdata
-    from suite.config import ShootoutConfig
     from suite.methods import method_params
-    from suite.tasks import resolve_task
+    from suite.settings import ShootoutConfig
+    from suite.userdata import resolve_task
 
     torch.set_num_threads(int(os.environ.get("LEITAI_THREADS", torch.get_num_threads())))
     reg = registry()
@@ -538,9 +538,9 @@ def main(argv=None) -> int:
         else:
             print(json.dumps(child(args)))
         return 0
-    from suite.env import environment
-
     import torch
+
+    from suite.env import environment
 
     started = time.perf_counter()
     doc = compare(args) if args.mode == "compare" else scaling(args)

@@ -10,35 +10,46 @@ import queue
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from suite import hookimpl
-from suite.errors import UsageError
-from suite.executors import Executor, cpu_count, run_cell_process, thread_env
+from suite import Executor, UsageError, hookimpl
+from suite.executors import cpu_count, run_cell_process, thread_env
+from suite.records import run_dir
 
 
 class LocalExecutor(Executor):
     name = "local"
+    default = True
     description = "this machine, --workers cells at a time (GPUs from --devices, else CPU cores shared out)"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--workers", type=int, default=1, help="cells at once (default: 1)")
+        parser.add_argument("--devices", default="", metavar="IDS",
+                            help="GPU ids to share out among the workers, e.g. 0,1,2,3")
 
     def __init__(self, settings):
         super().__init__(settings)
-        s = settings
+        s, o = settings, settings.options
+        if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
+            raise UsageError(f"--workers must be a positive whole number, not {o.workers!r}")
+        self.workers = o.workers
+        self.devices = [d.strip() for d in str(o.devices).split(",") if d.strip()]
         per_cell = max(1, s.gpus_per_cell)
-        if s.devices:
-            if len(s.devices) < per_cell:
+        if self.devices:
+            if len(self.devices) < per_cell:
                 raise UsageError(f"--gpus-per-cell {per_cell} needs at least that many --devices")
-            most = len(s.devices) // per_cell
-            if s.workers > most:
-                raise UsageError(f"--workers {s.workers} needs {s.workers * per_cell} devices, --devices gives {len(s.devices)}")
-        self.slots = [self._slot_env(i) for i in range(max(1, s.workers))]
+            if self.workers > len(self.devices) // per_cell:
+                raise UsageError(f"--workers {self.workers} needs {self.workers * per_cell} devices, "
+                                 f"--devices gives {len(self.devices)}")
+        self.slots = [self._slot_env(i) for i in range(self.workers)]
 
     def _slot_env(self, i: int) -> dict:
         s = self.settings
-        env = {} if s.progress and s.workers == 1 else {"LEITAI_PROGRESS": "0"}
-        if s.devices:
+        env = {} if s.progress and self.workers == 1 else {"LEITAI_PROGRESS": "0"}
+        if self.devices:
             per_cell = max(1, s.gpus_per_cell)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(s.devices[i * per_cell : (i + 1) * per_cell])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices[i * per_cell : (i + 1) * per_cell])
         else:
-            env.update(thread_env(s.cpus_per_cell or cpu_count() // max(1, s.workers) // max(1, s.gpus_per_cell)))
+            env.update(thread_env(s.cpus_per_cell or cpu_count() // self.workers // max(1, s.gpus_per_cell)))
         return env
 
     def map(self, cells, out_dir: Path):
@@ -49,7 +60,7 @@ class LocalExecutor(Executor):
         def run(cell):
             env = free.get()
             try:
-                return run_cell_process(cell, Path(out_dir) / "runs" / cell.run_id, env, self.settings.gpus_per_cell)
+                return run_cell_process(cell, run_dir(out_dir, cell.run_id), env, self.settings.gpus_per_cell)
             finally:
                 free.put(env)
 

@@ -15,11 +15,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from suite import hookimpl
+from suite import Executor, UsageError, hookimpl
 from suite.cell import Cell
-from suite.errors import UsageError
-from suite.executors import Executor, failed_record, run_cell_process, thread_env
-from suite.records import write_json_atomic
+from suite.executors import run_cell_process, thread_env
+from suite.records import failed_record, run_dir, write_json_atomic
 
 FORWARDED = ("LEITAI_PLUGINS", "PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME")
 
@@ -28,39 +27,46 @@ def _run_remote(cell_json: str, processes: int, threads: int):
     """Runs on a Ray worker: the cell in a process of its own; returns its record and files."""
     cell = Cell.from_json(cell_json)
     with tempfile.TemporaryDirectory(prefix="leitai-ray-") as tmp:
-        run_dir = Path(tmp) / "runs" / cell.run_id
+        directory = run_dir(tmp, cell.run_id)
         env = {"LEITAI_PROGRESS": "0", **(thread_env(threads) if threads else {})}
-        record = run_cell_process(cell, run_dir, env, processes)
+        record = run_cell_process(cell, directory, env, processes)
         files = {
-            str(p.relative_to(run_dir)): p.read_bytes()
-            for p in sorted(run_dir.rglob("*")) if p.is_file() and p.name != "record.json"
+            str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != "record.json"
         }
     return record, files
 
 
 def write_run(out_dir: Path, run_id: str, record: dict, files: dict[str, bytes]) -> None:
     """The driver's side: the run's files into ``out_dir/runs/<run_id>``, the record last."""
-    run_dir = Path(out_dir) / "runs" / run_id
-    staging = Path(out_dir) / "runs" / f".{run_id}.incoming"
+    target_dir = run_dir(out_dir, run_id)
+    staging = target_dir.with_name(f".{run_id}.incoming")
     shutil.rmtree(staging, ignore_errors=True)
     for rel, data in files.items():
         path = staging / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    target_dir.mkdir(parents=True, exist_ok=True)
     if staging.exists():
         for entry in staging.iterdir():
-            target = run_dir / entry.name
+            target = target_dir / entry.name
             if target.is_dir():
                 shutil.rmtree(target)
             entry.replace(target)
         shutil.rmtree(staging)
-    write_json_atomic(run_dir / "record.json", record)
+    write_json_atomic(target_dir / "record.json", record)
 
 
 class RayExecutor(Executor):
     name = "ray"
     description = "a Ray cluster (--ray-address, or a local one): one Ray task per cell, retried if its worker dies"
+
+    @classmethod
+    def add_arguments(cls, parser):
+        parser.add_argument("--ray-address", default="", metavar="HOST:PORT",
+                            help="an existing Ray cluster (default: start a local one)")
+        parser.add_argument("--max-retries", type=int, default=2, metavar="N",
+                            help="re-runs of a cell whose worker died (default: 2)")
 
     def __init__(self, settings):
         super().__init__(settings)
@@ -72,16 +78,16 @@ class RayExecutor(Executor):
     def map(self, cells, out_dir: Path):
         import ray
 
-        s = self.settings
+        s, o = self.settings, self.settings.options
         started = not ray.is_initialized()
         if started:
             env = {k: os.environ[k] for k in FORWARDED if k in os.environ}
-            ray.init(address=s.address, include_dashboard=False, log_to_driver=False,
+            ray.init(address=o.ray_address or None, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
         use_gpus = ray.cluster_resources().get("GPU", 0) > 0
         cpus = s.cpus_per_cell or 1
         resources = {"num_gpus": s.gpus_per_cell, "num_cpus": 1} if use_gpus else {"num_cpus": cpus * s.gpus_per_cell}
-        task = ray.remote(max_retries=s.max_retries, retry_exceptions=False)(_run_remote).options(**resources)
+        task = ray.remote(max_retries=o.max_retries, retry_exceptions=False)(_run_remote).options(**resources)
         pending = {task.remote(cell.to_json(), s.gpus_per_cell, 0 if use_gpus else cpus): cell for cell in cells}
         try:
             while pending:
@@ -92,7 +98,7 @@ class RayExecutor(Executor):
                 except ray.exceptions.RayError as e:
                     reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
                     record, files = failed_record(
-                        cell, f"ray: {type(e).__name__} after {s.max_retries} retries: {reason}", str(e)), {}
+                        cell, f"ray: {type(e).__name__} after {o.max_retries} retries: {reason}", str(e)), {}
                 write_run(out_dir, cell.run_id, record, files)
                 yield cell, record
         finally:  # Ctrl-C or an error: cancel what has not finished

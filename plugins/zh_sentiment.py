@@ -25,7 +25,6 @@ class ZhSentiment(Task):
     max_new_tokens = 4
     version = "2"  # 2: deduplicated and split on the normalised text
     instruction = "判断这条评论的情感倾向，回答“正面”或“负面”。"
-    #: reviews longer than this many characters are left out when split sizes are capped
     max_chars = 60
 
     @cached_property

@@ -1,13 +1,19 @@
 """leitai (擂台): an arena for parameter-efficient fine-tuning methods on Chinese tasks.
 
 The public plugin API: hooks are declared in :mod:`suite.hookspecs`; plugins implement them
-with :data:`hookimpl` and register :class:`Method`, :class:`Task` and :class:`ModelSpec`
-instances.
+with :data:`hookimpl` and register :class:`Method`, :class:`Task`, :class:`ModelSpec`,
+:class:`SideCorpus` and :class:`Command` instances and :class:`Executor` subclasses. Input a
+user must fix is a :class:`UsageError` (one line, exit status 2).
 """
+from .commands import Command
+from .errors import UsageError
+from .executors import Executor
+from .forgetting import SideCorpus
 from .hookspecs import hookimpl
 from .methods import Method, PeftMethod
 from .models import ModelSpec
 from .tasks import Example, Task
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "Method", "PeftMethod", "ModelSpec", "Task", "Example", "__version__"]
+__all__ = ["hookimpl", "Method", "PeftMethod", "ModelSpec", "Task", "Example", "SideCorpus", "Executor",
+           "Command", "UsageError", "__version__"]

@@ -13,47 +13,34 @@ import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Known noise of peft with recent transformers (../shared/DESIGN.md, known hazards).
+from .settings import RunSettings
+
+# Known noise of peft with recent transformers (README, "Pinned versions, and why").
 SILENCED = (
     "Position ids are not supported for parameter efficient tuning",
     ".*is_gradient_checkpointing.* is deprecated",
 )
 
 
-@dataclass
-class Cell:
+@dataclass(kw_only=True)
+class Cell(RunSettings):
+    """One (method, task, seed) of a shootout, with every run setting (:class:`RunSettings`)."""
+
     run_id: str
     method: str
     task: str
     seed: int
-    model: str
     params: dict  # the method's hyper-parameters, defaults merged with overrides
-    steps: int
-    batch_size: int
-    max_len: int
-    task_sizes: dict | None
-    device: str = "auto"  # auto | cpu | cuda
-    trust_remote_code: bool = False
-    warmup: float = 0.1
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    log_every: int = 10
-    eval_batch_size: int = 32
-    side_corpus: str = "none"  # a registered side corpus, or none
-    side_corpus_size: int = 128
-    infer_prompts: int = 8
-    infer_new_tokens: int = 16
-    gradient_checkpointing: bool = False
-    extra: dict = field(default_factory=dict)
+    task_sizes: dict | None  # per-split caps for the task (None: all of it)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "Cell":
+    def from_json(cls, text: str) -> Cell:
         return cls(**json.loads(text))
 
 
@@ -62,18 +49,17 @@ def _silence_known_warnings():
         warnings.filterwarnings("ignore", message=pattern)
 
 
-def run_cell(cell: Cell, run_dir: Path) -> dict:
-    """Run ``cell`` and return its record (without writing it)."""
+def run_cell(cell: Cell, run_dir: Path) -> dict | None:
+    """Run ``cell`` and return its record (without writing it); None on the processes of a
+    distributed cell other than the main one, which alone writes the record."""
     import torch
 
+    from .records import new_record
+
     started = time.time()
-    record = {
-        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
-        "model": cell.model, "status": "failed", "error": None, "config": json.loads(cell.to_json()),
-        "metrics": {}, "curve": [], "generations": [], "env": {},
-    }
+    record = new_record(cell)
     try:
-        if _run(cell, run_dir, record) == "not main process":
+        if not _run(cell, run_dir, record):
             return None
     except Exception as e:
         oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
@@ -84,22 +70,24 @@ def run_cell(cell: Cell, run_dir: Path) -> dict:
     return record
 
 
-def _run(cell: Cell, run_dir: Path, record: dict) -> None:
+def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
+    """Fill ``record`` in; False when this process is not the one that keeps it."""
     import torch
     from accelerate import Accelerator
     from tqdm.auto import tqdm
     from transformers import set_seed
 
     from . import data, measure, models, taskdata
-    from .after_use import SIDE_BATCH, SIDE_MAX_TOKENS, AfterUse, inference_costs
-    from .forgetting import side_batches
     from .env import environment
+    from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
     from .generate import greedy_generate
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
+    from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
-    from .tasks import format_prompt, resolve_task
-    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
+    from .tasks import extra_metrics, format_prompt
+    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, tail_mean, train
+    from .userdata import resolve_task
 
     reg = registry()
     method = reg.get("methods", cell.method)
@@ -126,10 +114,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     if cell.side_corpus != "none" and cell.side_corpus_size:
         texts = reg.get("side_corpora", cell.side_corpus).texts(cell.side_corpus_size)
         side = side_batches(tokenizer, texts, SIDE_MAX_TOKENS, SIDE_BATCH)
-    after_use = AfterUse(method, side, rtol=1e-5 if use_cpu else 1e-3)
+    forgetting = Forgetting(method, side, rtol=1e-5 if use_cpu else 1e-3)
     base.to(device)
     with accelerator.autocast():
-        after_use.measure_base(base)  # the untouched base model, before the method touches it
+        forgetting.measure_base(base)  # the untouched base model, before the method touches it
 
     total = count_parameters(base)
     base_named = list(base.named_parameters())
@@ -145,9 +133,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         if error:
             raise GuardError(f"method {method.name!r} {error}")
     with accelerator.autocast():
-        view_before = after_use.view_loss(model, "before training")
+        view_before = forgetting.view_loss(model, "before training")
 
-    batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.steps, cell.seed)
+    batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.max_steps, cell.seed)
     batches = [[train_set[i] for i in b] for b in batches_idx]
     settings = TrainSettings(
         lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
@@ -165,7 +153,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         peaks = accelerator.gather(torch.tensor([peak.peak], device=device)).tolist()
         result.tokens = int(accelerator.reduce(torch.tensor(result.tokens, device=device), "sum"))
         if not accelerator.is_main_process:
-            return "not main process"
+            return False
         record["metrics"]["peak_memory_per_device"] = peaks
         record["metrics"]["processes"] = accelerator.num_processes
 
@@ -186,7 +174,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     if result.diverged:
         record["status"] = "diverged"
         record["error"] = f"non-finite training loss at step {len(result.losses)}"
-        return
+        return True
 
     with accelerator.autocast():
         dev_loss = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
@@ -216,41 +204,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     m["adapter_bytes"] = measure.dir_bytes(adapter)
 
     with accelerator.autocast():
-        m.update(after_use.forgetting(model), forgetting_view_before=view_before)
+        m.update(forgetting.after(model), forgetting_view_before=view_before)
     m.update(inference_costs(
         method, model, lambda: spec.load()[0].to(device), test_prompts[: cell.infer_prompts],
         cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if use_cpu else 2e-2,
     ))
     record["status"] = "ok"
-
-
-def generation_budget(max_new_tokens: int, train_set: list) -> int:
-    """Tokens greedy generation may produce: the task's ``max_new_tokens``, but no more than the
-    longest training answer (with its end token). Answers are cut to half the context for
-    training, so the prompt always keeps room; and no method spends time generating past what
-    any method was taught to answer (the same budget for every method of a task)."""
-    longest = max((len(e.answer) for e in train_set), default=max_new_tokens)
-    return max(1, min(max_new_tokens, longest))
-
-
-def extra_metrics(task, predictions: list[str], references: list[str], measured: dict) -> dict:
-    """The task's further metrics (:meth:`suite.Task.metrics`), checked: they may only add
-    numeric columns, never replace what the core measured."""
-    extra = task.metrics(predictions, references) or {}
-    for name, value in extra.items():
-        if not isinstance(name, str) or name in measured:
-            raise ValueError(f"task {task.name!r} returned metric {name!r}, which clashes with a core column")
-        if not isinstance(value, (int, float)):
-            raise ValueError(f"task {task.name!r} returned a non-numeric metric {name}={value!r}")
-    return {name: float(value) for name, value in extra.items()}
-
-
-def tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
-    """Mean of the last 10% of step losses: one batch's loss is too noisy to compare methods."""
-    if not losses:
-        return None
-    k = max(1, int(len(losses) * frac))
-    return sum(losses[-k:]) / k
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,15 +8,18 @@ from pathlib import Path
 from .errors import UsageError
 
 EPILOG = (
-    "Writing a method plugin: docs/plugins.md (start with 'leitai new-plugin NAME'). "
-    "Output files: README.md, 'Output'."
+    "Writing a plugin: docs/plugins.md (start with 'leitai new-plugin NAME'). "
+    "What a shootout writes (results.csv, summary.md, report.html, runs/): README.md, section 'Reports'."
 )
 
 
 CORE_COMMANDS = ("run", "report", "list", "new-plugin")
 
 
-def _parser(plugin_commands=()) -> argparse.ArgumentParser:
+def _parser(plugin_commands=(), executors=None) -> argparse.ArgumentParser:
+    """The command line; ``executors`` (name -> class) add their own options to ``run``."""
+    from . import settings
+
     p = argparse.ArgumentParser(
         prog="leitai", description="擂台 leitai: a shootout of fine-tuning methods on Chinese instruction tasks.",
         epilog=EPILOG,
@@ -24,44 +27,20 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a shootout and write its report", epilog=EPILOG)
-    S = argparse.SUPPRESS  # only flags the user gives override the TOML config
-    run.add_argument("--methods", default=S, help="comma-separated method names (default: all registered)")
-    run.add_argument("--tasks", default=S,
-                     help="comma-separated task names, or file:PATH[?score=NAME] for your own data (default: zh-sentiment)")
-    run.add_argument("--model", default=S, help="tiny-zh (default) or a Hugging Face model id / local path")
-    run.add_argument("--seeds", default=S, help="number of seeds (0..N-1) or a comma-separated list (default 1)")
-    run.add_argument("--max-steps", type=int, default=S, dest="max_steps", help="training steps per run (default 150)")
-    run.add_argument("--batch-size", type=int, default=S, dest="batch_size", help="examples per step (default 16)")
-    run.add_argument("--max-len", type=int, default=S, dest="max_len", help="tokens per example at most (default 256)")
-    run.add_argument("--task-size", default=S, dest="task_size",
-                     help="default (CPU-sized splits), full, or a number of training examples")
-    run.add_argument("--out", default=S, help="output directory (default reports/<timestamp>)")
-    run.add_argument("--resume", action="store_true", default=S, help="skip runs already finished in --out")
-    run.add_argument("--device", default=S, help="auto (default), cpu or cuda")
+    settings.add_arguments(run)  # one flag per setting; only flags the user gives override the TOML config
     run.add_argument("--config", help="TOML file with the same settings and [method.NAME] tables")
     run.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
                      help="override a method setting, e.g. --set lora.r=16 (repeatable)")
-    run.add_argument("--trust-remote-code", action="store_true", default=S, dest="trust_remote_code",
-                     help="allow a hub model's own code to run (off by default)")
-    run.add_argument("--gradient-checkpointing", action="store_true", default=S, dest="gradient_checkpointing",
-                     help="recompute activations in backward: less memory, about a third more time per step")
-    run.add_argument("--executor", default=S, help="where cells run: local (default), ray, or a plugin's")
-    run.add_argument("--workers", type=int, default=S, help="cells at once with the local executor (default 1)")
-    run.add_argument("--devices", default=S, help="GPU ids to share out among local workers, e.g. 0,1,2,3")
-    run.add_argument("--gpus-per-cell", type=int, default=S, dest="gpus_per_cell",
-                     help="GPUs per cell; more than 1 runs the cell under accelerate's distributed launch (DDP)")
-    run.add_argument("--cpus-per-cell", type=int, default=S, dest="cpus_per_cell",
-                     help="CPU threads per cell (default: local cores / workers; ray 1)")
-    run.add_argument("--ray-address", default=S, dest="ray_address", help="an existing Ray cluster (default: start a local one)")
-    run.add_argument("--max-retries", type=int, default=S, dest="max_retries",
-                     help="ray: re-runs of a cell whose worker died (default 2)")
-    run.add_argument("--side-corpus", default=S, dest="side_corpus",
-                     help="text forgetting is measured on: zh-news-side (default), another registered one, or none")
-    run.add_argument("--side-corpus-size", type=int, default=S, dest="side_corpus_size",
-                     help="side-corpus texts to measure forgetting on (default 128)")
-    run.add_argument("--infer-prompts", type=int, default=S, dest="infer_prompts",
-                     help="test prompts to time inference on, per run (default 8; 0: no timing)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    for name, cls in sorted((executors or {}).items()):
+        group = run.add_argument_group(f"options of the {name} executor")
+        before = len(run._actions)
+        try:
+            cls.add_arguments(group)
+        except Exception:  # a broken executor plugin, or one whose flag clashes: it adds none
+            continue
+        for action in run._actions[before:]:
+            action.default = argparse.SUPPRESS  # given flags only, like the settings
 
     rep = sub.add_parser("report", help="rebuild the report files from DIR/runs/*/record.json")
     rep.add_argument("dirs", nargs="+", help="shootout directories (several are merged)")
@@ -85,12 +64,12 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    plugin_commands = {}
-    if not argv or argv[0] not in CORE_COMMANDS:  # only then load plugins for their commands
+    plugin_commands, executors = {}, {}
+    if not argv or argv[0] not in ("report", "list", "new-plugin"):  # plugins add commands and run's options
         from .plugins import registry
 
-        plugin_commands = registry().commands
-    args = _parser(plugin_commands.values()).parse_args(argv)
+        plugin_commands, executors = registry().commands, registry().executors
+    args = _parser(plugin_commands.values(), executors).parse_args(argv)
     try:
         commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin}
         if args.command in commands:
@@ -111,14 +90,17 @@ def _warn_failures(registry) -> None:
 
 def cmd_run(args) -> int:
     from .config import build_config, parse_set
+    from .executors import option_owners
     from .plugins import registry
     from .records import read_records
     from .runner import run_shootout, truncation_warnings
 
-    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set", "quiet")}
-    cli["method_overrides"] = parse_set(args.set)
-    config = build_config(cli, args.config)
     reg = registry()
+    owners = option_owners(reg)
+    cli = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set", "quiet") and k not in owners}
+    cli["method_overrides"] = parse_set(args.set)
+    cli["executor_options"] = {k: v for k, v in vars(args).items() if k in owners}
+    config = build_config(cli, args.config, frozenset(owners))
     _warn_failures(reg)
     config.fill_defaults(reg)
     outcome = run_shootout(config, reg, progress=not args.quiet)
@@ -171,31 +153,18 @@ def cmd_list(args) -> int:
 
 
 def cached_split_sizes(task) -> tuple[dict, dict]:
-    """A task's split sizes for the default run and the full task, cached on disk
-    (``task-sizes.json`` in :func:`suite.taskdata.cache_dir`) by name, version and source: counting them
-    means reading whole corpora, which takes seconds; a task bumps ``version`` when its
+    """A task's split sizes for the default run and the full task, kept in leitai's cache
+    (:mod:`suite.cache`, entry ``task-sizes.json``) by name, version, source and caps: counting
+    them means reading whole corpora, which takes seconds; a task bumps ``version`` when its
     examples change."""
-    import json
+    from . import cache
 
-    from .records import write_json_atomic
-    from .taskdata import cache_dir
-
-    root = cache_dir()
-    if root is None:  # LEITAI_CACHE_DIR=off
-        return task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)
-    path = root / "task-sizes.json"
-    key = f"{task.name}|{task.version}|{task.source}|{sorted(task.default_sizes.items())}|{getattr(task, 'max_chars', '')}"
-    try:
-        cache = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = [task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)]
-        try:
-            write_json_atomic(path, cache)
-        except OSError:
-            pass  # a read-only home only makes the next listing slow again
-    default, full = cache[key]
+    key = f"{task.name}|{task.version}|{task.source}|{sorted(task.default_sizes.items())}|{task.max_chars or ''}"
+    sizes = cache.load_json("task-sizes.json") or {}
+    if key not in sizes:
+        sizes[key] = [task.split_sizes(dict(task.default_sizes)), task.split_sizes(None)]
+        cache.store_json("task-sizes.json", sizes)
+    default, full = sizes[key]
     return default, full
 
 
@@ -208,7 +177,7 @@ def _task_sizes(task) -> str:
         default, full = (fmt(s) for s in cached_split_sizes(task))
     except Exception as e:  # a broken task plugin is listed, not fatal
         default = full = f"? ({type(e).__name__}: {e})"
-    extra = f"; max {task.max_chars} characters in capped runs" if getattr(task, "max_chars", None) else ""
+    extra = f"; max {task.max_chars} characters in capped runs" if task.max_chars else ""
     return f"{'':17}score: {task.score_name}; train/dev/test default {default}{extra}; full {full}"
 
 

@@ -6,9 +6,14 @@ An executor is a plugin (``register_executors``): a subclass of :class:`Executor
 Where the cell ran (a local process pool, a Ray cluster, a Slurm job) is the executor's
 business; the driver process alone writes the shootout directory. The pieces every executor
 needs, starting a cell's process and turning a dead process into a ``failed`` record, are here.
+
+An executor adds its own command-line options (``--workers`` for the local one, Ray's
+``--ray-address``) with :meth:`Executor.add_arguments`, the way plugin commands do; a TOML
+config may set them by the same names. They reach it as ``settings.options``.
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import signal
@@ -16,22 +21,23 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cell import Cell
-from .records import read_json, write_json_atomic
+from .errors import UsageError
+from .records import failed_record, read_json, write_json_atomic
 
 
 @dataclass
 class ExecutorSettings:
-    workers: int = 1  # cells at once (local)
-    devices: list[str] | None = None  # GPU ids handed out to cells (local)
-    gpus_per_cell: int = 1  # >1: the cell runs under `accelerate launch` with that many processes
-    cpus_per_cell: int | None = None  # CPU threads per cell (local: cores / workers; ray: 1)
-    address: str | None = None  # an existing cluster to join (ray)
-    max_retries: int = 2  # re-runs of a cell whose worker died (ray)
+    """What the core hands an executor: the shootout's resource requests and the executor's
+    own options (its :meth:`Executor.add_arguments` flags, defaults filled in)."""
+
+    gpus_per_cell: int = 1  # >1: the cell runs under torch's distributed launch with that many processes
+    cpus_per_cell: int | None = None  # CPU threads per cell (None: the executor's default)
     progress: bool = True  # show each cell's step bar
+    options: argparse.Namespace = field(default_factory=argparse.Namespace)
 
 
 class Executor:
@@ -40,6 +46,14 @@ class Executor:
     #: the name users type after ``--executor``
     name: str = ""
     description: str = ""
+    #: the executor used when no ``--executor`` is given (one registered executor sets this)
+    default: bool = False
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        """Add the executor's own options to ``parser`` (an argparse parser or group), with
+        their defaults. Their names must not clash with the core's or another executor's;
+        give them a prefix (``--ray-address``) unless they are generic."""
 
     def __init__(self, settings: ExecutorSettings):
         self.settings = settings
@@ -112,17 +126,6 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     return code, b"".join(tail).decode("utf-8", errors="replace")
 
 
-def failed_record(cell: Cell, error: str, detail: str = "") -> dict:
-    import time
-
-    return {
-        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
-        "model": cell.model, "status": "failed", "error": error, "traceback": detail,
-        "config": {"method": cell.method, "params": cell.params}, "metrics": {}, "curve": [],
-        "generations": [], "env": {}, "finished_at": time.time(),
-    }
-
-
 def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1) -> dict:
     """Run ``cell`` in its own process in ``run_dir`` and return its record.
 
@@ -153,3 +156,40 @@ def thread_env(threads: int) -> dict:
     """Environment that caps a child's CPU threads (torch reads these at start-up)."""
     n = str(max(1, threads))
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "LEITAI_THREADS": n}
+
+
+def option_defaults(cls) -> dict:
+    """An executor class's own options with their defaults (``{dest: default}``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    cls.add_arguments(parser)
+    return vars(parser.parse_args([]))
+
+
+def option_owners(registry) -> dict[str, str]:
+    """Every executor option's name -> the executor that adds it."""
+    owners: dict[str, str] = {}
+    for name in sorted(registry.executors):
+        try:
+            dests = option_defaults(registry.executors[name])
+        except Exception:  # a broken executor plugin: its options are unknown, it fails when chosen
+            continue
+        for dest in dests:
+            owners.setdefault(dest, name)
+    return owners
+
+
+def make_executor(config, registry, progress: bool = True) -> Executor:
+    """The executor plugin named by ``--executor``, built with the shootout's settings; an
+    option of another executor is a one-line UsageError."""
+    cls = registry.get("executors", config.executor)
+    defaults = option_defaults(cls)
+    owners = option_owners(registry)
+    for dest in config.executor_options:
+        if dest not in defaults:
+            flag = "--" + dest.replace("_", "-")
+            raise UsageError(f"{flag} is an option of the {owners.get(dest, '?')} executor, not of {config.executor}")
+    settings = ExecutorSettings(
+        gpus_per_cell=config.gpus_per_cell, cpus_per_cell=config.cpus_per_cell or None, progress=progress,
+        options=argparse.Namespace(**{**defaults, **config.executor_options}),
+    )
+    return cls(settings)

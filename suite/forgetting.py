@@ -6,12 +6,19 @@ held-out slice of the People's Daily corpus (plugins/zh_side_corpus.py). The los
 here from the logits, not taken from the model's own loss, so every method is scored by the
 same formula: positions a method prepends (prompt tuning's virtual tokens) are dropped, and
 each sentence's tokens after the first are predicted from the ones before.
+
+Nothing is taken from the plugin: "before" is the untouched base model's figure, measured
+before the method is applied; a method's :meth:`~suite.Method.base_view` (the base with the
+method switched off) must reproduce it before and after training, or the cell fails.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from .data import IGNORE, Encoded, collate
+from .guards import GuardError
 
 
 class SideCorpus:
@@ -57,3 +64,48 @@ def cross_entropy(model, batches: list[dict]) -> float:
     finally:
         model.train(was_training)
     return total / count
+
+
+#: side-corpus texts are cut to this many tokens and scored this many at a time
+SIDE_MAX_TOKENS = 128
+SIDE_BATCH = 8
+
+
+@dataclass
+class Forgetting:
+    """Forgetting of one run, measured by the core: the untouched base model's side-corpus
+    loss before the method is applied, the trained model's after training, and the check that
+    the method's :meth:`~suite.Method.base_view` (the base with the method switched off)
+    reproduces the base model's figure before and after training (or the cell fails)."""
+
+    method: object
+    side: list | None  # side-corpus batches, or None when forgetting is not measured
+    rtol: float  # how close the base view's figure must be to the base model's
+    before: float | None = None
+
+    def measure_base(self, base) -> None:
+        """The untouched base model's side-corpus loss (call before the method is applied)."""
+        if self.side:
+            self.before = cross_entropy(base, self.side)
+
+    def view_loss(self, model, when: str) -> float | None:
+        """The side-corpus loss of the method's base view; raises GuardError if it is not the base's."""
+        view = self.method.base_view(model) if self.side else None
+        if view is None:
+            return None
+        with view as base:
+            loss = cross_entropy(base, self.side)
+        if abs(loss - self.before) > 1e-6 + self.rtol * abs(self.before):
+            raise GuardError(
+                f"method {self.method.name!r}: with the method switched off ({when}) the side-corpus loss is "
+                f"{loss:.6f}, the untouched base model's is {self.before:.6f}; its base_view is not the base"
+            )
+        return loss
+
+    def after(self, model) -> dict:
+        """The trained model's figures (and its base view's, checked again)."""
+        if not self.side:
+            return {}
+        after = cross_entropy(model, self.side)
+        return {"forgetting_before": self.before, "forgetting_after": after,
+                "forgetting": after - self.before, "forgetting_view_after": self.view_loss(model, "after training")}

@@ -56,9 +56,11 @@ def register_models(register):
 def register_executors(register):
     """Register executors: where and how a shootout's cells run.
 
-    Call ``register(cls)`` with a subclass of :class:`suite.executors.Executor`; ``cls.name``
-    is what users type after ``--executor``. The core constructs it with the shootout's
-    :class:`suite.executors.ExecutorSettings` and calls ``map(cells, out_dir)``.
+    Call ``register(cls)`` with a subclass of :class:`suite.Executor`; ``cls.name`` is what
+    users type after ``--executor`` (``default = True`` marks the one used when none is named).
+    Its classmethod ``add_arguments(parser)`` adds its own flags to ``leitai run``. The core
+    constructs it with the shootout's :class:`suite.executors.ExecutorSettings` (the flags'
+    values in ``settings.options``) and calls ``map(cells, out_dir)``.
     """
 
 
@@ -66,9 +68,9 @@ def register_executors(register):
 def register_side_corpora(register):
     """Register side corpora: running text no task trains on, for measuring forgetting.
 
-    Call ``register(corpus)`` with an instance of a :class:`suite.forgetting.SideCorpus`
-    subclass; ``corpus.name`` is what users type after ``--side-corpus``. The core measures
-    every run's cross-entropy on it before and after training.
+    Call ``register(corpus)`` with an instance of a :class:`suite.SideCorpus` subclass;
+    ``corpus.name`` is what users type after ``--side-corpus``. The core measures every run's
+    cross-entropy on it before and after training.
     """
 
 
@@ -76,7 +78,7 @@ def register_side_corpora(register):
 def register_commands(register):
     """Register subcommands of the ``leitai`` command line.
 
-    Call ``register(command)`` with an instance of a :class:`suite.commands.Command` subclass;
+    Call ``register(command)`` with an instance of a :class:`suite.Command` subclass;
     ``leitai COMMAND.name ...`` then parses with ``command.add_arguments`` and calls
     ``command.run(args)``. Core command names (run, report, list, new-plugin) cannot be taken.
     """

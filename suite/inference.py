@@ -8,6 +8,10 @@ repeat, so drift of the machine hits them all alike. On the CPU the timing runs 
 thread: a decoding step of a small model is a long chain of small ops, and with two threads
 each op waits for the second one, which on a machine with any other load turns milliseconds
 into seconds and the figure into noise.
+
+:func:`inference_costs` is what a cell records: the trained model, a freshly loaded base model
+and, for methods that can merge, the merged model (after checking that merged and unmerged
+outputs agree).
 """
 from __future__ import annotations
 
@@ -102,3 +106,40 @@ def merge_check(before: list[torch.Tensor], after: list[torch.Tensor], rtol: flo
     diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
     scale = max(float(a.abs().max()) for a in before)
     return diff, diff <= 1e-4 + rtol * scale
+
+
+def inference_costs(method, model, load_base, prompts: list[list[int]], new_tokens: int, pad_id: int,
+                    autocast, rtol: float) -> dict:
+    """Per-token decoding latency and prefill throughput of the trained model, of a freshly
+    loaded base model (``load_base()``), and of the merged model where the method merges.
+    Call last: merging may change ``model`` in place."""
+    from .guards import GuardError
+
+    if not prompts or new_tokens < 2:
+        return {}
+    base = load_base()
+    timed = time_models({"base": base, "method": model}, prompts, new_tokens, pad_id, autocast)
+    out = {}
+    if method.mergeable:
+        with autocast():
+            unmerged = logits_on(model, prompts)
+            merged_model = method.merge(model)
+            merged = logits_on(merged_model, prompts)
+        diff, ok = merge_check(unmerged, merged, rtol)
+        out["merge_max_logit_diff"] = diff
+        if not ok:
+            raise GuardError(f"method {method.name!r}: merged and unmerged logits differ by up to {diff:.3g}")
+        again = time_models({"base": base, "merged": merged_model}, prompts, new_tokens, pad_id, autocast)
+        keep_best(timed["base"], again["base"])  # the base's best over both rounds
+        timed["merged"] = again["merged"]
+    suffix = {"method": "", "base": "_base", "merged": "_merged"}
+    for name, figures in timed.items():
+        out[f"infer_ms_per_token{suffix[name]}"] = figures["ms_per_token"]
+        out[f"infer_prefill_tokens_per_second{suffix[name]}"] = figures["prefill_tokens_per_second"]
+    base_ms = out["infer_ms_per_token_base"]
+    for name in ("", "_merged"):
+        ms = out.get(f"infer_ms_per_token{name}")
+        out[f"infer_overhead{name}"] = ms / base_ms if ms is not None and base_ms else None
+    out.setdefault("infer_ms_per_token_merged", None)
+    out.setdefault("infer_overhead_merged", None)
+    return out

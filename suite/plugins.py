@@ -14,9 +14,13 @@ from importlib import metadata
 import pluggy
 
 from . import hookspecs
+from .errors import UsageError, unknown
 
 GROUP = "leitai"
 KINDS = ("methods", "tasks", "models", "executors", "side_corpora", "commands")
+#: how a kind's members are named in messages
+SINGULAR = {"methods": "method", "tasks": "task", "models": "model", "executors": "executor",
+            "side_corpora": "side corpus", "commands": "command"}
 
 
 @dataclass
@@ -44,12 +48,25 @@ class Registry:
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
 
-    def get(self, kind: str, name: str):
+    def get(self, kind: str, name: str, hint: str = ""):
+        """The registered ``kind`` (``"methods"``, ``"tasks"``...) called ``name``; a one-line
+        :class:`~suite.errors.UsageError` naming the known ones otherwise (``hint`` is added
+        to that list, e.g. ``"or file:PATH for your own data"``)."""
         table = getattr(self, kind)
         if name not in table:
-            known = ", ".join(sorted(table)) or "none"
-            raise KeyError(f"unknown {kind[:-1]} {name!r} (known: {known})")
+            raise unknown(SINGULAR[kind], name, table, hint)
         return table[name]
+
+    def default(self, kind: str, none: str | None = None) -> str:
+        """The name of the ``kind`` a plugin marks ``default = True`` (the first by name if
+        several do); ``none`` when there is none, or a one-line UsageError if ``none`` is None."""
+        marked = sorted(n for n, obj in getattr(self, kind).items() if getattr(obj, "default", False))
+        if marked:
+            return marked[0]
+        if none is None:
+            raise UsageError(f"no default {SINGULAR[kind]} is registered; name one (known: "
+                             f"{', '.join(sorted(getattr(self, kind))) or 'none'})")
+        return none
 
 
 def _entry_points() -> list[tuple[str, str, callable]]:
@@ -94,8 +111,8 @@ def load_registry(extra: list | None = None) -> Registry:
                 continue
             names = []
 
-            def register(obj, _kind=kind, _names=names):
-                _register(registry, _kind, obj, name)
+            def register(obj, _kind=kind, _names=names, _plugin=name):
+                _register(registry, _kind, obj, _plugin)
                 _names.append(obj.name)
 
             try:

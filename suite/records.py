@@ -1,9 +1,11 @@
 """Run records on disk: ``DIR/runs/<run_id>/record.json``, written atomically, read back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 STATUSES = ("ok", "failed", "oom", "diverged")
@@ -27,8 +29,28 @@ def write_json_atomic(path: Path, data, compact: bool = False) -> None:
         raise
 
 
+def run_dir(out_dir: Path, run_id: str) -> Path:
+    """The directory of one run of a shootout: its record, its adapter, its cell spec."""
+    return Path(out_dir) / "runs" / run_id
+
+
 def record_path(out_dir: Path, run_id: str) -> Path:
-    return Path(out_dir) / "runs" / run_id / "record.json"
+    return run_dir(out_dir, run_id) / "record.json"
+
+
+def new_record(cell) -> dict:
+    """The record of ``cell`` before anything ran: ``failed`` with no error yet, its settings
+    under ``config``; the cell fills it in (or an executor, when the cell's process died)."""
+    return {
+        "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
+        "model": cell.model, "status": "failed", "error": None, "config": dataclasses.asdict(cell),
+        "metrics": {}, "curve": [], "generations": [], "env": {},
+    }
+
+
+def failed_record(cell, error: str, detail: str = "") -> dict:
+    """The record of a cell that ended without writing its own (its process died, say)."""
+    return {**new_record(cell), "error": error, "traceback": detail, "finished_at": time.time()}
 
 
 def read_json(path: Path) -> dict | None:

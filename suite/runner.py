@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cell import Cell
-from .config import ShootoutConfig
 from .errors import UsageError
 from .records import read_record, record_path
+from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
 def run_id(method: str, task: str, seed: int) -> str:
@@ -27,38 +27,25 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
     validated before any cell starts: bad data stops the shootout with one line.
     """
     from .methods import method_params
-    from .tasks import resolve_task
+    from .userdata import resolve_task
 
-    cells = []
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
+    methods = {name: registry.get("methods", name) for name in config.methods}
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
-    for name in config.methods:
-        if name not in registry.methods:
-            raise UsageError(f"unknown method {name!r} (known: {', '.join(sorted(registry.methods))})")
-    for task in config.tasks:
-        for name in config.methods:
-            try:
-                params = method_params(registry.methods[name], config.method_overrides.get(name))
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            for seed in config.seeds:
-                cells.append(
-                    Cell(
-                        run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
-                        model=config.model, params=params, steps=config.max_steps,
-                        batch_size=config.batch_size, max_len=config.max_len,
-                        task_sizes=config.sizes_for(tasks[task]), device=config.device,
-                        trust_remote_code=config.trust_remote_code, warmup=config.warmup,
-                        weight_decay=config.weight_decay, grad_clip=config.grad_clip,
-                        log_every=config.log_every, eval_batch_size=config.eval_batch_size,
-                        side_corpus=config.side_corpus, side_corpus_size=config.side_corpus_size,
-                        infer_prompts=config.infer_prompts, infer_new_tokens=config.infer_new_tokens,
-                        gradient_checkpointing=config.gradient_checkpointing,
-                    )
-                )
-    return cells
+    params = {}
+    for name, method in methods.items():
+        try:
+            params[name] = method_params(method, config.method_overrides.get(name))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    settings = config.run_settings()
+    return [
+        Cell(run_id=run_id(name, task, seed), method=name, task=task, seed=seed, params=params[name],
+             task_sizes=config.sizes_for(tasks[task]), **settings)
+        for task in config.tasks for name in config.methods for seed in config.seeds
+    ]
 
 
 @dataclass
@@ -69,23 +56,10 @@ class Outcome:
     statuses: dict
 
 
-def make_executor(config: ShootoutConfig, registry, progress: bool = True):
-    """The executor plugin named by ``--executor``, built with the shootout's settings."""
-    from .executors import ExecutorSettings
-
-    if config.executor not in registry.executors:
-        raise UsageError(f"unknown executor {config.executor!r} (known: {', '.join(sorted(registry.executors))})")
-    settings = ExecutorSettings(
-        workers=config.workers, devices=[d.strip() for d in config.devices.split(",") if d.strip()] or None,
-        gpus_per_cell=config.gpus_per_cell, cpus_per_cell=config.cpus_per_cell or None,
-        address=config.ray_address or None, max_retries=config.max_retries, progress=progress,
-    )
-    return registry.executors[config.executor](settings)
-
-
 def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
     from tqdm.auto import tqdm
 
+    from .executors import make_executor
     from .report import write_report
 
     cells = plan(config, registry)
@@ -133,11 +107,13 @@ def truncation_warnings(records: list[dict], max_len: int) -> list[str]:
 
 
 def _check_same_settings(out: Path, cell: Cell, record: dict) -> None:
+    """``--resume`` keeps a finished cell only if it ran with this shootout's settings: the
+    method's params and every fair setting (the list the report compares too)."""
     recorded = record.get("config", {})
     if not recorded.get("params"):
         return  # a failed cell recorded before its settings were known
     mine = vars(cell)
-    for key in ("params", "steps", "batch_size", "max_len", "task_sizes", "model"):
+    for key in ("params",) + FAIR_SETTINGS:
         if key in recorded and recorded[key] != mine[key]:
             raise UsageError(
                 f"--resume: {record_path(out, cell.run_id)} was run with {key}={recorded[key]!r}, "

@@ -1,13 +1,14 @@
 """Metrics over generated answers that more than one task uses, and the scorers a user can name
 for a ``file:`` task (``file:PATH?score=NAME``).
 
-Every function takes the predictions and references of a whole test split (two lists of equal
+Every scorer takes the predictions and references of a whole test split (two lists of equal
 length) and returns a number where higher is better. Task-specific metrics (word F1 of a
-segmentation, entity F1) live with their task plugins.
+segmentation, entity F1) live with their task plugins and build on :func:`micro_f1`.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Hashable
 
 
 def _check(predictions: list[str], references: list[str]) -> None:
@@ -80,6 +81,23 @@ def bleu4_zh(predictions: list[str], references: list[str]) -> float:
     if not references:
         return math.nan
     return float(sacrebleu.corpus_bleu(predictions, [references], tokenize="zh").score)
+
+
+def micro_f1(predictions: list[str], references: list[str], units: Callable[[str], set[Hashable]]) -> float:
+    """Micro-averaged F1 of the units (words, entities...) that ``units(text)`` finds in each
+    answer: a predicted unit is right when its reference has it; precision and recall are
+    counted over all units of the split (0 when no predicted unit is right)."""
+    _check(predictions, references)
+    if not references:
+        return math.nan
+    correct = predicted = gold = 0
+    for p, r in zip(predictions, references):
+        ps, rs = units(p), units(r)
+        correct, predicted, gold = correct + len(ps & rs), predicted + len(ps), gold + len(rs)
+    if not correct:
+        return 0.0
+    precision, recall = correct / predicted, correct / gold
+    return 2 * precision * recall / (precision + recall)
 
 
 #: the scorers ``file:PATH?score=NAME`` accepts, each ``(predictions, references) -> float``

@@ -2,25 +2,21 @@
 
 Every cell of a shootout needs the same train/dev/test splits of its task, tokenised by the
 same tokenizer: a grid of methods × seeds would otherwise read the corpus and tokenise it
-once per cell. :func:`prepare` does it once and keeps the result in
-``$LEITAI_CACHE_DIR/tasks/`` (default ``$XDG_CACHE_HOME/leitai`` or ``~/.cache/leitai``;
-``LEITAI_CACHE_DIR=off`` disables the cache). An entry is keyed by everything the result
-depends on: the task's name, class, source and ``version`` (a task bumps it when its examples
-change; a user's file task uses the file's digest), the split sizes, ``max_len``, the task's
-``max_new_tokens``, the tokenizer's fingerprint and this module's format. Entries are written
-atomically, so cells that run at once may race to write one and both write the same bytes.
+once per cell. :func:`prepare` does it once and keeps the result under ``tasks/`` in leitai's
+cache (:mod:`suite.cache`). An entry is keyed by everything the result depends on: the task's
+name, class, source and ``version`` (a task bumps it when its examples change; a user's file
+task uses the file's digest), the split sizes, ``max_len``, the task's ``max_new_tokens``, the
+tokenizer's fingerprint and this module's format.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
+from . import cache
 from .data import Encoded, encode, encode_prompts
-from .records import write_json_atomic
 from .tasks import Example
 
 #: bump when the encoding or the stored layout changes
@@ -40,16 +36,6 @@ class TaskData:
     eval_truncated: int  # dev and test examples that did not
     cached: bool = False  # read from the cache rather than built
     seconds: float = 0.0  # wall time to prepare (or read) it
-
-
-def cache_dir() -> Path | None:
-    """Where task data is cached; ``None`` when ``LEITAI_CACHE_DIR=off``."""
-    configured = os.environ.get("LEITAI_CACHE_DIR", "")
-    if configured.lower() == "off":
-        return None
-    if configured:
-        return Path(configured)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leitai"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -74,19 +60,15 @@ def cache_key(task, sizes: dict | None, max_len: int, tokenizer) -> dict:
     }
 
 
-def cache_path(key: dict) -> Path | None:
-    root = cache_dir()
-    if root is None:
-        return None
+def cache_name(key: dict) -> str:
+    """The cache entry of a task's data: the task's name and a digest of the whole key."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in key["task"])[:60]
-    return root / "tasks" / f"{safe}-{digest}.json"
+    return f"tasks/{safe}-{digest}.json"
 
 
 def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
     """The task's splits, tokenised (no cache)."""
-    from .cell import generation_budget
-
     splits = task.splits(sizes)
     train, truncated = encode(tokenizer, splits["train"], max_len)
     dev, dev_truncated = encode(tokenizer, splits["dev"], max_len)
@@ -104,22 +86,16 @@ def prepare(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
     exists, else built and stored. ``cached`` and ``seconds`` say which and how long it took."""
     start = time.perf_counter()
     key = cache_key(task, sizes, max_len, tokenizer)
-    path = cache_path(key)
-    data = _read(path, key) if path is not None else None
+    data = _from_doc(cache.load_json(cache_name(key)), key)
     if data is None:
         data = build(task, sizes, max_len, tokenizer)
-        if path is not None:
-            _write(path, key, data)
+        cache.store_json(cache_name(key), _to_doc(key, data), compact=True)
     data.seconds = time.perf_counter() - start
     return data
 
 
-def _read(path: Path, key: dict) -> TaskData | None:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if doc.get("key") != key:  # a digest collision or a hand-edited file: rebuild
+def _from_doc(doc, key: dict) -> TaskData | None:
+    if not isinstance(doc, dict) or doc.get("key") != key:  # none, a digest collision or a hand-edited file
         return None
     return TaskData(
         train=[Encoded(*e) for e in doc["train"]], dev=[Encoded(*e) for e in doc["dev"]],
@@ -129,8 +105,8 @@ def _read(path: Path, key: dict) -> TaskData | None:
     )
 
 
-def _write(path: Path, key: dict, data: TaskData) -> None:
-    doc = {
+def _to_doc(key: dict, data: TaskData) -> dict:
+    return {
         "key": key,
         "train": [[e.example_id, e.prompt, e.answer] for e in data.train],
         "dev": [[e.example_id, e.prompt, e.answer] for e in data.dev],
@@ -138,7 +114,12 @@ def _write(path: Path, key: dict, data: TaskData) -> None:
         "test_prompts": data.test_prompts, "max_new_tokens": data.max_new_tokens,
         "truncated": data.truncated, "eval_truncated": data.eval_truncated,
     }
-    try:  # atomic: a reader sees no file or the whole file
-        write_json_atomic(path, doc, compact=True)
-    except OSError:
-        pass  # an unwritable cache only costs the next cell the tokenisation again
+
+
+def generation_budget(max_new_tokens: int, train_set: list) -> int:
+    """Tokens greedy generation may produce: the task's ``max_new_tokens``, but no more than the
+    longest training answer (with its end token). Answers are cut to half the context for
+    training, so the prompt always keeps room; and no method spends time generating past what
+    any method was taught to answer (the same budget for every method of a task)."""
+    longest = max((len(e.answer) for e in train_set), default=max_new_tokens)
+    return max(1, min(max_new_tokens, longest))

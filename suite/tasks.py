@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterable
 
 SPLITS = ("train", "dev", "test")
 
@@ -97,6 +97,16 @@ def take(
     return out
 
 
+def take_short(
+    splits: dict[str, list[Example]], sizes: dict | None, max_chars: int | None, text: Callable[[Example], str],
+) -> dict[str, list[Example]]:
+    """:func:`take` for a task with :attr:`Task.max_chars`: a capped run (``sizes`` given, as in
+    the CPU default) keeps only examples whose ``text(example)`` has at most ``max_chars``
+    characters; the full task (``sizes`` None) keeps them all."""
+    short = (lambda e: len(text(e)) <= max_chars) if sizes and max_chars else None
+    return take(splits, sizes, short)
+
+
 class Task:
     """Base class for tasks. Register instances through ``register_tasks``."""
 
@@ -115,6 +125,9 @@ class Task:
     default_sizes: dict = {"train": 512, "dev": 64, "test": 64}
     #: part of the shootout that runs when no ``--tasks`` are given
     default: bool = False
+    #: in capped runs (the CPU default), examples longer than this many characters are left
+    #: out (None: no limit); see :func:`take_short`
+    max_chars: int | None = None
 
     def splits(self, sizes: dict | None = None) -> dict[str, list[Example]]:
         """Return ``{"train": [...], "dev": [...], "test": [...]}``.
@@ -144,19 +157,13 @@ class Task:
         return {split: len(examples) for split, examples in self.splits(sizes).items()}
 
 
-def resolve_task(name: str, registry) -> Task:
-    """The task called ``name``: a registered one, or a user's data file for ``file:PATH``.
-
-    Raises :class:`suite.errors.UsageError` with a one-line reason for an unknown name or an
-    unusable file.
-    """
-    from .errors import UsageError
-
-    if name.startswith("file:"):
-        from .userdata import load_file_task
-
-        return load_file_task(name)
-    if name not in registry.tasks:
-        known = ", ".join(sorted(registry.tasks))
-        raise UsageError(f"unknown task {name!r} (known: {known}, or file:PATH for your own data)")
-    return registry.tasks[name]
+def extra_metrics(task, predictions: list[str], references: list[str], measured: dict) -> dict:
+    """The task's further metrics (:meth:`suite.Task.metrics`), checked: they may only add
+    numeric columns, never replace what the core measured."""
+    extra = task.metrics(predictions, references) or {}
+    for name, value in extra.items():
+        if not isinstance(name, str) or name in measured:
+            raise ValueError(f"task {task.name!r} returned metric {name!r}, which clashes with a core column")
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"task {task.name!r} returned a non-numeric metric {name}={value!r}")
+    return {name: float(value) for name, value in extra.items()}

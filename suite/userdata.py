@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl
 
-from .errors import UsageError
+from .errors import UsageError, unknown
 from .tasks import Example, Task, assign_splits, take
 
 PREFIX = "file:"
@@ -49,20 +49,29 @@ def parse_spec(name: str) -> tuple[str, dict]:
         options = dict(parse_qsl(query, strict_parsing=True)) if query else {}
     except ValueError:
         raise UsageError(f"{name}: options after '?' take the form score=NAME") from None
-    unknown = set(options) - set(OPTIONS)
-    if unknown:
-        raise UsageError(f"{name}: unknown option(s) {', '.join(sorted(unknown))} (known: {', '.join(OPTIONS)})")
+    extra = set(options) - set(OPTIONS)
+    if extra:
+        raise UsageError(f"{name}: unknown option(s) {', '.join(sorted(extra))} (known: {', '.join(OPTIONS)})")
     return path, options
 
 
-def load_file_task(name: str) -> "FileTask":
+def resolve_task(name: str, registry) -> Task:
+    """The task called ``name``: a user's data file for ``file:PATH[?score=NAME]``, else a
+    registered task. Raises a one-line :class:`~suite.errors.UsageError` for an unknown name
+    or an unusable file."""
+    if name.startswith(PREFIX):
+        return load_file_task(name)
+    return registry.get("tasks", name, hint=f"or {PREFIX}PATH for your own data")
+
+
+def load_file_task(name: str) -> FileTask:
     """Read and check the data file of ``file:PATH[?score=NAME]``; raise a one-line UsageError."""
     from .scoring import SCORERS
 
     path, options = parse_spec(name)
     scorer = options.get("score", DEFAULT_SCORER)
     if scorer not in SCORERS:
-        raise UsageError(f"{name}: unknown scorer {scorer!r} (known: {', '.join(sorted(SCORERS))})")
+        raise UsageError(f"{name}: {unknown('scorer', scorer, SCORERS)}")
     p = Path(path)
     if not p.exists():
         raise UsageError(f"{path}: no such file or directory")

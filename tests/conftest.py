@@ -15,6 +15,17 @@ os.environ["LEITAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="leitai-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LEITAI_CACHE_DIR"], ignore_errors=True)
 
 
+#: the environment that loads tests/misbehaving.py as a plugin in a subprocess
+MISBEHAVING = {"LEITAI_PLUGINS": "misbehaving", "PYTHONPATH": str(ROOT / "tests")}
+
+
+def plugin_env(directory: Path, module: str, source: str, *path: Path) -> dict:
+    """Write plugin ``module`` (its ``source``) to ``directory`` and return the environment
+    under which a ``leitai`` subprocess loads it (``path``: more directories for its imports)."""
+    (Path(directory) / f"{module}.py").write_text(source, encoding="utf-8")
+    return {"LEITAI_PLUGINS": module, "PYTHONPATH": os.pathsep.join(map(str, (directory, *path)))}
+
+
 def leitai(*args, env=None, cwd=None, timeout=600):
     """Run the ``leitai`` command line in a subprocess, as a user would."""
     return subprocess.run(

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from suite import data, taskdata
+from suite import cache, data, taskdata
 from suite.data import Encoded
 from suite.methods import method_params
 from suite.tasks import Example, Task, prompt_parts
@@ -236,7 +236,7 @@ def test_cache_returns_the_same_data_and_is_keyed_by_version_and_tokenizer(token
 def test_cache_off_and_unreadable_entries(tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("LEITAI_CACHE_DIR", "off")
     task = ListTask()
-    assert taskdata.cache_dir() is None
+    assert cache.cache_dir() is None
     assert not taskdata.prepare(task, None, 64, tokenizer).cached
     assert not taskdata.prepare(task, None, 64, tokenizer).cached
     monkeypatch.setenv("LEITAI_CACHE_DIR", str(tmp_path))

@@ -47,3 +47,40 @@ def test_gradient_checkpointing_reaches_every_cell(tmp_path, registry):
     assert build_config({}, str(path)).gradient_checkpointing is True
     cfg = build_config({"methods": "lora"}).fill_defaults(registry)
     assert [c.gradient_checkpointing for c in plan(cfg, registry)] == [False]
+
+
+def test_every_setting_is_one_definition_with_a_flag_that_reaches_the_cell(registry):
+    """A setting is one field of suite.settings: it has a run flag with help, a TOML name, and a
+    field of every planned cell (so of its record)."""
+    from dataclasses import fields
+
+    from suite.cell import Cell
+    from suite.cli import _parser
+    from suite.runner import plan
+    from suite.settings import RunSettings, ShootoutConfig
+
+    run = next(a for a in _parser()._actions if a.dest == "command").choices["run"]
+    flags = {a.dest: a for a in run._actions}
+    for f in fields(ShootoutConfig):
+        if f.metadata["flag"]:
+            assert f.name in flags and flags[f.name].help, f.name
+    assert {f.name for f in fields(RunSettings)} <= {f.name for f in fields(Cell)}
+    cfg = build_config({"methods": "lora", "warmup": 0.25, "log_every": 3}).fill_defaults(registry)
+    (cell,) = plan(cfg, registry)
+    assert (cell.warmup, cell.log_every, cell.max_steps) == (0.25, 3, 150)
+
+
+def test_executor_options_come_from_the_executor(tmp_path, registry):
+    """--workers belongs to the local executor, --ray-address to Ray's; a TOML file sets them by
+    the same names; one executor's option given to another is refused in one line."""
+    from suite.executors import make_executor, option_owners
+
+    owners = option_owners(registry)
+    assert owners["workers"] == "local" and owners["ray_address"] == "ray"
+    path = tmp_path / "c.toml"
+    path.write_text("workers = 2\n")
+    cfg = build_config({}, str(path), frozenset(owners)).fill_defaults(registry)
+    assert cfg.executor == "local" and make_executor(cfg, registry).workers == 2
+    cfg = build_config({"executor_options": {"ray_address": "x:1"}}, None, frozenset(owners)).fill_defaults(registry)
+    with pytest.raises(UsageError, match="--ray-address is an option of the ray executor, not of local"):
+        make_executor(cfg, registry)

@@ -1,10 +1,9 @@
 """The conformance kit: every built-in method passes it, and each kind of broken method fails
 it with its own one-line message."""
 import pytest
-import torch
-from safetensors.torch import save_file
 
-from plugins.lora import LoRA
+from misbehaving import (CacheBlind, DeadWeight, FakeMerge, Liar, Lossy, Miscount, NothingTrains, Peeker, Sneaky,
+                         Unfrozen, Unseeded)
 from suite import Method
 from suite.plugins import load_registry
 from suite.testing import CHECKS, ConformanceError, check_method
@@ -27,154 +26,6 @@ def test_built_in_method_conforms(name, registry):
     }
     passed = {(r.check, r.architecture) for r in report.results if r.status == "passed"}
     assert passed == {(c, a) for c in checks for a in report.architectures}
-
-
-# Deliberately broken methods, each with one fault -------------------------------------------
-
-class Unfrozen(LoRA):
-    """Declares the base frozen, but leaves the embeddings trainable."""
-
-    name = "unfrozen"
-
-    def apply(self, model, params):
-        peft_model = super().apply(model, params)
-        model.get_input_embeddings().weight.requires_grad_(True)
-        return peft_model
-
-
-class Sneaky(LoRA):
-    """Keeps the base frozen on paper, but nudges a base weight in place on every backward."""
-
-    name = "sneaky"
-
-    def apply(self, model, params):
-        peft_model = super().apply(model, params)
-        norm = model.get_decoder().norm
-        lora_b = next(p for n, p in peft_model.named_parameters() if "lora_B" in n)
-
-        def nudge(grad):
-            with torch.no_grad():
-                norm.weight.add_(1e-3)
-            return grad
-
-        lora_b.register_hook(nudge)
-        return peft_model
-
-
-class NothingTrains(Method):
-    name = "nothing-trains"
-    defaults = {"lr": 1e-3}
-
-    def apply(self, model, params):
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model
-
-
-class Miscount(LoRA):
-    """Reports half the parameters it trains."""
-
-    name = "miscount"
-
-    def trainable_count(self, model):
-        return super().trainable_count(model) // 2
-
-
-class DeadWeight(LoRA):
-    """Pads its trainable count with a parameter the forward never uses."""
-
-    name = "dead-weight"
-
-    def apply(self, model, params):
-        peft_model = super().apply(model, params)
-        model.unused = torch.nn.Parameter(torch.zeros(64))
-        return peft_model
-
-    def trainable_count(self, model):
-        return None
-
-
-class CacheBlind(Method):
-    """Adds a trainable shift to the first position's embedding: right in a full forward pass,
-    wrong with the generation cache, where every new token arrives as position 0 of its chunk."""
-
-    name = "cache-blind"
-    defaults = {"lr": 1e-2}
-    starts_from_base = False
-
-    def apply(self, model, params):
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.shift = torch.nn.Parameter(torch.randn(model.config.hidden_size))
-
-        def first_position(module, args, out):
-            return torch.cat([out[:, :1] + model.shift, out[:, 1:]], dim=1)
-
-        model.get_input_embeddings().register_forward_hook(first_position)
-        return model
-
-
-class Lossy(LoRA):
-    """Saves only the A matrices (a name filter that misses lora_B)."""
-
-    name = "lossy"
-    defaults = {**LoRA.defaults, "lr": 1e-2}
-
-    def save(self, model, directory, params):
-        directory.mkdir(parents=True, exist_ok=True)
-        kept = {n: p.detach().contiguous() for n, p in model.named_parameters() if "lora_A" in n}
-        save_file(kept, str(directory / "trainable.safetensors"))
-
-    def load(self, base_model, directory, params):
-        return Method.load(self, base_model, directory, params)
-
-
-class Unseeded(LoRA):
-    """Initialises B from a generator it seeds from the clock, not from the run's seed."""
-
-    name = "unseeded"
-    starts_from_base = False
-
-    def apply(self, model, params):
-        peft_model = super().apply(model, params)
-        g = torch.Generator()
-        g.seed()
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                with torch.no_grad():
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-        return peft_model
-
-
-class Liar(LoRA):
-    """Claims to start from the base model, but initialises B away from zero."""
-
-    name = "liar"
-
-    def peft_config(self, model, params):
-        config = super().peft_config(model, params)
-        config.init_lora_weights = False
-        return config
-
-
-class Peeker(LoRA):
-    """Says its base view is the base model, but leaves the adapter switched on."""
-
-    name = "peeker"
-
-    def base_view(self, model):
-        import contextlib
-
-        return contextlib.nullcontext(model)
-
-
-class FakeMerge(LoRA):
-    """Declares that it merges, but drops the adapter instead of folding it in."""
-
-    name = "fake-merge"
-
-    def merge(self, model):
-        return model.unload()
 
 
 BROKEN = [

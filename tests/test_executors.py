@@ -5,69 +5,21 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pandas as pd
 import pytest
 
-from conftest import leitai
+from conftest import MISBEHAVING, leitai
 
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
-
-# Methods that misbehave the way a cluster does. Markers count attempts per method.
-UNRULY = textwrap.dedent('''
-    import os, signal, time
-    from pathlib import Path
-    from suite import hookimpl
-    from plugins.lora import LoRA
-
-    def attempt(name):
-        marker = Path(os.environ["UNRULY_DIR"]) / name
-        with open(marker, "a") as f:
-            f.write("x")
-        return len(marker.read_text())
-
-    class DiesOnce(LoRA):
-        """Kills the process that runs the cell (the Ray worker) on its first attempt."""
-        name = "dies-once"
-        def apply(self, model, params):
-            if attempt(self.name) == 1:
-                os.kill(os.getppid(), signal.SIGKILL)
-                time.sleep(60)
-            return super().apply(model, params)
-
-    class DiesAlways(LoRA):
-        name = "dies-always"
-        def apply(self, model, params):
-            attempt(self.name)
-            os.kill(os.getppid(), signal.SIGKILL)
-            time.sleep(60)
-
-    class Hangs(LoRA):
-        """Sleeps (as a long cell would) unless UNRULY_NO_HANG is set."""
-        name = "hangs"
-        def apply(self, model, params):
-            attempt(self.name)
-            if not os.environ.get("UNRULY_NO_HANG"):
-                time.sleep(600)
-            return super().apply(model, params)
-
-    @hookimpl
-    def register_methods(register):
-        for m in (DiesOnce(), DiesAlways(), Hangs()):
-            register(m)
-''')
 
 
 @pytest.fixture(scope="module")
 def unruly(tmp_path_factory):
-    d = tmp_path_factory.mktemp("unruly")
-    (d / "unruly_plugin.py").write_text(UNRULY)
-    markers = d / "markers"
-    markers.mkdir()
-    return {"LEITAI_PLUGINS": "unruly_plugin", "PYTHONPATH": f"{d}:{os.environ.get('PYTHONPATH', '')}",
-            "UNRULY_DIR": str(markers)}, markers
+    """tests/misbehaving.py's cluster-like methods, counting their attempts in ``markers``."""
+    markers = tmp_path_factory.mktemp("markers")
+    return {**MISBEHAVING, "UNRULY_DIR": str(markers)}, markers
 
 
 def losses(out):

@@ -4,7 +4,7 @@ import types
 from suite import Method, hookimpl
 from suite.plugins import load_registry
 
-from conftest import leitai
+from conftest import leitai, plugin_env
 
 BUILT_IN_METHODS = {"lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"}
 
@@ -62,8 +62,7 @@ def test_duplicate_name_is_reported():
 
 
 def test_broken_plugin_import_is_skipped_with_its_name_and_error(tmp_path):
-    (tmp_path / "broken_plugin.py").write_text("import no_such_module_anywhere\n")
-    env = {"LEITAI_PLUGINS": "broken_plugin", "PYTHONPATH": str(tmp_path)}
+    env = plugin_env(tmp_path, "broken_plugin", "import no_such_module_anywhere\n")
     listed = leitai("list", "plugins", env=env)
     assert listed.returncode == 0
     assert "broken_plugin" in listed.stdout

@@ -2,64 +2,20 @@
 fail, diverge or crash being recorded while the others finish."""
 import json
 import sys
-import textwrap
 
 import pandas as pd
 import pytest
 
 from suite.report import RESULT_COLUMNS
 
-from conftest import ROOT, leitai
+from conftest import MISBEHAVING, ROOT, leitai
 
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
 
-TROUBLE = textwrap.dedent('''
-    import os
-    import torch
-    from suite import Method, hookimpl
-
-    class Raiser(Method):
-        name = "raiser"
-        defaults = {"lr": 1e-3}
-        def apply(self, model, params):
-            raise RuntimeError("this method is broken on purpose")
-
-    class NaN(Method):
-        """Multiplies the embeddings by a trainable NaN: the loss is NaN from step one."""
-        name = "nanner"
-        defaults = {"lr": 1e-3}
-        starts_from_base = False  # NaN from the start; else the guard fails it before training
-        def apply(self, model, params):
-            for p in model.parameters():
-                p.requires_grad_(False)
-            model.nan_scale = torch.nn.Parameter(torch.tensor(float("nan")))
-            model.get_input_embeddings().register_forward_hook(lambda m, i, o: o * model.nan_scale)
-            return model
-
-    class Crasher(Method):
-        name = "crasher"
-        defaults = {"lr": 1e-3}
-        def apply(self, model, params):
-            os._exit(3)
-
-    @hookimpl
-    def register_methods(register):
-        for m in (Raiser(), NaN(), Crasher()):
-            register(m)
-''')
-
-
 @pytest.fixture(scope="module")
-def trouble_env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("plugin")
-    (d / "trouble_plugin.py").write_text(TROUBLE)
-    return {"LEITAI_PLUGINS": "trouble_plugin", "PYTHONPATH": str(d)}
-
-
-@pytest.fixture(scope="module")
-def shootout(tmp_path_factory, trouble_env):
+def shootout(tmp_path_factory):
     out = tmp_path_factory.mktemp("shootout") / "out"
-    proc = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, *SMALL, env=trouble_env)
+    proc = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, *SMALL, env=MISBEHAVING)
     return out, proc
 
 
@@ -106,10 +62,10 @@ def test_failures_are_results_and_the_rest_finish(shootout):
     assert "raiser" in summary and "crasher" in summary
 
 
-def test_resume_skips_finished_cells(shootout, trouble_env):
+def test_resume_skips_finished_cells(shootout):
     out, _ = shootout
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/record.json")}
-    again = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, "--resume", *SMALL, env=trouble_env)
+    again = leitai("run", "--methods", "lora,full,raiser,nanner,crasher", "--out", out, "--resume", *SMALL, env=MISBEHAVING)
     assert again.returncode == 0, again.stderr
     assert "0 runs (nothing new), 5 already done" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/record.json")} == stamps
@@ -126,6 +82,17 @@ def test_refuses_to_mix_shootouts(shootout):
     assert proc.stderr.strip().startswith("leitai: error:") and "--resume" in proc.stderr
     changed = leitai("run", "--methods", "lora", "--out", out, "--resume", "--set", "lora.r=2", *SMALL)
     assert changed.returncode == 2 and "was run with params=" in changed.stderr
+
+
+def test_resume_refuses_a_changed_fair_setting(shootout):
+    """--resume compares the same settings as the report: a changed warmup is refused."""
+    from suite.report.environment import FAIR_SETTINGS as REPORTED
+    from suite.settings import FAIR_SETTINGS
+
+    assert REPORTED is FAIR_SETTINGS and "warmup" in FAIR_SETTINGS
+    out, _ = shootout
+    proc = leitai("run", "--methods", "lora", "--out", out, "--resume", "--warmup", "0.2", *SMALL)
+    assert proc.returncode == 2 and "was run with warmup=0.1, this shootout asks for 0.2" in proc.stderr
 
 
 @pytest.mark.parametrize(

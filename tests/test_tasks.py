@@ -133,13 +133,13 @@ def test_list_tasks_shows_six_tasks_with_sizes_and_scores(tasks, capsys, tmp_pat
 
 
 def test_default_runs_are_cpu_sized(tasks):
-    from suite.config import ShootoutConfig
+    from suite.settings import ShootoutConfig
 
     for name, task in tasks.items():
         splits = task.splits(ShootoutConfig().sizes_for(task))
         assert {s: len(v) for s, v in splits.items()} == task.default_sizes, name
         for ex in (e for v in splits.values() for e in v):
-            if hasattr(task, "max_chars"):
+            if task.max_chars:
                 assert min(len(ex.input), len(ex.output)) <= task.max_chars, (name, ex)
             assert len(ex.output) <= task.max_new_tokens, (name, ex)
         # --task-size N keeps working, and a larger N gives a superset
@@ -218,7 +218,8 @@ def test_assign_splits_dedupes_and_keys_on_the_given_text():
 
 
 def test_extra_metrics_are_checked_and_recorded(tasks):
-    from suite.cell import extra_metrics, generation_budget
+    from suite.taskdata import generation_budget
+    from suite.tasks import extra_metrics
     from suite.data import Encoded
 
     preds, refs = ["比喻黑暗的社会"], ["常用来比喻黑暗的社会和严酷的牢狱"]

@@ -1,7 +1,7 @@
 """Third-party method packages, as their authors would use them.
 
 One shootout runs the guide's worked example (extracted from docs/plugins.md and installed)
-and three methods that cheat: the core's guard fails the cheaters' cells and the rest finish.
+and three methods that cheat (tests/misbehaving.py): the core's guard fails the cheaters' cells and the rest finish.
 The package ``leitai new-plugin`` writes is installed with ``pip install -e``, listed, and
 passes its own generated test.
 """
@@ -9,51 +9,13 @@ import json
 import re
 import subprocess
 import sys
-import textwrap
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, leitai
+from conftest import MISBEHAVING, ROOT, leitai
 
 SCAFFOLD = "kit-sample"  # the method `leitai new-plugin` writes in these tests
-
-CHEATS = textwrap.dedent('''
-    from plugins.lora import LoRA
-    from suite import Method, hookimpl
-
-    class Leaky(Method):
-        """Declares the base frozen, then trains all of it."""
-        name = "leaky"
-        defaults = {"lr": 1e-4}
-        def apply(self, model, params):
-            for p in model.parameters():
-                p.requires_grad_(True)
-            return model
-
-    class Hollow(Method):
-        """Trains nothing at all."""
-        name = "hollow"
-        defaults = {"lr": 1e-3}
-        def apply(self, model, params):
-            for p in model.parameters():
-                p.requires_grad_(False)
-            return model
-
-    class Liar(LoRA):
-        """Claims to start from the base model, but initialises LoRA's B away from zero."""
-        name = "liar"
-        def peft_config(self, model, params):
-            config = super().peft_config(model, params)
-            config.init_lora_weights = False
-            return config
-
-    @hookimpl
-    def register_methods(register):
-        for method in (Leaky(), Hollow(), Liar()):
-            register(method)
-''')
-
 
 def pip(*args):
     proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
@@ -98,9 +60,7 @@ def scaffold(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shootout(tmp_path_factory, doc_example):
-    cheats = tmp_path_factory.mktemp("cheats")
-    (cheats / "cheat_plugin.py").write_text(CHEATS)
-    env = {"LEITAI_PLUGINS": "cheat_plugin", "PYTHONPATH": f"{doc_example[1]}:{cheats}"}
+    env = {**MISBEHAVING, "PYTHONPATH": f"{doc_example[1]}:{MISBEHAVING['PYTHONPATH']}"}
     out = tmp_path_factory.mktemp("shootout") / "out"
     proc = leitai("run", "--methods", "bottleneck,leaky,hollow,liar", "--out", out, "--max-steps", "3", "--batch-size", "4",
                   "--task-size", "16", "-q", env=env)

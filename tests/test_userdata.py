@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from suite.errors import UsageError
-from suite.tasks import resolve_task
+from suite.userdata import resolve_task
 
 from conftest import leitai
 

@@ -14,9 +14,9 @@ import torch
 
 from suite import Method, hookimpl
 
+from . import prune
 from .config import DEFAULTS, PAPER, side_shape
 from .model import LadderSideModel, SideNetwork
-from . import prune
 
 
 def build(base: torch.nn.Module, params: dict) -> LadderSideModel:

@@ -7,9 +7,7 @@ is the same architecture and tokenizer, untrained (seeded): the base the arena u
 """
 from pathlib import Path
 
-from suite import hookimpl
-from suite.commands import Command
-from suite.models import ModelSpec
+from suite import Command, ModelSpec, hookimpl
 
 HERE = Path(__file__).parent
 INIT_SEED = 0

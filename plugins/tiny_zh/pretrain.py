@@ -143,7 +143,8 @@ def build(out: Path, recipe: Recipe = Recipe(), resume: bool = False, progress: 
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from . import card, tokenizer as tokenizer_builder
+    from . import card
+    from . import tokenizer as tokenizer_builder
     from .corpus import build_corpus
 
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ import json
 
 import pandas as pd
 
+from ..settings import FAIR_SETTINGS
+
 #: environment fields shown in the footer, as (column, where in ``record["env"]``)
 ENV_FIELDS = (
     ("leitai", ("versions", "leitai")),
@@ -22,9 +24,6 @@ ENV_FIELDS = (
     ("device name", ("device_name",)),
     ("dtype", ("dtype",)),
 )
-#: settings that must agree between the runs of one task for the comparison to be fair
-FAIR_SETTINGS = ("model", "steps", "batch_size", "max_len", "task_sizes", "warmup", "weight_decay",
-                 "grad_clip")
 
 
 def _get(d: dict, path: tuple):

@@ -12,10 +12,10 @@ import re
 
 import pandas as pd
 
+from ..records import STATUSES
 from . import formatting as fmt
 from .frames import TEXT_COLUMNS
 from .stats import Summary, summarise
-from ..records import STATUSES
 
 #: the columns of a task table after the score and its interval: (results column, heading, kind)
 MAIN_METRICS = (

@@ -4,7 +4,7 @@ import math
 import pandas as pd
 import pytest
 
-from conftest import leitai
+from conftest import MISBEHAVING, leitai
 
 METHODS = "lora,full,prefix-tuning,p-tuning,prompt-tuning,lst"
 SIDE = 16
@@ -25,8 +25,7 @@ def results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_figure(registry):
     """The untouched base model's side-corpus loss, computed here, independently of any cell."""
-    from suite.after_use import SIDE_BATCH, SIDE_MAX_TOKENS
-    from suite.forgetting import cross_entropy, side_batches
+    from suite.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, cross_entropy, side_batches
     from suite.models import prepare_tokenizer
 
     model, tokenizer = registry.models[MODEL].load()
@@ -79,28 +78,10 @@ def test_side_corpus_shares_no_text_with_tasks_or_pretraining(registry):
     assert not any(matcher.hits(normalise(u)) for u in corpus.train + corpus.heldout)
 
 
-PEEKER = """
-import contextlib
-from suite import hookimpl
-from plugins.lora import LoRA
-
-class Peeker(LoRA):
-    \"\"\"Says its base view is the base model, but leaves the adapter switched on.\"\"\"
-    name = "peeker"
-    def base_view(self, model):
-        return contextlib.nullcontext(model)
-
-@hookimpl
-def register_methods(register):
-    register(Peeker())
-"""
-
-
 def test_a_base_view_that_is_not_the_base_fails_the_cell(tmp_path):
-    (tmp_path / "peeker_plugin.py").write_text(PEEKER)
     proc = leitai("run", "--methods", "peeker", "--model", MODEL, "--max-steps", "3", "--task-size", "16",
                   "--side-corpus-size", "8", "--infer-prompts", "0", "-q", "--out", tmp_path / "o",
-                  env={"LEITAI_PLUGINS": "peeker_plugin", "PYTHONPATH": str(tmp_path)})
+                  env=MISBEHAVING)
     assert proc.returncode == 0, proc.stderr
     row = pd.read_csv(tmp_path / "o" / "results.csv").iloc[0]
     assert row.status == "failed"
