@@ -35,6 +35,7 @@ class ZhSegment(PeoplesDailyTask):
     description = "对句子分词 → words separated by spaces (People's Daily 1998)"
     score_name = "word_f1"
     version = "2"  # 2: the side corpus (plugins.corpora.side_sentences) left out
+    baseline = "copy"  # the sentence unsegmented: one word
     instruction = "对下面的句子分词，词与词之间用空格隔开。"
     max_chars = 25
 

@@ -26,6 +26,7 @@ class ZhSentiment(Task):
     version = "2"  # 2: deduplicated and split on the normalised text
     instruction = "判断这条评论的情感倾向，回答“正面”或“负面”。"
     max_chars = 60
+    choices = tuple(LABELS.values())
 
     @cached_property
     def _reviews(self) -> dict[str, tuple[str, str]]:

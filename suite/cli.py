@@ -107,7 +107,8 @@ def cmd_run(args) -> int:
     for line in truncation_warnings(read_records(outcome.out_dir), config.max_len):
         print(f"leitai: warning: {line}", file=sys.stderr)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(outcome.statuses.items())) or "nothing new"
-    print(f"leitai: {outcome.ran} runs ({counts}), {outcome.skipped} already done; report in {outcome.out_dir}")
+    more = "".join(f", {n} {what}" for n, what in ((outcome.tuning, "tuning runs"), (outcome.baselines, "baseline runs")) if n)
+    print(f"leitai: {outcome.ran} runs ({counts}), {outcome.skipped} already done{more}; report in {outcome.out_dir}")
     print(f"leitai: summary: {outcome.out_dir / 'summary.md'}")
     return 0
 

@@ -14,13 +14,16 @@ executor's own options among them, and one table per method for its hyper-parame
 """
 from __future__ import annotations
 
+import re
+
 import tomllib
 
+from . import sweep
 from .errors import UsageError
 from .settings import TOML_NAMES, ShootoutConfig, check
 
 
-def parse_seeds(value) -> list[int]:
+def parse_seeds(value, flag: str = "--seeds") -> list[int]:
     """``3`` means seeds 0, 1, 2; ``"1,5"`` or ``[1, 5]`` means exactly those."""
     try:
         if isinstance(value, int):
@@ -32,9 +35,9 @@ def parse_seeds(value) -> list[int]:
         else:
             seeds = list(range(int(value)))
     except ValueError:
-        raise UsageError(f"--seeds takes a count or a comma-separated list, not {value!r}") from None
+        raise UsageError(f"{flag} takes a count or a comma-separated list, not {value!r}") from None
     if not seeds:
-        raise UsageError("--seeds must name at least one seed")
+        raise UsageError(f"{flag} must name at least one seed")
     return seeds
 
 
@@ -58,6 +61,42 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def parse_sweep(specs: list[str]) -> dict:
+    """``["lr", "lora.r=4,16"]`` -> ``{"keys": ["lr"], "grids": {"lora": {"r": [4, 16]}}}``."""
+    out = sweep.empty()
+    for spec in specs:
+        key, eq, values = spec.partition("=")
+        key = key.strip()
+        if not eq:
+            if not re.fullmatch(r"[A-Za-z_][\w-]*", key):
+                raise UsageError(f"--sweep takes KEY (each method's declared grid) or METHOD.KEY=V1,V2,..., not {spec!r}")
+            out["keys"].append(key)
+            continue
+        method, dot, setting = key.rpartition(".")
+        items = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        if not dot or not method or not setting or not items:
+            raise UsageError(f"--sweep takes KEY or METHOD.KEY=V1,V2,..., not {spec!r}")
+        out["grids"].setdefault(method, {})[setting] = items
+    return out
+
+
+def sweep_from_toml(table, where: str) -> dict:
+    """The ``[sweep]`` table of a TOML config: ``keys = [...]`` and ``[sweep.METHOD]`` grids."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: [sweep] must be a table (keys = [...], [sweep.METHOD] KEY = [values])")
+    out = sweep.empty()
+    for name, value in table.items():
+        if name == "keys":
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise UsageError(f"{where}: [sweep] keys must be a list of setting names")
+            out["keys"] += value
+        elif isinstance(value, dict) and all(isinstance(v, list) and v for v in value.values()):
+            out["grids"][name] = {k: list(v) for k, v in value.items()}
+        else:
+            raise UsageError(f"{where}: [sweep.{name}] must map each setting to a non-empty list of values")
+    return out
+
+
 def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
     """A TOML config's settings; ``executor_options`` are the option names executors add."""
     try:
@@ -68,6 +107,8 @@ def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML ({e})") from None
     overrides = data.pop("method", {})
+    if "sweep" in data:
+        data["sweep"] = sweep_from_toml(data["sweep"], path)
     unknown = set(data) - TOML_NAMES - executor_options
     if unknown:
         raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -89,13 +130,16 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for method, settings in cli.pop("method_overrides", {}).items():
         overrides.setdefault(method, {}).update(settings)
     options.update(cli.pop("executor_options", {}))
+    if "sweep" in cli:  # repeated --sweep specs, added to the file's
+        cli["sweep"] = sweep.merge(values.get("sweep", sweep.empty()), parse_sweep(cli["sweep"]))
     check(cli)
     values.update(cli)
     for key in ("methods", "tasks"):
         if isinstance(values.get(key), str):
             values[key] = [v.strip() for v in values[key].split(",") if v.strip()]
-    if "seeds" in values:
-        values["seeds"] = parse_seeds(values["seeds"])
+    for key in ("seeds", "tune_seeds"):
+        if key in values:
+            values[key] = parse_seeds(values[key], "--" + key.replace("_", "-"))
     if "task_size" in values:
         values["task_size"] = str(values["task_size"])
         if values["task_size"] not in ("default", "full") and not values["task_size"].isdigit():

@@ -35,6 +35,11 @@ def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     return [list(ids[t]) for t in texts]
 
 
+def answer_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids as an answer: no start token, the end-of-sequence token last."""
+    return [ids + [tokenizer.eos_token_id] for ids in _token_ids(tokenizer, texts, False)]
+
+
 def _prompt_ids(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int], list[int]]]:
     """(head, body, tail) token ids of each example's prompt (see :func:`prompt_parts`)."""
     parts = [prompt_parts(ex) for ex in examples]

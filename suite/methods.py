@@ -44,6 +44,10 @@ class Method:
     #: (LoRA): the core then also times inference merged, after checking that merged and
     #: unmerged outputs agree.
     mergeable: bool = False
+    #: the values ``leitai run --sweep KEY`` tries for each setting, e.g. ``{"lr": [1e-4, 3e-4,
+    #: 1e-3, 3e-3, 1e-2], "r": [4, 16]}``; a method that declares no ``lr`` grid gets its default
+    #: lr times 0.1, 0.3, 1, 3 and 10 (:func:`tuning_grid`)
+    grid: dict = {}
 
     def apply(self, model: torch.nn.Module, params: dict) -> torch.nn.Module:
         """Return the model to train, built around ``model`` (a fresh base model).
@@ -155,3 +159,16 @@ def method_params(method: Method, overrides: dict | None) -> dict:
     if "lr" not in params:
         raise ValueError(f"method {method.name!r} declares no default 'lr'")
     return params
+
+
+#: the default lr grid: the method's default lr times these
+LR_FACTORS = (0.1, 0.3, 1, 3, 10)
+
+
+def tuning_grid(method: Method) -> dict[str, list]:
+    """The values ``--sweep KEY`` tries for each of ``method``'s settings: what it declares in
+    :attr:`Method.grid`, and for ``lr`` (unless declared) its default times :data:`LR_FACTORS`."""
+    grid = {key: list(values) for key, values in (method.grid or {}).items()}
+    if "lr" not in grid and "lr" in method.defaults:
+        grid["lr"] = [float(f"{method.defaults['lr'] * f:.3g}") for f in LR_FACTORS]
+    return grid

@@ -43,7 +43,7 @@ def new_record(cell) -> dict:
     under ``config``; the cell fills it in (or an executor, when the cell's process died)."""
     return {
         "run_id": cell.run_id, "method": cell.method, "task": cell.task, "seed": cell.seed,
-        "model": cell.model, "status": "failed", "error": None, "config": dataclasses.asdict(cell),
+        "model": cell.model, "phase": cell.phase, "status": "failed", "error": None, "config": dataclasses.asdict(cell),
         "metrics": {}, "curve": [], "generations": [], "env": {},
     }
 

@@ -9,19 +9,31 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import sweep
 from .cell import Cell
 from .errors import UsageError
-from .records import read_record, record_path
+from .records import read_record, read_records, record_path
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
-def run_id(method: str, task: str, seed: int) -> str:
+def run_id(method: str, task: str, seed: int, tune: str = "") -> str:
+    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-    return f"{safe(task)}__{safe(method)}__s{seed}"
+    return f"{safe(task)}__{safe(method)}__{'tune-' + tune + '__' if tune else ''}s{seed}"
 
 
-def plan(config: ShootoutConfig, registry) -> list[Cell]:
-    """The cells of a shootout, after checking every name and setting against the plugins.
+@dataclass
+class Plan:
+    """A shootout's names resolved against the plugins and checked, before any cell runs."""
+
+    tasks: dict  # name -> Task
+    methods: dict  # name -> Method
+    params: dict  # method -> its defaults with the user's overrides
+    grids: dict  # method -> what its sweep tries ({setting: values}), or None
+
+
+def resolve(config: ShootoutConfig, registry) -> Plan:
+    """Every name and setting of ``config`` checked against the plugins; one-line UsageErrors.
 
     Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
     validated before any cell starts: bad data stops the shootout with one line.
@@ -40,53 +52,130 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
             params[name] = method_params(method, config.method_overrides.get(name))
         except ValueError as e:
             raise UsageError(str(e)) from None
-    settings = config.run_settings()
+    sweep.check(config.sweep, methods)
+    grids = {name: sweep.method_grid(method, config.sweep) for name, method in methods.items()}
+    return Plan(tasks, methods, params, grids)
+
+
+def _cell(config: ShootoutConfig, plan: Plan, **identity) -> Cell:
+    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **config.run_settings())
+
+
+def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
+    """One cell per task that scores the untrained base model and the task's trivial answers."""
+    if not config.baselines:
+        return []
+    return [_cell(config, plan, run_id=run_id(sweep.BASELINE, task, 0), method=sweep.BASE_MODEL, task=task, seed=0,
+                  params={}, phase=sweep.BASELINE) for task in config.tasks]
+
+
+def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
+    """Every setting of every swept method on every task, with the tuning seeds."""
     return [
-        Cell(run_id=run_id(name, task, seed), method=name, task=task, seed=seed, params=params[name],
-             task_sizes=config.sizes_for(tasks[task]), **settings)
-        for task in config.tasks for name in config.methods for seed in config.seeds
+        _cell(config, plan, run_id=run_id(name, task, seed, sweep.label(setting)), method=name, task=task, seed=seed,
+              params={**plan.params[name], **setting}, phase=sweep.TUNE)
+        for task in config.tasks for name in config.methods if plan.grids[name]
+        for setting in sweep.combinations(plan.grids[name]) for seed in config.tune_seeds
     ]
+
+
+def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) -> list[Cell]:
+    """Every method × task × seed, with the method's params (and, for swept methods, the setting
+    ``chosen[(method, task)]`` holds: ``{"setting": ..., ...}`` from :func:`choose_settings`)."""
+    cells = []
+    for task in config.tasks:
+        for name in config.methods:
+            tuning = (chosen or {}).get((name, task))
+            params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
+            cells += [_cell(config, plan, run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
+                            params=params, tuning=tuning) for seed in config.seeds]
+    return cells
+
+
+def plan(config: ShootoutConfig, registry) -> list[Cell]:
+    """The final cells of a shootout without a sweep (each method at its params)."""
+    return final_cells(config, resolve(config, registry))
+
+
+def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
+    """``{(method, task): tuning}`` for every swept method: the setting its tuning runs chose on
+    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records."""
+    chosen = {}
+    by_key: dict[tuple, list] = {}
+    for record in read_records(out):
+        if record.get("phase") == sweep.TUNE:
+            by_key.setdefault((record["method"], record["task"]), []).append(record)
+    for task in config.tasks:
+        for name in config.methods:
+            grid = plan.grids[name]
+            if not grid:
+                continue
+            setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
+            chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
+                                    **evidence}
+    return chosen
 
 
 @dataclass
 class Outcome:
     out_dir: Path
-    ran: int
-    skipped: int
-    statuses: dict
+    ran: int  # final runs run now
+    skipped: int  # final runs finished before (--resume)
+    statuses: dict  # of the final runs run now
+    tuning: int = 0  # tuning runs run now
+    baselines: int = 0  # baseline cells run now
 
 
 def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
+    """Run a shootout: baselines and tuning runs first, then the final runs (each swept method
+    at the setting its tuning chose), then the report. ``--resume`` skips finished cells."""
     from tqdm.auto import tqdm
 
     from .executors import make_executor
     from .report import write_report
 
-    cells = plan(config, registry)
+    resolved = resolve(config, registry)
+    first = baseline_cells(config, resolved) + tuning_cells(config, resolved)
     executor = executor or make_executor(config, registry, progress)
     out = Path(config.out)
     existing = list(out.glob("runs/*/record.json")) if out.exists() else []
     if existing and not config.resume:
         raise UsageError(f"{out} already holds {len(existing)} finished runs; pass --resume or choose another --out")
-    todo = []
-    for cell in cells:
-        done = read_record(out, cell.run_id)
-        if done is not None:
-            _check_same_settings(out, cell, done)
-            continue
-        todo.append(cell)
     out.mkdir(parents=True, exist_ok=True)
-    statuses: dict[str, int] = {}
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="shootout", unit="cell", disable=not progress)
+    finals = len(config.tasks) * len(config.methods) * len(config.seeds)
+    outcome = Outcome(out, 0, 0, {})
+    bar = tqdm(total=len(first) + finals, desc="shootout", unit="cell", disable=not progress)
     try:
-        for cell, record in executor.map(todo, out):
-            statuses[record["status"]] = statuses.get(record["status"], 0) + 1
-            bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
-            bar.update(1)
+        _execute(executor, first, out, bar, outcome)
+        cells = final_cells(config, resolved, choose_settings(out, config, resolved))
+        _execute(executor, cells, out, bar, outcome)
     finally:
         bar.close()
         write_report([out], out)  # also after Ctrl-C: what finished is reported
-    return Outcome(out, len(todo), len(cells) - len(todo), statuses)
+    return outcome
+
+
+def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> None:
+    """Run the cells that have no record yet through the executor, counting what happens."""
+    todo = []
+    for cell in cells:
+        done = read_record(out, cell.run_id)
+        if done is None:
+            todo.append(cell)
+            continue
+        _check_same_settings(out, cell, done)
+        outcome.skipped += cell.phase == sweep.FINAL
+        bar.update(1)
+    for cell, record in executor.map(todo, out):
+        if cell.phase == sweep.FINAL:
+            outcome.ran += 1
+            outcome.statuses[record["status"]] = outcome.statuses.get(record["status"], 0) + 1
+        elif cell.phase == sweep.TUNE:
+            outcome.tuning += 1
+        else:
+            outcome.baselines += 1
+        bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
+        bar.update(1)
 
 
 def truncation_warnings(records: list[dict], max_len: int) -> list[str]:

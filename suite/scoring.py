@@ -86,7 +86,8 @@ def bleu4_zh(predictions: list[str], references: list[str]) -> float:
 def micro_f1(predictions: list[str], references: list[str], units: Callable[[str], set[Hashable]]) -> float:
     """Micro-averaged F1 of the units (words, entities...) that ``units(text)`` finds in each
     answer: a predicted unit is right when its reference has it; precision and recall are
-    counted over all units of the split (0 when no predicted unit is right)."""
+    counted over all units of the split (0 when no predicted unit is right; 1 when there is no
+    unit to find and none was predicted, as for one example with nothing to find)."""
     _check(predictions, references)
     if not references:
         return math.nan
@@ -94,6 +95,8 @@ def micro_f1(predictions: list[str], references: list[str], units: Callable[[str
     for p, r in zip(predictions, references):
         ps, rs = units(p), units(r)
         correct, predicted, gold = correct + len(ps & rs), predicted + len(ps), gold + len(rs)
+    if not predicted and not gold:
+        return 1.0
     if not correct:
         return 0.0
     precision, recall = correct / predicted, correct / gold

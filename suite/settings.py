@@ -20,14 +20,14 @@ from .errors import UsageError
 
 
 def setting(default, help: str, *, fair: bool = False, minimum: float | None = None, choices: tuple = (),
-            flag: bool = True, metavar: str | None = None, default_text: str | None = None):
+            flag: bool = True, metavar: str | None = None, default_text: str | None = None, repeat: bool = False):
     """A settings field. ``help`` is the flag's help text (its default is appended);
     ``fair``: runs of one task must agree on it for their comparison to be fair (``--resume``
     refuses a finished cell that differs, the report warns); ``minimum``/``choices``: what
     :func:`check` accepts; ``flag``: whether ``leitai run`` has a flag for it (else only a TOML
-    config or a dedicated option sets it)."""
+    config or a dedicated option sets it); ``repeat``: the flag may be given several times."""
     meta = {"help": help, "fair": fair, "minimum": minimum, "choices": choices, "flag": flag,
-            "metavar": metavar, "default_text": default_text}
+            "metavar": metavar, "default_text": default_text, "repeat": repeat}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -77,6 +77,14 @@ class ShootoutConfig(RunSettings):
                                  "launch (DDP through accelerate)", minimum=1)
     cpus_per_cell: int = setting(0, "CPU threads per cell (0: the executor's default: local cores / workers, "
                                  "ray 1)", minimum=0)
+    sweep: dict = setting({"keys": [], "grids": {}}, "tune before the final runs: KEY sweeps each method's declared "
+                          "grid for that setting (e.g. lr), METHOD.KEY=V1,V2,... an explicit grid; repeatable "
+                          "(TOML: [sweep] keys = [...] and [sweep.METHOD] tables)", metavar="SPEC", repeat=True,
+                          default_text="no sweep")
+    tune_seeds: list = setting([0], "seeds the tuning runs train with: a count or a comma-separated list",
+                               metavar="N|A,B", default_text="1")
+    baselines: bool = setting(True, "also evaluate the untrained base model and the task's trivial baseline "
+                              "(majority label, copy the input or empty answer) on every task")
     #: method -> {setting: value}, from ``--set`` and ``[method.NAME]`` tables
     method_overrides: dict = setting({}, "", flag=False)
     #: the chosen executor's own options (``Executor.add_arguments``), from its flags or the TOML file
@@ -141,7 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help = meta["help"] + (f" (default: {shown})" if shown is not None else "")
         kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": help}
         if f.type == "bool":
-            kwargs["action"] = "store_true"
+            kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
+        elif meta["repeat"]:
+            kwargs.update(action="append", metavar=meta["metavar"])
         else:
             kwargs["type"] = {"int": int, "float": float}.get(f.type, str)
             kwargs["metavar"] = meta["metavar"] or ("|".join(meta["choices"]) if meta["choices"]

@@ -20,7 +20,7 @@ from .data import Encoded, encode, encode_prompts
 from .tasks import Example
 
 #: bump when the encoding or the stored layout changes
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -31,6 +31,9 @@ class TaskData:
     dev: list[Encoded]
     test: list[Example]
     test_prompts: list[list[int]]  # the test examples' prompt ids, room left for generation
+    dev_examples: list[Example]  # the dev split as text (tuning runs are scored on it)
+    dev_prompts: list[list[int]]  # and its prompt ids, like test_prompts
+    train_answers: list[str]  # the training answers as text (the majority baseline)
     max_new_tokens: int
     truncated: int  # training examples that did not fit max_len
     eval_truncated: int  # dev and test examples that did not
@@ -74,10 +77,12 @@ def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
     dev, dev_truncated = encode(tokenizer, splits["dev"], max_len)
     max_new_tokens = generation_budget(task.max_new_tokens, train)
     prompts = encode_prompts(tokenizer, splits["test"], max_len - max_new_tokens)
+    dev_prompts = encode_prompts(tokenizer, splits["dev"], max_len - max_new_tokens)
     return TaskData(
         train=train, dev=dev, test=list(splits["test"]), test_prompts=[ids for ids, _ in prompts],
-        max_new_tokens=max_new_tokens, truncated=truncated,
-        eval_truncated=dev_truncated + sum(cut for _, cut in prompts),
+        dev_examples=list(splits["dev"]), dev_prompts=[ids for ids, _ in dev_prompts],
+        train_answers=[ex.output for ex in splits["train"]], max_new_tokens=max_new_tokens,
+        truncated=truncated, eval_truncated=dev_truncated + sum(cut for _, cut in prompts),
     )
 
 
@@ -100,7 +105,8 @@ def _from_doc(doc, key: dict) -> TaskData | None:
     return TaskData(
         train=[Encoded(*e) for e in doc["train"]], dev=[Encoded(*e) for e in doc["dev"]],
         test=[Example(*e) for e in doc["test"]], test_prompts=doc["test_prompts"],
-        max_new_tokens=doc["max_new_tokens"], truncated=doc["truncated"],
+        dev_examples=[Example(*e) for e in doc["dev_examples"]], dev_prompts=doc["dev_prompts"],
+        train_answers=doc["train_answers"], max_new_tokens=doc["max_new_tokens"], truncated=doc["truncated"],
         eval_truncated=doc["eval_truncated"], cached=True,
     )
 
@@ -111,7 +117,10 @@ def _to_doc(key: dict, data: TaskData) -> dict:
         "train": [[e.example_id, e.prompt, e.answer] for e in data.train],
         "dev": [[e.example_id, e.prompt, e.answer] for e in data.dev],
         "test": [[e.id, e.instruction, e.input, e.output] for e in data.test],
-        "test_prompts": data.test_prompts, "max_new_tokens": data.max_new_tokens,
+        "test_prompts": data.test_prompts,
+        "dev_examples": [[e.id, e.instruction, e.input, e.output] for e in data.dev_examples],
+        "dev_prompts": data.dev_prompts, "train_answers": data.train_answers,
+        "max_new_tokens": data.max_new_tokens,
         "truncated": data.truncated, "eval_truncated": data.eval_truncated,
     }
 

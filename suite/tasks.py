@@ -128,6 +128,14 @@ class Task:
     #: in capped runs (the CPU default), examples longer than this many characters are left
     #: out (None: no limit); see :func:`take_short`
     max_chars: int | None = None
+    #: the closed set of answers of a classification task (e.g. ``("正面", "负面")``), or None for
+    #: a generative task. With it the core also records ``choice_accuracy``: the share of test
+    #: examples whose reference is the choice the trained model gives the highest likelihood
+    choices: tuple[str, ...] | None = None
+    #: the task's trivial baseline, computed by the core on the test split: ``"majority"`` (the
+    #: most frequent training answer, for every example), ``"copy"`` (the input itself) or
+    #: ``"empty"`` (an empty answer); None: majority for a task with ``choices``, else empty
+    baseline: str | None = None
 
     def splits(self, sizes: dict | None = None) -> dict[str, list[Example]]:
         """Return ``{"train": [...], "dev": [...], "test": [...]}``.
@@ -149,6 +157,15 @@ class Task:
         """
         return {}
 
+    def example_scores(self, predictions: list[str], references: list[str]) -> list[float]:
+        """Each answer's own score (the significance tests pair methods example by example).
+
+        The default scores each example alone with :meth:`score`: the same as the task's score
+        where it is a mean over examples (accuracy, exact match, ROUGE-L), the per-example form
+        of a corpus-level one (micro F1, BLEU).
+        """
+        return [float(self.score([p], [r])) for p, r in zip(predictions, references)]
+
     def split_sizes(self, sizes: dict | None = None) -> dict[str, int]:
         """How many examples each split holds for ``sizes`` (``None``: the full task).
 
@@ -167,3 +184,23 @@ def extra_metrics(task, predictions: list[str], references: list[str], measured:
         if not isinstance(value, (int, float)):
             raise ValueError(f"task {task.name!r} returned a non-numeric metric {name}={value!r}")
     return {name: float(value) for name, value in extra.items()}
+
+
+BASELINES = ("majority", "copy", "empty")
+
+
+def trivial_answers(task: Task, train_answers: list[str], test: list[Example]) -> tuple[str, list[str]]:
+    """The task's trivial baseline (:attr:`Task.baseline`): its kind and its answer to each test
+    example (the majority is the most frequent training answer; ties go to the smallest text)."""
+    from collections import Counter
+
+    kind = task.baseline or ("majority" if task.choices else "empty")
+    if kind not in BASELINES:
+        raise ValueError(f"task {task.name!r} declares baseline {kind!r} (known: {', '.join(BASELINES)})")
+    if kind == "majority":
+        counts = Counter(train_answers)
+        answer = min(counts, key=lambda a: (-counts[a], a)) if counts else ""
+        return kind, [answer] * len(test)
+    if kind == "copy":
+        return kind, [ex.input for ex in test]
+    return kind, [""] * len(test)

@@ -243,6 +243,11 @@ def to_example(path, where: str, record: dict) -> Example:
     return Example("", instruction, input_, output.strip())
 
 
+#: a file scored by accuracy whose answers take at most this many distinct values (each
+#: answering at least 5 records on average) is a classification task: it gets ``choices``
+MAX_CHOICES = 10
+
+
 class FileTask(Task):
     """The task a user's data file makes (built by the core, not registered by a plugin)."""
 
@@ -263,6 +268,9 @@ class FileTask(Task):
                 f"{path}: {kept} distinct records leave the {' and '.join(empty)} split(s) empty "
                 "(dev and test each take about 10% by a hash of the prompt); give more records"
             )
+        answers = sorted({e.output for exs in self._splits.values() for e in exs})
+        if scorer in ("accuracy", "exact_match") and len(answers) <= min(MAX_CHOICES, kept / 5):
+            self.choices = tuple(answers)
 
     def splits(self, sizes=None):
         return take(self._splits, sizes)

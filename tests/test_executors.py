@@ -12,7 +12,8 @@ import pytest
 
 from conftest import MISBEHAVING, leitai
 
-SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
+# no baseline cell: these shootouts are about where cells run (tests/test_sweep.py covers baselines)
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--no-baselines", "-q"]
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import content, html_page, markdown
-from .frames import EXTRA_COLUMNS, RESULT_COLUMNS, curves_frame, generations_frame, results_frame
+from .frames import EXTRA_COLUMNS, RESULT_COLUMNS, baselines_frame, curves_frame, generations_frame, results_frame
 from .sources import gather
 
-__all__ = ["write_report", "RESULT_COLUMNS", "EXTRA_COLUMNS", "results_frame", "curves_frame", "generations_frame"]
+__all__ = ["write_report", "RESULT_COLUMNS", "EXTRA_COLUMNS", "results_frame", "curves_frame", "generations_frame",
+           "baselines_frame"]
 
 
 def _write(path: Path, text: str) -> None:
@@ -42,6 +43,7 @@ def write_report(dirs: list[Path], out: Path) -> pd.DataFrame:
     results.to_parquet(out / "results.parquet", index=False)
     curves_frame(records).to_csv(out / "curves.csv", index=False, lineterminator="\n")
     generations_frame(records).to_csv(out / "generations.csv", index=False, lineterminator="\n")
+    baselines_frame(records)[0].to_csv(out / "baselines.csv", index=False, lineterminator="\n")
     _write(out / "summary.md", markdown.render(report))
     _write(out / "report.html", html_page.render(report))
     return results

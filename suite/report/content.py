@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import environment, figures, tables
-from .frames import curves_frame, generations_frame, results_frame
+from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
+from .verdict import NOTE as VERDICT_NOTE
+from .verdict import TaskVerdict, judge
 
 NOTES = (
     "Each row is one method; numbers are means over the seeds that finished ok (n), "
@@ -26,6 +28,16 @@ NOTES = (
     "decoding latency per new token, one prompt at a time, as a multiple of the base model's own "
     "latency measured in the same process; merged × base: the same after merging the adapter into "
     "the weights (methods that can merge, after checking merged and unmerged logits agree).",
+    "baselines: the untrained base model (same prompts and greedy decoding) and the task's trivial "
+    "answer (majority label, copy the input, or empty), scored on the same test split. choice accuracy "
+    "(tasks with a closed answer set): the share of test examples whose reference is the answer the "
+    "model gives the highest likelihood; it tells 'learned the task but not the answer format' from "
+    "'learned nothing'.",
+    "tuning (with --sweep): each swept method's setting was chosen by the mean dev score of its tuning "
+    "runs (dev loss breaks ties); 'setting' is the choice, 'tried' how many settings were trained, "
+    "'tuning train s' their training seconds in all. Tuning runs are in results.csv (phase tune) and "
+    "never in the means; test data is read only by the final runs.",
+    VERDICT_NOTE,
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
 )
@@ -43,6 +55,7 @@ class TaskSection:
     table: pd.DataFrame
     more: pd.DataFrame
     answers: pd.DataFrame
+    verdict: TaskVerdict | None = None
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -61,38 +74,53 @@ class Report:
 
 def build(records: list[dict], with_figures: bool = True) -> Report:
     """Everything the report shows, from ``records`` alone."""
-    results = results_frame(records)
+    runs = results_frame(records)  # final and tuning runs: all of results.csv
+    results = runs[runs.phase != "tune"]  # what the tables, means and verdicts are about
+    tuning_runs = runs[runs.phase == "tune"]
+    baselines, baseline_answers = baselines_frame(records)
     curves = curves_frame(records)
     generations = generations_frame(records)
     stats = tables.method_stats(results)
     tasks = sorted(results.task.dropna().unique()) if len(results) else []
     palette = figures.colors(sorted(results.method.dropna().unique())) if len(results) else {}
     orders = {t: tables.method_order(results, stats, t) for t in tasks}
+    chosen = {(r["task"], r["method"]): r["config"]["tuning"] for r in records
+              if phase(r) == "final" and (r.get("config") or {}).get("tuning")}
     sections = []
     for task in tasks:
         name = tables.score_name(results, task)
+        task_baselines = baselines[baselines.task == task]
+        verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task])
+        tuning = {m: t for (t_, m), t in chosen.items() if t_ == task}
+        tuning_seconds = tuning_runs[tuning_runs.task == task].groupby("method").train_seconds.sum().to_dict()
         section = TaskSection(
-            task=task, score_name=name, table=tables.task_table(results, stats, task),
+            task=task, score_name=name,
+            table=tables.task_table(results, stats, task, verdict, tuning, tuning_seconds, task_baselines),
             more=tables.more_table(results, stats, task),
-            answers=tables.answers_table(results, generations, task, orders[task]),
+            answers=tables.answers_table(results, generations, task, orders[task]), verdict=verdict,
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:
             section.notes.append(f"peak memory: {kinds[0]}")
         if with_figures:
-            loss = figures.loss_curves(task, results, curves, orders[task], palette)
-            front = figures.pareto(task, results, stats, orders[task], palette, name)
+            prior = results.loc[results.task == task, "class_prior_loss"].dropna() if "class_prior_loss" in results else []
+            loss = figures.loss_curves(task, results, curves, orders[task], palette,
+                                       float(prior.iloc[0]) if len(prior) else None)
+            front = figures.pareto(task, results, stats, orders[task], palette, name, verdict)
             if loss:
                 section.figures["Training loss"] = loss
             if front:
                 section.figures["Score against cost"] = front
+            sensitivity = figures.sensitivity(task, tuning_runs, tuning, palette)
+            if sensitivity:
+                section.figures["Sensitivity to the swept settings (tuning runs, dev split)"] = sensitivity
         sections.append(section)
     memory = figures.memory_bars(tasks, results, stats, orders, palette) if with_figures else None
     return Report(
         facts=_facts(results), warnings=environment.warnings(records),
         overall=tables.overall_table(results, stats), sections=sections, memory_figure=memory,
-        failed=tables.failed_runs(results) if len(results) else pd.DataFrame(),
-        environments=environment.environments(records), results=results,
+        failed=tables.failed_runs(runs) if len(runs) else pd.DataFrame(),
+        environments=environment.environments(records), results=runs,
     )
 
 

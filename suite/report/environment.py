@@ -95,6 +95,8 @@ def warnings(records: list[dict]) -> list[str]:
                 out.append(f"task {task}: runs differ in the setting {key}: {_spread(values)}")
         params: dict[str, set] = {}
         for r in by_task[task]:
+            if r.get("phase") == "tune":
+                continue  # tuning runs try other settings on purpose
             p = (r.get("config") or {}).get("params")
             if p:
                 params.setdefault(r.get("method"), set()).add(_canon(p))

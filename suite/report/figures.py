@@ -106,9 +106,11 @@ def _figure(width: float, height: float, **kw):
 
 
 def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
-                palette: dict[str, str]) -> str | None:
+                palette: dict[str, str], class_prior: float | None = None) -> str | None:
     """Training loss of every method on ``task``: mean over ok seeds, a ±1 std band, the dev
-    loss as a marker at the last step. Step losses are smoothed by a centred moving average."""
+    loss as a marker at the last step. Step losses are smoothed by a centred moving average.
+    ``class_prior``: the loss of knowing a closed answer set's format but not the labels, drawn
+    as a line (a curve that ends on it learned the format, not the task)."""
     ok = results[(results.task == task) & (results.status == "ok")]
     train = curves[(curves.split == "train") & curves.run_id.isin(ok.run_id)]
     if train.empty:
@@ -138,6 +140,9 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
             if len(dev):
                 ax.errorbar([dev.step.max()], [dev.loss.mean()], yerr=[dev.loss.std()] if len(dev) > 1 else None,
                             fmt="o", color=palette[method], ms=4, capsize=2)
+        if class_prior is not None and math.isfinite(class_prior):
+            ax.axhline(class_prior, color="0.35", lw=1, ls=":", zorder=0,
+                       label=f"class prior ({fmt.number(class_prior)}): the format, not the task")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss")
         smooth = f"moving average of {window} steps" if window > 1 else "per step"
@@ -160,8 +165,9 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 
 
 def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[str],
-           palette: dict[str, str], score_label: str) -> str | None:
-    """Score against trainable parameters and against peak memory, the front marked."""
+           palette: dict[str, str], score_label: str, verdict=None) -> str | None:
+    """Score against trainable parameters and against peak memory, the front marked; methods
+    not above the best baseline (``verdict``) drawn with a cross, the best baseline as a line."""
     from matplotlib.ticker import EngFormatter
 
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
@@ -181,12 +187,15 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
                 continue
             drawn = True
             front = set(pareto_front(points))
+            below = set(verdict.not_above()) if verdict is not None else set()
             for m, x, y in points:
                 xerr, yerr = errs[m]
                 on = m in front
-                ax.errorbar([x], [y], xerr=[xerr] if xerr else None, yerr=[yerr] if yerr else None, fmt="o",
-                            ms=7 if on else 6, color=palette[m], mfc=palette[m] if on else "white", mew=1.5,
-                            capsize=2, lw=1, label=m)
+                ax.errorbar([x], [y], xerr=[xerr] if xerr else None, yerr=[yerr] if yerr else None,
+                            fmt="X" if m in below else "o", ms=7 if on else 6, color=palette[m],
+                            mfc=palette[m] if on else "white", mew=1.5, capsize=2, lw=1, label=m)
+            if verdict is not None and verdict.baseline:
+                ax.axhline(verdict.baseline[1], color="0.35", lw=1, ls=":", zorder=0)
             fp = sorted((x, y) for m, x, y in points if m in front)
             if len(fp) > 1:
                 ax.step([p[0] for p in fp], [p[1] for p in fp], where="post", color="0.4", lw=1, ls="--", zorder=0)
@@ -204,11 +213,67 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
         from matplotlib.lines import Line2D
 
         names = list(dict.fromkeys(m for ax in axes for m in ax.get_legend_handles_labels()[1]))
-        handles = [Line2D([], [], marker="o", ls="", color=palette[m]) for m in names]
-        fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize=8)
-        fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std)",
-                     x=0.01, ha="left", fontsize=9)
+        below = set(verdict.not_above()) if verdict is not None else set()
+        handles = [Line2D([], [], marker="X" if m in below else "o", ls="", color=palette[m]) for m in names]
+        labels = [f"{m} (not above baseline)" if m in below else m for m in names]
+        if verdict is not None and verdict.baseline:
+            handles.append(Line2D([], [], color="0.35", lw=1, ls=":"))
+            labels.append(f"best baseline: {verdict.baseline[0]}")
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
+        fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std; "
+                     "✕: not above the best baseline)", x=0.01, ha="left", fontsize=9)
         return _svg(fig, f"pareto-{task}")
+
+
+def sensitivity(task: str, tuning_runs: pd.DataFrame, chosen: dict, palette: dict[str, str]) -> str | None:
+    """Dev score and dev loss of every tuning run on ``task`` against its learning rate (or
+    against the setting's index where lr was not swept), one line per method (and per value of
+    its other swept settings), mean over tuning seeds; the chosen setting ringed."""
+    import json
+
+    ok = tuning_runs[(tuning_runs.task == task) & (tuning_runs.status == "ok")]
+    if ok.empty or not chosen:
+        return None
+    with _style():
+        fig = _figure(7, 3.6)
+        score_ax, loss_ax = fig.subplots(1, 2)
+        log_x = True
+        for method in sorted(chosen):
+            info = chosen[method]
+            keys = info.get("keys") or []
+            entries = [e for e in info.get("settings", []) if e.get("ok")]
+            if not entries:
+                continue
+            others = sorted(k for k in keys if k != "lr")
+            groups: dict[str, list] = {}
+            for e in entries:
+                groups.setdefault(json.dumps({k: e["setting"].get(k) for k in others}, sort_keys=True, default=str),
+                                  []).append(e)
+            for group_key, group in sorted(groups.items()):
+                if "lr" in keys:
+                    group = sorted(group, key=lambda e: e["setting"]["lr"])
+                    xs = [float(e["setting"]["lr"]) for e in group]
+                else:
+                    xs, log_x = list(range(1, len(group) + 1)), False
+                rest = json.loads(group_key)
+                label = method + ("" if not rest else " (" + ", ".join(f"{k} {v}" for k, v in rest.items()) + ")")
+                for ax, metric in ((score_ax, "dev_score"), (loss_ax, "dev_loss")):
+                    ys = [e[metric] for e in group]
+                    ax.plot(xs, ys, "o-", color=palette.get(method, "0.3"), lw=1.2, ms=3.5,
+                            label=label if ax is score_ax else None)
+                    for x, e in zip(xs, group):
+                        if e["setting"] == info.get("setting"):
+                            ax.plot([x], [e[metric]], "o", ms=10, mfc="none", mec=palette.get(method, "0.3"), mew=1.5)
+        for ax, label in ((score_ax, "dev score"), (loss_ax, "dev loss")):
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xlabel("learning rate" if log_x else "setting")
+            ax.set_ylabel(label)
+        if score_ax.get_legend_handles_labels()[1]:
+            score_ax.legend(fontsize=7, loc="best")
+        fig.suptitle(f"{task}: tuning runs on the dev split (ringed: the setting each method keeps)",
+                     x=0.01, ha="left", fontsize=9)
+        return _svg(fig, f"sensitivity-{task}")
 
 
 def memory_bars(tasks: list[str], results: pd.DataFrame, stats: pd.DataFrame, orders: dict[str, list[str]],

@@ -16,13 +16,25 @@ RESULT_COLUMNS = (
     "first_train_loss final_train_loss eval_loss score_name score"
 ).split()
 EXTRA_COLUMNS = (
+    "phase dev_score choice_accuracy class_prior_loss "
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
     "device device_name dtype"
 ).split()
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype")
+                "device", "device_name", "dtype", "phase")
+#: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
+TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
+
+
+def is_baseline(record: dict) -> bool:
+    return record.get("phase") == "baseline"
+
+
+def phase(record: dict) -> str:
+    """A record's phase (records written before tuning existed are final runs)."""
+    return record.get("phase") or "final"
 
 
 def _scalar(value):
@@ -33,14 +45,19 @@ def _scalar(value):
 
 
 def results_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run: the contract's columns, then the known extras, then any other metric.
+    """One row per run of a method, final and tuning runs (``phase``): the contract's columns,
+    then the known extras, then any other metric. Baselines are not runs of a method: they are
+    in :func:`baselines_frame`.
 
     Metrics the report does not know are passed through (sorted by name), so a new measurement
     reaches ``results.csv`` without a change here.
     """
     rows = []
     for r in records:
+        if is_baseline(r):
+            continue
         row = {k: r.get(k) for k in ("run_id", "method", "task", "seed", "model", "status", "error")}
+        row["phase"] = phase(r)
         row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
         env = r.get("env") or {}
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))
@@ -72,10 +89,37 @@ def curves_frame(records: list[dict]) -> pd.DataFrame:
     return df.sort_values(["run_id", "split", "step"], kind="stable").reset_index(drop=True)
 
 
+GENERATION_COLUMNS = ["run_id", "example_id", "prompt", "reference", "output", "example_score"]
+
+
 def generations_frame(records: list[dict]) -> pd.DataFrame:
-    """Every test prompt with its reference and each run's greedy answer."""
+    """Every test prompt with its reference, each final run's greedy answer and that answer's
+    own score (what the paired tests compare)."""
     rows = [
-        {"run_id": r["run_id"], **{k: g.get(k) for k in ("example_id", "prompt", "reference", "output")}}
-        for r in records for g in r.get("generations") or []
+        {"run_id": r["run_id"], **{k: g.get(k) for k in GENERATION_COLUMNS[1:]}}
+        for r in records if not is_baseline(r) for g in r.get("generations") or []
     ]
-    return pd.DataFrame(rows, columns=["run_id", "example_id", "prompt", "reference", "output"])
+    return pd.DataFrame(rows, columns=GENERATION_COLUMNS)
+
+
+def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The baselines of every task: one row per baseline (the untrained base model, the trivial
+    answers) with its score, and their answers in the shape of :func:`generations_frame`
+    (``run_id`` names the baseline: ``<record run id>`` or ``<record run id>:trivial``)."""
+    rows, answers = [], []
+    for r in records:
+        if not is_baseline(r) or r.get("status") != "ok":
+            continue
+        m = r.get("metrics") or {}
+        trivial = r.get("trivial") or {}
+        entries = [(r["run_id"], r.get("method"), m.get("score"), m.get("eval_loss"), m.get("choice_accuracy"),
+                    r.get("generations"))]
+        if trivial:
+            entries.append((f"{r['run_id']}:trivial", TRIVIAL_NAMES.get(trivial.get("kind"), trivial.get("kind")),
+                            trivial.get("score"), None, None, trivial.get("generations")))
+        for rid, name, score, loss, choice, gens in entries:
+            rows.append({"run_id": rid, "task": r.get("task"), "baseline": name, "score_name": m.get("score_name"),
+                         "score": score, "eval_loss": loss, "choice_accuracy": choice})
+            answers += [{"run_id": rid, **{k: g.get(k) for k in GENERATION_COLUMNS[1:]}} for g in gens or []]
+    frame = pd.DataFrame(rows, columns=["run_id", "task", "baseline", "score_name", "score", "eval_loss", "choice_accuracy"])
+    return frame.sort_values(["task", "run_id"], kind="stable").reset_index(drop=True), pd.DataFrame(answers, columns=GENERATION_COLUMNS)

@@ -107,13 +107,18 @@ def render(report: Report) -> str:
     p.append("</ul>")
     p += [f"<div class='warning' role='alert'><b>Warning:</b> {e(w)}</div>" for w in report.warnings]
     if not report.results.empty:
-        links = ([("overall", "Overall")] if report.overall is not None else [])
+        links = [("verdict", "Verdict")] if any(s.verdict for s in report.sections) else []
+        links += ([("overall", "Overall")] if report.overall is not None else [])
         links += [(anchor(s.task), s.task) for s in report.sections]
         links += [("memory", "Memory")] if report.memory_figure else []
         links += [("failed", "Runs not ok")] if not report.failed.empty else []
         links += [("notes", "How to read"), ("environment", "Environment")]
         p.append("<nav>" + "".join(f"<a href='#{e(a)}'>{e(t)}</a>" for a, t in links) + "</nav>")
     p.append("</header><main>")
+    verdicts = [v for section in report.sections if section.verdict for v in section.verdict.sentences]
+    if verdicts:
+        p += ["<section id='verdict'><h2>Verdict</h2>"] + [f"<p>{e(v)}</p>" for v in verdicts]
+        p.append("<p class='note'>How the tests work: see <a href='#notes'>How to read the tables</a>.</p></section>")
     if report.overall is not None:
         p += ["<section id='overall'><h2>Overall</h2>", table(report.overall),
               f"<p class='note'>{e(OVERALL_NOTE)}</p></section>"]
@@ -121,6 +126,10 @@ def render(report: Report) -> str:
         p += [f"<section id='{anchor(s.task)}'><h2>{e(s.task)} <small>({e(s.score_name)})</small></h2>",
               table(s.table, bad_column="runs")]
         p += [f"<p class='note'>{e(n)}.</p>" for n in s.notes]
+        if s.verdict is not None and len(s.verdict.pairwise) > 1:
+            p += ["<details><summary>Pairwise differences</summary>",
+                  "<p class='note'>Score of the row minus the column's, mean over the shared test examples; * where a "
+                  "paired test says they differ (p &lt; 0.05).</p>", table(s.verdict.pairwise), "</details>"]
         for caption, svg in s.figures.items():
             p.append(f"<figure>{svg}<figcaption>{e(caption)}, {e(s.task)}</figcaption></figure>")
         if not s.answers.empty:

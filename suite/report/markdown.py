@@ -46,12 +46,19 @@ def render(report: Report) -> str:
         return "\n".join(lines)
     for w in report.warnings:
         lines += [f"> **Warning:** {cell(w)}", ""]
-    lines += ["Figures (loss curves, Pareto fronts, memory) are in `report.html`.", ""]
+    verdicts = [sentence for section in report.sections if section.verdict for sentence in section.verdict.sentences]
+    if verdicts:
+        lines += ["## Verdict", ""] + [cell(v) for v in verdicts] + ["", "(How the tests work: the notes at the end.)", ""]
+    lines += ["Figures (loss curves, Pareto fronts, tuning, memory) are in `report.html`.", ""]
     if report.overall is not None:
         lines += ["## Overall", "", table(report.overall), "", cell(OVERALL_NOTE), ""]
     for s in report.sections:
         lines += [f"## {cell(s.task)} ({cell(s.score_name)})", "", table(s.table), ""]
         lines += [f"{cell(n)}." for n in s.notes] + ([""] if s.notes else [])
+        if s.verdict is not None and len(s.verdict.pairwise) > 1:
+            lines += ["### Pairwise differences", "", "Score of the row minus the column's, mean over the shared test "
+                      "examples; * where a paired test says they differ (p < 0.05).", "",
+                      table(s.verdict.pairwise), ""]
         if not s.answers.empty:
             lines += ["### Answers side by side", "",
                       "The same test prompts for every method (the run with the lowest seed answers); "

@@ -89,8 +89,17 @@ def status_counts(statuses) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in order)
 
 
-def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.DataFrame:
-    """One row per method (index), the formatted columns a reader compares methods by."""
+def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=None, tuning: dict | None = None,
+               tuning_seconds: dict | None = None, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per method (index), the formatted columns a reader compares methods by, then one
+    row per baseline (its score only).
+
+    ``verdict`` (:class:`.verdict.TaskVerdict`) adds "vs baseline"; ``tuning`` (method -> what
+    its sweep chose) and ``tuning_seconds`` (method -> training seconds of its tuning runs) add
+    the chosen setting, how many settings were tried and what the tuning cost.
+    """
+    from ..sweep import describe
+
     df = results[results.task == task]
     rows = {}
     for method in method_order(results, stats, task):
@@ -100,16 +109,34 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
         # the score first: it is what a reader decides by; the costs next to it
         row = {"runs": status_counts(runs.status), "n": str(len(ok)),
                score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)}
+        if verdict is not None and verdict.baseline:
+            c = verdict.above_baseline.get(method)
+            row["vs baseline"] = fmt.MISSING if c is None else ("above" if c.above else "not above")
+        if "choice_accuracy" in df and df.choice_accuracy.notna().any():
+            row["choice accuracy"] = fmt.mean_std(summary_of(stats, task, method, "choice_accuracy"))
+        if tuning:
+            chosen = tuning.get(method)
+            row["setting"] = (describe(chosen["setting"]) if chosen and chosen.get("setting")
+                              else ("none ok: defaults" if chosen else fmt.MISSING))
+            row["tried"] = str(chosen["tried"]) if chosen else fmt.MISSING
         for col, heading, kind in MAIN_METRICS:
             row[heading] = fmt.mean_std(summary_of(stats, task, method, col), kind)
             if col == "trainable_params" and len(ok):
                 row[heading] += f" ({fmt.number(summary_of(stats, task, method, 'trainable_pct').mean)}%)"
             if col == "peak_memory_bytes":
                 row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
+            if col == "train_seconds" and tuning:
+                row["tuning train s"] = fmt.number((tuning_seconds or {}).get(method)) if method in (tuning_seconds or {}) else fmt.MISSING
         rows[method] = row
+    for _, b in (baselines if baselines is not None else pd.DataFrame()).iterrows():
+        rows[f"baseline: {b.baseline}"] = {"runs": "baseline", score_name(results, task): fmt.number(b.score),
+                                           "choice accuracy": fmt.number(b.choice_accuracy),
+                                           "dev loss": fmt.number(b.eval_loss)}
     table = pd.DataFrame.from_dict(rows, orient="index")
+    columns = [c for c in table.columns if c in next(iter(rows.values()), {})] if rows else []
+    table = table[columns].fillna(fmt.MISSING) if columns else table
     table.index.name = "method"
-    if len(memory_kinds(results, task)) <= 1:
+    if "memory kind" in table and len(memory_kinds(results, task)) <= 1:
         table = table.drop(columns="memory kind")  # one kind: said once, under the table
     return table
 
@@ -134,7 +161,7 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     This is where metrics a plugin or another part of the core adds show up without the report
     knowing them; ``*_bytes`` columns are shown in kB/MB/GB, whole-number columns as integers.
     """
-    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct"}
+    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct", "choice_accuracy"}
     if stats.empty or task not in stats.index.get_level_values("task"):
         return pd.DataFrame()
     sub = stats.xs(task, level="task")

@@ -1,0 +1,76 @@
+"""How a model is scored on a task, the same for every method and for the baselines: greedy
+answers scored by the task (overall and per example), choice accuracy for classification tasks,
+and the loss of a model that knows a classification task's answer format but not its labels.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from .data import Encoded, collate
+from .generate import greedy_generate
+
+
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int) -> list[str]:
+    """The model's greedy answer to each prompt, as text."""
+    outputs = greedy_generate(model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                              device, batch_size)
+    return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
+
+
+def scored(task, texts: list[str], examples: list) -> tuple[float, list[dict]]:
+    """The task's score of ``texts`` against ``examples``' references, and one generation
+    entry per example (prompt, reference, answer and the example's own score)."""
+    from .tasks import format_prompt
+
+    references = [ex.output for ex in examples]
+    per_example = task.example_scores(texts, references)
+    generations = [
+        {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t, "example_score": s}
+        for ex, t, s in zip(examples, texts, per_example)
+    ]
+    return float(task.score(texts, references)), generations
+
+
+@torch.inference_mode()
+def choice_log_likelihoods(model, prompts: list[list[int]], choices: list[list[int]], pad_id: int, device,
+                           batch_size: int = 32) -> torch.Tensor:
+    """``(prompts, choices)`` log-likelihoods: the sum of the log-probabilities of each choice's
+    tokens (its end token included) after each prompt, from one forward pass per batch."""
+    model.eval()
+    pairs = [Encoded(f"{i}:{j}", p, c) for i, p in enumerate(prompts) for j, c in enumerate(choices)]
+    out = torch.empty(len(pairs))
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start: start + batch_size]
+        batch = collate(chunk, pad_id)
+        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]  # drop prepended positions
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        target = labels[:, 1:]
+        keep = target != -100
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        out[start: start + len(chunk)] = (picked * keep).sum(dim=1).cpu()
+    return out.view(len(prompts), len(choices))
+
+
+def choice_accuracy(model, tokenizer, prompts: list[list[int]], choices: tuple[str, ...], references: list[str],
+                    device, batch_size: int = 32) -> float:
+    """Share of examples whose reference is the choice with the highest log-likelihood."""
+    from .data import answer_ids
+
+    ids = answer_ids(tokenizer, list(choices))
+    best = choice_log_likelihoods(model, prompts, ids, tokenizer.pad_token_id, device, batch_size).argmax(dim=1)
+    return sum(choices[int(b)] == r for b, r in zip(best, references)) / len(references) if references else math.nan
+
+
+def class_prior_loss(answers: list[str], train: list[Encoded]) -> float:
+    """The training loss per answer token of a model that knows the answer format but not the
+    task: it gives each label its training frequency. The entropy of the labels, over the mean
+    number of answer tokens (the end token included), since the loss is a mean over tokens."""
+    counts = Counter(answers)
+    total = sum(counts.values())
+    entropy = -sum(n / total * math.log(n / total) for n in counts.values())
+    tokens = sum(len(e.answer) for e in train) / len(train)
+    return entropy / tokens

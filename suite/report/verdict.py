@@ -1,0 +1,112 @@
+"""What a task's runs say, in words: which methods are tied for best (paired tests over the same
+test examples, :mod:`.significance`), at what cost, and which methods did not beat the task's
+baselines. The report opens with these sentences.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import formatting as fmt
+from .significance import ALPHA, Comparison, compare, per_example, tied_for_best
+from .tables import summary_of
+
+
+@dataclass
+class TaskVerdict:
+    task: str
+    score_name: str
+    best: list[str] = field(default_factory=list)  # tied for best, the best by mean first
+    against_best: dict[str, Comparison] = field(default_factory=dict)
+    baseline: tuple[str, float] | None = None  # the best baseline's name and score
+    above_baseline: dict[str, Comparison] = field(default_factory=dict)  # method -> vs the best baseline
+    pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)  # row minus column, * when it differs
+    sentences: list[str] = field(default_factory=list)
+
+    def not_above(self) -> list[str]:
+        """Methods whose score is not above the best baseline at 95% confidence."""
+        return sorted(m for m, c in self.above_baseline.items() if not c.above)
+
+
+def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame, generations: pd.DataFrame,
+          baselines: pd.DataFrame, baseline_answers: pd.DataFrame, order: list[str]) -> TaskVerdict:
+    """The verdict on ``task`` from its final runs (``results``), their answers and its baselines."""
+    verdict = TaskVerdict(task, score_name)
+    ok = results[(results.task == task) & (results.status == "ok")]
+    scores = {m: per_example(generations, ok[ok.method == m].run_id) for m in order}
+    scores = {m: s for m, s in scores.items() if len(s)}
+    means = {m: summary_of(stats, task, m, "score").mean for m in scores}
+    verdict.best, verdict.against_best = tied_for_best(scores, means)
+
+    rows = baselines[(baselines.task == task) & baselines.score.notna()]
+    if len(rows):
+        top = rows.loc[pd.to_numeric(rows.score).idxmax()]
+        verdict.baseline = (str(top.baseline), float(top.score))
+        reference = per_example(baseline_answers, [top.run_id])
+        verdict.above_baseline = {m: compare(s, reference) for m, s in scores.items() if len(reference)}
+
+    names = [m for m in order if m in scores]
+    cells = {a: {b: _difference(compare(scores[a], scores[b])) if a != b else "" for b in names} for a in names}
+    verdict.pairwise = pd.DataFrame.from_dict(cells, orient="index", columns=names)
+    verdict.pairwise.index.name = "row − column"
+    verdict.sentences = _sentences(verdict, stats, means)
+    return verdict
+
+
+def _difference(c: Comparison) -> str:
+    if not math.isfinite(c.diff):
+        return fmt.MISSING
+    return f"{c.diff:+.3f}{'*' if c.differs else ''}"
+
+
+def _cost(stats: pd.DataFrame, task: str, method: str) -> str:
+    params = summary_of(stats, task, method, "trainable_params")
+    pct = summary_of(stats, task, method, "trainable_pct")
+    memory = summary_of(stats, task, method, "peak_memory_bytes")
+    seconds = summary_of(stats, task, method, "train_seconds")
+    parts = []
+    if params.n:
+        parts.append(f"{fmt.integer(params.mean)} trainable parameters ({fmt.number(pct.mean)}%)")
+    if memory.n:
+        parts.append(f"{fmt.nbytes(memory.mean)} peak memory")
+    if seconds.n:
+        parts.append(f"{fmt.number(seconds.mean)} s of training")
+    return ", ".join(parts)
+
+
+def _sentences(v: TaskVerdict, stats: pd.DataFrame, means: dict[str, float]) -> list[str]:
+    if not v.best:
+        return [f"{v.task}: no method finished ok, so there is no verdict."]
+    score = lambda m: fmt.number(means[m])  # noqa: E731
+    if len(v.best) == 1:
+        runner = min(v.against_best.values(), key=lambda c: c.p_two_sided, default=None)
+        head = (f"{v.task}: {v.best[0]} is best ({v.score_name} {score(v.best[0])}"
+                + (f"; every other method is below it, paired test p ≤ {max(c.p_two_sided for c in v.against_best.values()):.3g})"
+                   if runner else ")"))
+    else:
+        ps = [v.against_best[m].p_two_sided for m in v.best[1:]]
+        head = (f"{v.task}: {', '.join(v.best[:-1])} and {v.best[-1]} are tied for best ({v.score_name} "
+                f"{', '.join(score(m) for m in v.best)}; no difference at 95% confidence, paired test p ≥ {min(ps):.2g})")
+    out = [head + "."]
+    costs = [f"{m}: {_cost(stats, v.task, m)}" for m in v.best if _cost(stats, v.task, m)]
+    if costs:
+        out.append(("Its cost: " if len(v.best) == 1 else "Their costs: ") + "; ".join(costs) + ".")
+    if v.baseline:
+        name, value = v.baseline
+        below = v.not_above()
+        if below:
+            out.append(f"Not above the best baseline ({name}, {fmt.number(value)}) at 95% confidence: "
+                       f"{', '.join(below)}.")
+        else:
+            out.append(f"Every method is above the best baseline ({name}, {fmt.number(value)}) at 95% confidence.")
+    return out
+
+
+NOTE = (f"Verdicts and ties: per task, every pair of methods is compared on the same test examples with a paired "
+        f"sign-flip permutation test on the examples' own scores (each the mean over the method's ok seeds); a "
+        f"difference with p ≥ {ALPHA} is no difference. 'Tied for best' are the methods not different from the best "
+        f"by mean. 'vs baseline' says whether a method is above the best baseline (the untrained base model or the "
+        f"task's trivial answer) at 95% confidence, one-sided. The pairwise table gives row minus column, * where "
+        f"the difference is significant. With many methods some differences pass by chance; read them with that in mind.")

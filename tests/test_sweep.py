@@ -1,0 +1,234 @@
+"""Sweeps, baselines, significance and choice scoring: settings chosen on dev only, baselines that
+equal an independent computation, paired tests with known answers, tuning runs kept out of the
+means."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import report_fixture as fx
+from conftest import leitai
+from suite import sweep
+from suite.config import build_config, parse_sweep, sweep_from_toml
+from suite.errors import UsageError
+from suite.report import significance
+
+SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "32", "--infer-prompts", "0",
+         "--side-corpus-size", "8", "-q"]
+
+
+# ---------------------------------------------------------------- grids and choices
+
+
+def test_sweep_specs_toml_and_grids(tmp_path, registry):
+    assert parse_sweep(["lr", "lora.r=4,16", "lora.lr=1e-4,3e-4"]) == {
+        "keys": ["lr"], "grids": {"lora": {"r": [4, 16], "lr": [1e-4, 3e-4]}}}
+    path = tmp_path / "s.toml"
+    path.write_text('[sweep]\nkeys = ["lr"]\n[sweep.lora]\nr = [4, 8]\n')
+    cfg = build_config({"sweep": ["lora.r=2,3"]}, str(path))
+    assert cfg.sweep == {"keys": ["lr"], "grids": {"lora": {"r": [2, 3]}}}
+    lora, prompt = registry.methods["lora"], registry.methods["prompt-tuning"]
+    # --sweep lr: the declared grid, by default the default lr times 0.1 .. 10
+    assert sweep.method_grid(prompt, cfg.sweep) == {"lr": [0.003, 0.009, 0.03, 0.09, 0.3]}
+    assert sweep.method_grid(lora, cfg.sweep) == {"lr": [0.0001, 0.0003, 0.001, 0.003, 0.01], "r": [2, 3]}
+    assert len(sweep.combinations(sweep.method_grid(lora, cfg.sweep))) == 10
+    assert sweep.method_grid(lora, sweep.empty()) is None
+    with pytest.raises(UsageError, match="method 'lora' has no setting 'depth'"):
+        sweep.method_grid(lora, parse_sweep(["lora.depth=1,2"]))
+    with pytest.raises(UsageError, match="--sweep takes"):
+        parse_sweep(["lora.r="])
+    with pytest.raises(UsageError, match=r"\[sweep.lora\] must map"):
+        sweep_from_toml({"lora": {"r": 4}}, "s.toml")
+    assert sweep.label({"lr": 3e-4, "r": 16}) == "lr0.0003-r16"
+
+
+def tuning_record(lr, score, loss, status="ok", seed=0):
+    return {"phase": "tune", "status": status, "config": {"params": {"lr": lr, "r": 4}},
+            "metrics": {"dev_score": score, "eval_loss": loss}, "seed": seed}
+
+
+def test_choose_by_dev_score_then_dev_loss():
+    records = [tuning_record(1e-3, 0.6, 1.0), tuning_record(1e-2, 0.7, 2.0), tuning_record(1e-1, 0.7, 1.5),
+               tuning_record(1.0, None, None, status="diverged")]
+    setting, evidence = sweep.choose(records, ["lr"])
+    assert setting == {"lr": 1e-1} and evidence["by"] == "dev score"  # tie on score: lower dev loss
+    # the mean over tuning seeds decides
+    records = [tuning_record(1e-3, 0.9, 1.0), tuning_record(1e-3, 0.1, 1.0, seed=1), tuning_record(1e-2, 0.6, 1.0),
+               tuning_record(1e-2, 0.6, 1.0, seed=1)]
+    assert sweep.choose(records, ["lr"])[0] == {"lr": 1e-2}
+    # no dev score (nan): dev loss alone
+    records = [tuning_record(1e-3, float("nan"), 1.0), tuning_record(1e-2, float("nan"), 0.5)]
+    assert sweep.choose(records, ["lr"])[0] == {"lr": 1e-2}
+    assert sweep.choose([tuning_record(1e-3, None, None, status="failed")], ["lr"])[0] is None
+
+
+# ---------------------------------------------------------------- paired tests
+
+
+def test_paired_test_known_answers():
+    ids = [f"e{i}" for i in range(64)]
+    same = pd.Series(np.random.default_rng(1).random(64), index=ids)
+    c = significance.compare(same, same.copy())
+    assert c.diff == 0 and c.p_two_sided == 1.0 and not c.differs and not c.above
+    always = pd.Series(1.0, index=ids)
+    half = pd.Series([1.0, 0.0] * 32, index=ids)
+    c = significance.compare(always, half)
+    assert c.diff == 0.5 and c.p_two_sided < 0.001 and c.differs and c.above
+    assert not significance.compare(half, always).above
+    # a small difference on few examples is no difference
+    noisy = pd.Series([1.0, 0.0, 1.0, 0.0], index=ids[:4])
+    assert not significance.compare(noisy, pd.Series([1.0, 0.0, 0.0, 0.0], index=ids[:4])).differs
+    best, against = significance.tied_for_best({"a": always, "b": half, "c": always.copy()},
+                                               {"a": 1.0, "b": 0.5, "c": 1.0})
+    assert best == ["a", "c"] and against["b"].differs
+
+
+def test_tuning_records_never_enter_the_main_means(tmp_path):
+    from suite.report import write_report
+
+    records = fx.records()
+    for lr, score in ((1e-4, 0.0), (1e-1, 1.0)):  # tuning runs of lora with extreme scores and costs
+        r = fx.record("zh-demo", "lora", 0, score=None, dev=0.1, memory=9e9)
+        r.update(run_id=f"zh-demo__lora__tune-lr{lr}__s0", phase="tune")
+        r["config"]["params"] = {"lr": lr}
+        r["metrics"]["dev_score"] = score
+        records.append(r)
+    with_tuning = fx.write(tmp_path / "a", records)
+    without = fx.write(tmp_path / "b", fx.records())
+    write_report([with_tuning], with_tuning)
+    write_report([without], without)
+    results = pd.read_csv(with_tuning / "results.csv")
+    assert (results.phase == "tune").sum() == 2  # recorded ...
+    table = (with_tuning / "summary.md").read_text().split("## zh-demo ")[1].split("\n## ")[0]
+    plain = (without / "summary.md").read_text().split("## zh-demo ")[1].split("\n## ")[0]
+    lora = next(line for line in table.splitlines() if line.startswith("| lora "))
+    assert lora == next(line for line in plain.splitlines() if line.startswith("| lora "))  # ... never in the means
+    assert "9.00 GB" not in table
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def sentiment_file(path, registry, flip_test: bool):
+    """A user file of zh-sentiment reviews; ``flip_test`` swaps the label of every record that the
+    file task's hash puts in the test split (the train and dev records stay the same)."""
+    from suite.tasks import normalise, split_of
+
+    task = registry.tasks["zh-sentiment"]
+    examples = [e for split in task.splits({"train": 160, "dev": 30, "test": 30}).values() for e in split]
+    swap = {"正面": "负面", "负面": "正面"}
+    with open(path, "w", encoding="utf-8") as f:
+        for e in examples:
+            prompt = normalise(e.instruction) + "\n" + normalise(e.input)
+            output = swap[e.output] if flip_test and split_of(prompt) == "test" else e.output
+            f.write(json.dumps({"instruction": e.instruction, "input": e.input, "output": output},
+                               ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory, registry):
+    """The same sweep on a file and on the file with its test labels permuted."""
+    d = tmp_path_factory.mktemp("sweep")
+    outs = {}
+    for flip in (False, True):
+        data = sentiment_file(d / f"reviews-{flip}.jsonl", registry, flip)
+        out = d / f"out-{flip}"
+        proc = leitai("run", "--methods", "lora", "--tasks", f"file:{data}?score=accuracy", "--sweep",
+                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "1 runs (1 ok), 0 already done, 2 tuning runs, 1 baseline runs" in proc.stdout
+        outs[flip] = out
+    return outs
+
+
+def test_permuting_test_references_changes_no_choice(sweeps):
+    tuned = {}
+    for flip, out in sweeps.items():
+        records = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json")]
+        tune = sorted((r["config"]["params"]["lr"], r["metrics"]["dev_score"], r["metrics"]["eval_loss"])
+                      for r in records if r["phase"] == "tune")
+        final = next(r for r in records if r["phase"] == "final")
+        tuned[flip] = tune, final["config"]["tuning"]["setting"], final["config"]["params"]["lr"]
+        assert final["config"]["tuning"]["tried"] == 2
+    assert tuned[False] == tuned[True]  # same dev figures, same choice: test labels were never read
+    # the test labels did change: the same model's choices are right on one file where wrong on the other
+    choice = {flip: pd.read_csv(out / "results.csv").query("phase == 'final'").choice_accuracy.iloc[0]
+              for flip, out in sweeps.items()}
+    assert choice[False] + choice[True] == pytest.approx(1.0)
+
+
+def test_report_shows_the_tuning(sweeps):
+    out = sweeps[False]
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    assert "## Verdict" in md and "lora is best" in md
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "setting" in header and "tried" in header and "tuning train s" in header and "vs baseline" in header
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Sensitivity to the swept settings" in html and "<svg" in html
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results.phase) == ["final", "tune", "tune"]
+    assert results[results.phase == "tune"].score.isna().all() and results[results.phase == "tune"].dev_score.notna().all()
+
+
+def test_baselines_equal_an_independent_computation(sweeps, registry):
+    """The trivial (majority) baseline and the untrained base model's answers, scored again here
+    from the task file and the model, without the arena's evaluation code."""
+    import torch
+
+    from suite.models import prepare_tokenizer
+    from suite.userdata import resolve_task
+
+    out = sweeps[False]
+    base = pd.read_csv(out / "baselines.csv").set_index("baseline")
+    record = json.loads(next(out.glob("runs/*__baseline__s0/record.json")).read_text())
+    task = resolve_task(record["task"], registry)
+    splits = task.splits(record["config"]["task_sizes"])
+    labels = [e.output for e in splits["train"]]
+    majority = max(sorted(set(labels)), key=labels.count)
+    refs = [e.output for e in splits["test"]]
+    assert base.loc["majority label", "score"] == pytest.approx(sum(r == majority for r in refs) / len(refs))
+
+    model, tok = registry.models["tiny-zh"].load()
+    tok = prepare_tokenizer(tok)
+    answers = {}
+    for g in record["generations"]:
+        ids = tok(g["prompt"], return_tensors="pt").input_ids
+        with torch.no_grad():
+            new = model.generate(ids, max_new_tokens=record["metrics"]["max_new_tokens"], do_sample=False,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        answers[g["example_id"]] = tok.decode(new, skip_special_tokens=True).strip()
+        assert answers[g["example_id"]] == g["output"]
+    expected = sum(answers[e.id] == e.output for e in splits["test"]) / len(refs)
+    assert base.loc["base model", "score"] == pytest.approx(expected)
+
+
+def test_choice_accuracy_equals_an_independent_log_likelihood(registry):
+    import torch
+
+    from suite import taskdata
+    from suite.evaluation import choice_accuracy
+    from suite.models import prepare_tokenizer
+
+    model, tok = registry.models["tiny-zh"].load()
+    tok = prepare_tokenizer(tok)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the model off its pretrained point, so its choices vary
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    task = registry.tasks["zh-sentiment"]
+    data = taskdata.prepare(task, {"train": 16, "dev": 4, "test": 24}, 256, tok)
+    refs = [e.output for e in data.test]
+    right = 0
+    for prompt, ref in zip(data.test_prompts, refs):
+        lls = []
+        for choice in task.choices:
+            answer = tok(choice, add_special_tokens=False).input_ids + [tok.eos_token_id]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+            logp = torch.log_softmax(logits.double(), -1)
+            lls.append(sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(answer)))
+        right += task.choices[int(np.argmax(lls))] == ref
+    got = choice_accuracy(model, tok, data.test_prompts, task.choices, refs, "cpu", batch_size=5)
+    assert got == pytest.approx(right / len(refs))
