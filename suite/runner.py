@@ -2,16 +2,20 @@
 
 Records are the only results: a cell is done when ``runs/<run_id>/record.json`` exists.
 ``--resume`` skips those cells; an interrupted shootout keeps everything that finished.
+Everything a user can get wrong (names, data files, the model, every setting, the output
+directory) is checked here, in the parent, before any cell starts; the output directory is
+locked while the shootout runs (:mod:`suite.outdir`).
 """
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .cell import Cell
 from .errors import UsageError
-from .records import read_record, record_path
+from .records import DamagedRecord, load_record, read_record, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
@@ -24,9 +28,14 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
     """The cells of a shootout, after checking every name and setting against the plugins.
 
     Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
-    validated before any cell starts: bad data stops the shootout with one line.
+    validated before any cell starts: bad data stops the shootout with one line. So is the
+    model (:func:`suite.models.model_config`: a missing local path, or a hub id with no local
+    copy when offline), and every method's settings: a finite positive ``lr``, then the
+    method's own :meth:`~suite.methods.Method.check_params` on a weightless stand-in of the
+    model.
     """
-    from .methods import method_params
+    from .methods import check_params, method_params
+    from .models import model_config, stand_in
     from .userdata import resolve_task
 
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
@@ -35,11 +44,15 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
     params = {}
-    for name, method in methods.items():
-        try:
+    try:
+        for name, method in methods.items():
             params[name] = method_params(method, config.method_overrides.get(name))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        base = model_config(config.model, registry, config.trust_remote_code)
+        build = (lambda: stand_in(base, config.trust_remote_code)) if base is not None else None
+        for name, method in methods.items():
+            check_params(method, params[name], config.method_overrides.get(name), build)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     settings = config.run_settings()
     return [
         Cell(run_id=run_id(name, task, seed), method=name, task=task, seed=seed, params=params[name],
@@ -57,17 +70,26 @@ class Outcome:
 
 
 def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
-    from tqdm.auto import tqdm
-
+    """Check everything, lock the output directory, run the cells not yet done, write the report."""
+    from . import outdir
     from .executors import make_executor
-    from .report import write_report
 
     cells = plan(config, registry)
     executor = executor or make_executor(config, registry, progress)
-    out = Path(config.out)
-    existing = list(out.glob("runs/*/record.json")) if out.exists() else []
+    out = outdir.prepare(config.out)
+    with outdir.locked(out):
+        return _run_locked(config, cells, executor, out, progress)
+
+
+def _run_locked(config: ShootoutConfig, cells: list[Cell], executor, out: Path, progress: bool) -> Outcome:
+    from tqdm.auto import tqdm
+
+    from .report import write_report
+
+    existing = record_paths(out)
     if existing and not config.resume:
         raise UsageError(f"{out} already holds {len(existing)} finished runs; pass --resume or choose another --out")
+    set_aside_damaged(existing)
     todo = []
     for cell in cells:
         done = read_record(out, cell.run_id)
@@ -75,7 +97,6 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
             _check_same_settings(out, cell, done)
             continue
         todo.append(cell)
-    out.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, int] = {}
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="shootout", unit="cell", disable=not progress)
     try:
@@ -87,6 +108,17 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
         bar.close()
         write_report([out], out)  # also after Ctrl-C: what finished is reported
     return Outcome(out, len(todo), len(cells) - len(todo), statuses)
+
+
+def set_aside_damaged(paths: list[Path]) -> None:
+    """``--resume``: move each damaged record among ``paths`` aside (its cell runs again), with
+    one warning line naming it."""
+    for path in paths:
+        try:
+            load_record(path)
+        except DamagedRecord as e:
+            moved = set_aside(path)
+            print(f"leitai: warning: {e}; moved to {moved.name}, its cell runs again", file=sys.stderr)
 
 
 def truncation_warnings(records: list[dict], max_len: int) -> list[str]:
