@@ -211,6 +211,15 @@ class FakeMerge(LoRA):
         return model.unload()
 
 
+class Picky(LoRA):
+    """Its settings check refuses the very settings its apply() works with."""
+
+    name = "picky"
+
+    def check_params(self, params, model=None):
+        raise ValueError("r must be a power of three")
+
+
 def attempt(name: str) -> int:
     """Count one more attempt of method ``name``; return how many there were."""
     marker = Path(os.environ["UNRULY_DIR"]) / name
