@@ -89,7 +89,7 @@ def _run_locked(config: ShootoutConfig, cells: list[Cell], executor, out: Path, 
     existing = record_paths(out)
     if existing and not config.resume:
         raise UsageError(f"{out} already holds {len(existing)} finished runs; pass --resume or choose another --out")
-    set_aside_damaged(existing)
+    set_aside_damaged(existing, {cell.run_id for cell in cells})
     todo = []
     for cell in cells:
         done = read_record(out, cell.run_id)
@@ -110,15 +110,16 @@ def _run_locked(config: ShootoutConfig, cells: list[Cell], executor, out: Path, 
     return Outcome(out, len(todo), len(cells) - len(todo), statuses)
 
 
-def set_aside_damaged(paths: list[Path]) -> None:
-    """``--resume``: move each damaged record among ``paths`` aside (its cell runs again), with
-    one warning line naming it."""
+def set_aside_damaged(paths: list[Path], planned: set[str]) -> None:
+    """``--resume``: move each damaged record among ``paths`` aside, with one warning line naming
+    it; its cell, when it is one of the ``planned`` run ids, then runs again."""
     for path in paths:
         try:
             load_record(path)
         except DamagedRecord as e:
             moved = set_aside(path)
-            print(f"leitai: warning: {e}; moved to {moved.name}, its cell runs again", file=sys.stderr)
+            then = "its cell runs again" if path.parent.name in planned else "its cell is not in this shootout"
+            print(f"leitai: warning: {e}; moved to {moved.name}, {then}", file=sys.stderr)
 
 
 def truncation_warnings(records: list[dict], max_len: int) -> list[str]:
