@@ -251,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    record = run_cell(cell, run_dir)
+    try:
+        record = run_cell(cell, run_dir)
+    except KeyboardInterrupt:  # Ctrl-C: no record, the cell is not done (``python -m`` would exit 1)
+        return 130
     if record is not None:  # under a distributed launch only the main process writes it
         write_json_atomic(run_dir / "record.json", record)
     return 0

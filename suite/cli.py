@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"leitai: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the command could not read or write (disk full, permissions...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"leitai: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("leitai: interrupted; finished runs are kept (rerun with --resume)", file=sys.stderr)
         return 130
@@ -114,6 +118,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from . import outdir
     from .report import write_report
 
     dirs = [Path(d) for d in args.dirs]
@@ -122,7 +127,7 @@ def cmd_report(args) -> int:
             raise UsageError(f"{d}: no runs/ directory (not a shootout output)")
     if len(dirs) > 1 and not args.out:
         raise UsageError("merging several directories needs --out (the merged report gets its own directory)")
-    out = Path(args.out) if args.out else dirs[0]
+    out = outdir.prepare(args.out) if args.out else dirs[0]
     results = write_report(dirs, out)
     print(f"leitai: report of {len(results)} runs written to {out}")
     return 0

@@ -140,9 +140,20 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
         if code in (-signal.SIGINT, 130):
             raise Interrupted(cell.run_id)
         last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-        record = failed_record(cell, f"cell process exited with status {code}: {last[-1] if last else 'no output'}", tail)
+        record = failed_record(cell, f"{exit_reason(code)}: {last[-1] if last else 'no output'}", tail)
         write_json_atomic(run_dir / "record.json", record)
     return record
+
+
+def exit_reason(code: int) -> str:
+    """Why a cell's process ended without a record, from its exit code (negative: a signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"cell process killed by {name}" + (" (kill -9, or the kernel's out-of-memory killer)" if code == -signal.SIGKILL else "")
+    return f"cell process exited with status {code}"
 
 
 def cpu_count() -> int:

@@ -7,6 +7,8 @@ declares frozen stay frozen, and measures memory and time around it.
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,6 +61,22 @@ class Method:
         max_new_tokens=..., do_sample=False)`` the way transformers models do.
         """
         raise NotImplementedError
+
+    def check_params(self, params: dict, model: torch.nn.Module | None = None) -> None:
+        """Check the settings ``params`` (defaults merged with the user's overrides) before any
+        cell starts; raise ``ValueError`` with a one-line reason when they cannot work.
+
+        The core calls this in the parent process for every method of a shootout, so that
+        ``--set lora.r=-1`` stops the shootout with one line (``leitai: error: lora.r=-1: ...``,
+        exit status 2) instead of failing every cell. ``model`` is a *stand-in* of the base
+        model: its architecture built from its config on the meta device (parameters with shapes
+        and no values, no memory), fresh for this call, or None when the model's config is not
+        available here. Do not run the model, load weights or download anything. The core names
+        the setting to blame (the user's override that makes the check fail), and checks ``lr``
+        itself (a finite positive number) before calling this.
+
+        The default accepts anything. :class:`PeftMethod` builds its peft model on the stand-in.
+        """
 
     def keeps_frozen(self, name: str) -> bool:
         """Whether the base parameter ``name`` (as ``base_model.named_parameters()`` names it)
@@ -123,6 +141,15 @@ class PeftMethod(Method):
 
         return get_peft_model(model, self.peft_config(model, params))
 
+    def check_params(self, params, model=None):
+        """Build the peft config (peft validates it as it is built) and, given a stand-in, the
+        peft model on it: shapes, target modules and the method's own checks, without weights."""
+        from peft import get_peft_model
+
+        config = self.peft_config(model, params)
+        if model is not None:
+            get_peft_model(model, config)
+
     def trainable_count(self, model):
         return model.get_nb_trainable_parameters()[0]
 
@@ -149,7 +176,8 @@ class PeftMethod(Method):
 
 
 def method_params(method: Method, overrides: dict | None) -> dict:
-    """The method's defaults with the user's overrides; unknown keys are an error."""
+    """The method's defaults with the user's overrides; unknown keys, and an ``lr`` that is not
+    a finite positive number, are a ``ValueError`` naming the setting."""
     params = dict(method.defaults)
     for key, value in (overrides or {}).items():
         if key not in params:
@@ -158,6 +186,9 @@ def method_params(method: Method, overrides: dict | None) -> dict:
         params[key] = value
     if "lr" not in params:
         raise ValueError(f"method {method.name!r} declares no default 'lr'")
+    lr = params["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"{method.name}.lr={lr!r}: the learning rate must be a finite positive number")
     return params
 
 
@@ -172,3 +203,33 @@ def tuning_grid(method: Method) -> dict[str, list]:
     if "lr" not in grid and "lr" in method.defaults:
         grid["lr"] = [float(f"{method.defaults['lr'] * f:.3g}") for f in LR_FACTORS]
     return grid
+
+
+def check_params(method: Method, params: dict, overrides: dict | None = None, stand_in=None) -> None:
+    """Run ``method.check_params`` on ``params`` (each call on a fresh ``stand_in()`` model, when
+    ``stand_in`` is given); a failure is a one-line ``ValueError`` that names the setting to
+    blame: the first of the user's ``overrides`` that, added to the method's defaults, makes the
+    check fail (``lora.r=-1: ...``), else the method itself."""
+
+    def error(trial: dict) -> str | None:
+        try:
+            with warnings.catch_warnings():  # a library's warnings about a stand-in are noise here
+                warnings.simplefilter("ignore")
+                method.check_params(dict(trial), stand_in() if stand_in else None)
+        except Exception as e:  # a plugin's check may raise anything; it is the reason either way
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            text = text.removeprefix(f"{method.name}: ")  # the message names the method already
+            return text if isinstance(e, ValueError) and text else f"{type(e).__name__}: {text}"
+        return None
+
+    reason = error(params)
+    if reason is None:
+        return
+    blame, trial = method.name, dict(method.defaults)
+    if overrides and error(trial) is None:
+        for key, value in overrides.items():
+            trial[key] = value
+            if error(trial) is not None:
+                blame = f"{method.name}.{key}={value!r}"
+                break
+    raise ValueError(f"{blame}: {reason}")

@@ -1,5 +1,16 @@
-"""Base models: named ones from plugins, anything else through transformers' Auto classes."""
+"""Base models: named ones from plugins, anything else through transformers' Auto classes.
+
+The parent process checks the model before any cell starts (:func:`model_config`): a local
+path must be a model directory, a hub id must have a local copy when the hub is offline
+(``HF_HUB_OFFLINE``); nothing is downloaded and no weights are loaded. The config it reads
+gives methods a weightless stand-in of the model (:func:`stand_in`) to check their settings on.
+"""
 from __future__ import annotations
+
+from pathlib import Path
+
+#: what a model directory must hold besides config.json: weights in one of these forms
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
 class ModelSpec:
@@ -17,6 +28,17 @@ class ModelSpec:
         weights in every process (every method of a shootout starts from the same base).
         """
         raise NotImplementedError
+
+    def load_config(self):
+        """Return the model's ``transformers`` config, read without its weights, or None when
+        there is none to read here (the default).
+
+        Called in the parent process before any cell starts: raise ``ValueError`` or ``OSError``
+        with a one-line reason when the model cannot be loaded (its files are missing), and
+        never download or load weights. The core builds a weightless stand-in of the model from
+        the config for the methods' :meth:`~suite.methods.Method.check_params`.
+        """
+        return None
 
 
 class HubModel(ModelSpec):
@@ -37,11 +59,82 @@ class HubModel(ModelSpec):
         )
         return model, tokenizer
 
+    def load_config(self):
+        """A local directory must hold config.json and weights; a hub id is read from the local
+        cache (its config), and must be there when the hub is offline. A hub id not cached while
+        online gives None: the cells download it, the check does not."""
+        from transformers import AutoConfig
+
+        directory = self.local_copy()
+        if directory is None:
+            return None
+        return AutoConfig.from_pretrained(str(directory), trust_remote_code=self.trust_remote_code)
+
+    def local_copy(self) -> Path | None:
+        """The directory the model loads from: the local path, or the hub id's cached snapshot
+        (None: not cached, and the hub is online). ``ValueError`` when there is none to use."""
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        path = Path(self.name).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise ValueError("not a model directory (a file)")
+            return check_model_dir(path)
+        try:
+            validate_repo_id(self.name)
+        except HFValidationError:
+            raise ValueError("no such directory, and not a Hugging Face model id") from None
+        try:
+            cached = Path(snapshot_download(self.name, local_files_only=True))
+        except (OSError, ValueError):  # LocalEntryNotFoundError: nothing cached
+            cached = None
+        if cached is not None:
+            return check_model_dir(cached, f"the cached copy {cached}")
+        if constants.HF_HUB_OFFLINE:
+            raise ValueError(f"no such directory, and no local copy of the hub model while HF_HUB_OFFLINE is set "
+                             f"(download it first: hf download {self.name})")
+        return None
+
+
+def check_model_dir(path: Path, what: str = "the directory") -> Path:
+    """``path`` if it looks like a model directory (config.json and weights); else ``ValueError``."""
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{what} has no config.json (not a model directory)")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise ValueError(f"{what} holds no weights ({', '.join(WEIGHT_PATTERNS)})")
+    return path
+
 
 def resolve(name: str, registry, trust_remote_code: bool = False) -> ModelSpec:
     if name in registry.models:
         return registry.models[name]
     return HubModel(name, trust_remote_code)
+
+
+def model_config(name: str, registry, trust_remote_code: bool = False):
+    """The config of model ``name`` (None when it cannot be read without a download), checked in
+    the parent before any cell starts; a one-line ``ValueError`` naming ``--model`` when the
+    model cannot be used here."""
+    spec = resolve(name, registry, trust_remote_code)
+    try:
+        return spec.load_config()
+    except (OSError, ValueError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--model {name}: {text}") from None
+
+
+def stand_in(config, trust_remote_code: bool = False):
+    """A weightless stand-in of the model with ``config``: its modules built on the meta device
+    (shapes, no values, no memory); None when the architecture cannot be built that way."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # an architecture that cannot be built on meta: methods check without it
+        return None
 
 
 def prepare_tokenizer(tokenizer):

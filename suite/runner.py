@@ -2,17 +2,21 @@
 
 Records are the only results: a cell is done when ``runs/<run_id>/record.json`` exists.
 ``--resume`` skips those cells; an interrupted shootout keeps everything that finished.
+Everything a user can get wrong (names, data files, the model, every setting, the output
+directory) is checked here, in the parent, before any cell starts; the output directory is
+locked while the shootout runs (:mod:`suite.outdir`).
 """
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import sweep
 from .cell import Cell
 from .errors import UsageError
-from .records import read_record, read_records, record_path
+from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
@@ -36,9 +40,14 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     """Every name and setting of ``config`` checked against the plugins; one-line UsageErrors.
 
     Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
-    validated before any cell starts: bad data stops the shootout with one line.
+    validated before any cell starts: bad data stops the shootout with one line. So is the
+    model (:func:`suite.models.model_config`: a missing local path, or a hub id with no local
+    copy when offline), and every method's settings: a finite positive ``lr``, then the
+    method's own :meth:`~suite.methods.Method.check_params` on a weightless stand-in of the
+    model.
     """
-    from .methods import method_params
+    from .methods import check_params, method_params
+    from .models import model_config, stand_in
     from .userdata import resolve_task
 
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
@@ -47,13 +56,19 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
     params = {}
-    for name, method in methods.items():
-        try:
+    try:
+        for name, method in methods.items():
             params[name] = method_params(method, config.method_overrides.get(name))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    sweep.check(config.sweep, methods)
-    grids = {name: sweep.method_grid(method, config.sweep) for name, method in methods.items()}
+        sweep.check(config.sweep, methods)
+        grids = {name: sweep.method_grid(method, config.sweep) for name, method in methods.items()}
+        base = model_config(config.model, registry, config.trust_remote_code)
+        build = (lambda: stand_in(base, config.trust_remote_code)) if base is not None else None
+        for name, method in methods.items():
+            check_params(method, params[name], config.method_overrides.get(name), build)
+            for setting in sweep.combinations(grids[name]) if grids[name] else []:  # each one a tuning run tries
+                check_params(method, {**params[name], **setting}, setting, build)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return Plan(tasks, methods, params, grids)
 
 
@@ -127,24 +142,32 @@ class Outcome:
 
 
 def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool = True) -> Outcome:
-    """Run a shootout: baselines and tuning runs first, then the final runs (each swept method
-    at the setting its tuning chose), then the report. ``--resume`` skips finished cells."""
-    from tqdm.auto import tqdm
-
+    """Check everything, lock the output directory, then run the baselines and tuning runs, the
+    final runs (each swept method at the setting its tuning chose), and write the report.
+    ``--resume`` skips finished cells."""
+    from . import outdir
     from .executors import make_executor
-    from .report import write_report
 
     resolved = resolve(config, registry)
-    first = baseline_cells(config, resolved) + tuning_cells(config, resolved)
     executor = executor or make_executor(config, registry, progress)
-    out = Path(config.out)
-    existing = list(out.glob("runs/*/record.json")) if out.exists() else []
+    out = outdir.prepare(config.out)
+    with outdir.locked(out):
+        return _run_locked(config, resolved, executor, out, progress)
+
+
+def _run_locked(config: ShootoutConfig, resolved: Plan, executor, out: Path, progress: bool) -> Outcome:
+    from tqdm.auto import tqdm
+
+    from .report import write_report
+
+    existing = record_paths(out)
     if existing and not config.resume:
         raise UsageError(f"{out} already holds {len(existing)} finished runs; pass --resume or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    finals = len(config.tasks) * len(config.methods) * len(config.seeds)
+    first = baseline_cells(config, resolved) + tuning_cells(config, resolved)
+    finals = final_cells(config, resolved)  # their ids; their settings wait for the tuning
+    set_aside_damaged(existing, {cell.run_id for cell in first + finals})
     outcome = Outcome(out, 0, 0, {})
-    bar = tqdm(total=len(first) + finals, desc="shootout", unit="cell", disable=not progress)
+    bar = tqdm(total=len(first) + len(finals), desc="shootout", unit="cell", disable=not progress)
     try:
         _execute(executor, first, out, bar, outcome)
         cells = final_cells(config, resolved, choose_settings(out, config, resolved))
@@ -176,6 +199,18 @@ def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> N
             outcome.baselines += 1
         bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
         bar.update(1)
+
+
+def set_aside_damaged(paths: list[Path], planned: set[str]) -> None:
+    """``--resume``: move each damaged record among ``paths`` aside, with one warning line naming
+    it; its cell, when it is one of the ``planned`` run ids, then runs again."""
+    for path in paths:
+        try:
+            load_record(path)
+        except DamagedRecord as e:
+            moved = set_aside(path)
+            then = "its cell runs again" if path.parent.name in planned else "its cell is not in this shootout"
+            print(f"leitai: warning: {e}; moved to {moved.name}, {then}", file=sys.stderr)
 
 
 def truncation_warnings(records: list[dict], max_len: int) -> list[str]:

@@ -47,6 +47,10 @@ def new_plugin(name: str, directory: Path | None = None, registry=None) -> tuple
     root = Path(directory) if directory else Path(values["dist"])
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UsageError(f"new-plugin: {root} already exists and is not an empty directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"new-plugin: cannot create {root} ({e.strerror or e})") from None
     templates = resources.files("suite") / "templates" / "plugin"
     written = []
     for template, target in FILES.items():

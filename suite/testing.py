@@ -11,6 +11,10 @@ On tiny random Llama, Qwen2 and GPT-2 models (a few thousand parameters each, bu
 download) it checks, each under its own name:
 
 ``applies``           ``apply`` returns a model whose forward gives a finite ``.loss`` and ``.logits``
+``params``            ``check_params`` accepts the settings ``apply`` just worked with, on a
+                      weightless stand-in of the model (built on the meta device, as the core
+                      builds it before a shootout): a check that does not would stop every
+                      shootout with the method
 ``starts-from-base``  (methods that claim ``starts_from_base``) the untrained model's logits
                       equal the base model's
 ``trainable``         the core counts trainable parameters > 0, equal to the method's own
@@ -49,7 +53,7 @@ from .methods import Method, method_params
 from .train import TrainSettings, make_optimizer
 
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
-CHECKS = ("applies", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
+CHECKS = ("applies", "params", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
           "base-view", "merge")
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 
@@ -275,6 +279,7 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
         return results
     run: _Run = state["run"]
 
+    record("params", lambda: _params(method, params, arch))
     if method.starts_from_base:
         record("starts-from-base", lambda: _on(arch, starts_from_base_error(run.model, batch, run.base_logits)))
     else:
@@ -303,6 +308,17 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
 
 def _on(arch: str, error: str | None) -> str | None:
     return f"{error} on {arch}" if error else None
+
+
+def _params(method, params, arch) -> str | None:
+    from .models import stand_in
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # building a model draws random numbers; the run's stay as they were
+            method.check_params(dict(params), stand_in(tiny_config(arch)))
+    except ValueError as e:
+        return f"check_params rejects the settings apply() worked with ({str(e).strip().splitlines()[0]}) on {arch}"
+    return None
 
 
 def _loss(run: _Run, params, batch, arch) -> str | None:

@@ -211,6 +211,15 @@ class FakeMerge(LoRA):
         return model.unload()
 
 
+class Picky(LoRA):
+    """Its settings check refuses the very settings its apply() works with."""
+
+    name = "picky"
+
+    def check_params(self, params, model=None):
+        raise ValueError("r must be a power of three")
+
+
 def attempt(name: str) -> int:
     """Count one more attempt of method ``name``; return how many there were."""
     marker = Path(os.environ["UNRULY_DIR"]) / name
@@ -241,12 +250,16 @@ class DiesAlways(LoRA):
 
 
 class Hangs(LoRA):
-    """Sleeps (as a long cell would) unless UNRULY_NO_HANG is set."""
+    """Sleeps (as a long cell would) unless UNRULY_NO_HANG is set; its process id is in
+    ``$UNRULY_DIR/hangs.pid`` while it sleeps."""
 
     name = "hangs"
 
     def apply(self, model, params):
         attempt(self.name)
+        pid = Path(os.environ["UNRULY_DIR"]) / f"{self.name}.pid"
+        pid.with_suffix(".tmp").write_text(str(os.getpid()))
+        pid.with_suffix(".tmp").replace(pid)  # whole, or not there
         if not os.environ.get("UNRULY_NO_HANG"):
             time.sleep(600)
         return super().apply(model, params)

@@ -15,7 +15,7 @@ import torch
 from suite import Method, hookimpl
 
 from . import prune
-from .config import DEFAULTS, PAPER, side_shape
+from .config import DEFAULTS, PAPER, check_settings, side_shape
 from .model import LadderSideModel, SideNetwork
 
 
@@ -58,6 +58,14 @@ class LST(Method):
 
     def apply(self, model, params):
         return build(model, params)
+
+    def check_params(self, params, model=None):
+        """The side network is built beside the stand-in (``side_shape`` checks every setting
+        against the backbone's width and depth); without one, the settings alone are checked."""
+        if model is None:
+            check_settings(params)
+        else:
+            build(model, params)
 
     def trainable_count(self, model):
         """The side network's size: LST trains it and nothing else."""

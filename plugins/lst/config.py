@@ -1,6 +1,7 @@
 """LST's settings, where they come from, and the side-network shape they give on a backbone."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 DEFAULTS = {
@@ -58,19 +59,28 @@ class SideShape:
         return asdict(self)
 
 
-def side_shape(config, params: dict, gated: bool, act: str) -> SideShape:
-    """The side network's shape for a transformers ``config``; bad settings raise ``ValueError``."""
-    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+def check_settings(params: dict, width: int | None = None, layers: int | None = None) -> None:
+    """Raise ``ValueError`` for a setting LST cannot use; the bounds that depend on the backbone
+    (its ``width`` and number of ``layers``) are checked when they are given."""
     r, k, temperature = params["reduction"], params["keep_every"], params["gate_temperature"]
-    d, n_layers, heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
-    if not isinstance(r, int) or not 1 <= r <= d:
-        raise ValueError(f"lst: reduction must be an integer from 1 to the model width {d}, got {r!r}")
-    if not isinstance(k, int) or not 1 <= k <= n_layers:
-        raise ValueError(f"lst: keep_every must be an integer from 1 to the layer count {n_layers}, got {k!r}")
-    if not isinstance(temperature, (int, float)) or temperature <= 0:
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if not whole(r) or r < 1 or (width is not None and r > width):
+        raise ValueError(f"lst: reduction must be an integer from 1 to the model width {width or 'd'}, got {r!r}")
+    if not whole(k) or k < 1 or (layers is not None and k > layers):
+        raise ValueError(f"lst: keep_every must be an integer from 1 to the layer count {layers or 'L'}, got {k!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0 \
+            or not math.isfinite(temperature):
         raise ValueError(f"lst: gate_temperature must be a positive number, got {temperature!r}")
     if params["init"] not in INITS:
         raise ValueError(f"lst: init must be one of {', '.join(INITS)}, got {params['init']!r}")
+
+
+def side_shape(config, params: dict, gated: bool, act: str) -> SideShape:
+    """The side network's shape for a transformers ``config``; bad settings raise ``ValueError``."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d, n_layers, heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
+    check_settings(params, d, n_layers)
+    r, k, temperature = params["reduction"], params["keep_every"], params["gate_temperature"]
     head_dim = getattr(cfg, "head_dim", None) or d // heads
     ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
     eps = next((getattr(cfg, a) for a in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps")

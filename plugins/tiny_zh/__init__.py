@@ -13,20 +13,34 @@ HERE = Path(__file__).parent
 INIT_SEED = 0
 
 
+def _weights() -> Path:
+    """The shipped weights file; FileNotFoundError saying how to rebuild it when it is missing."""
+    from .pretrain import WEIGHTS
+
+    weights = HERE / WEIGHTS
+    if not weights.exists():
+        raise FileNotFoundError(f"{weights} is missing: rebuild it with 'leitai base build --out {HERE}'")
+    return weights
+
+
 class TinyZh(ModelSpec):
     name = "tiny-zh"
     default = True
     description = "embedded pretrained LLaMA-architecture Chinese LM (~5M parameters, character tokenizer)"
 
+    def load_config(self):
+        from transformers import AutoConfig
+
+        _weights()
+        return AutoConfig.from_pretrained(str(HERE))
+
     def load(self):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .pretrain import CHECKSUM, WEIGHTS, file_sha256
+        from .pretrain import CHECKSUM, file_sha256
 
-        weights = HERE / WEIGHTS
-        if not weights.exists():
-            raise FileNotFoundError(f"{weights} is missing: rebuild it with 'leitai base build --out {HERE}'")
+        weights = _weights()
         expected = (HERE / CHECKSUM).read_text(encoding="utf-8").split()[0]
         if file_sha256(weights) != expected:
             raise ValueError(f"{weights} does not match its recorded checksum {CHECKSUM}: corrupted or replaced")
@@ -39,6 +53,11 @@ class TinyZh(ModelSpec):
 class TinyZhRandom(ModelSpec):
     name = "tiny-zh-random"
     description = "tiny-zh's architecture and tokenizer, randomly initialised from a fixed seed (no pretraining)"
+
+    def load_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(HERE))
 
     def load(self):
         from transformers import AutoConfig, AutoTokenizer

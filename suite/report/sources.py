@@ -14,31 +14,22 @@ Merging rules (``leitai report A B --out M``):
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from ..records import record_path
-
-
-def _read(path: Path) -> dict:
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable record ({e})") from None
-    if not isinstance(record, dict) or "run_id" not in record:
-        raise UsageError(f"{path}: not a run record (no run_id)")
-    return record
+from ..records import load_record, record_path, record_paths
 
 
 def collect(dirs: list[Path]) -> dict[str, tuple[Path, dict]]:
     """``{run_id: (record path, record)}`` over ``dirs``, in run-id order; duplicates are an error."""
     found: dict[str, tuple[Path, dict]] = {}
     for d in dirs:
-        for path in sorted(Path(d).glob("runs/*/record.json")):
-            record = _read(path)
+        for path in record_paths(d):
+            record = load_record(path)
+            if record is None:  # gone since the listing
+                continue
             rid = record["run_id"]
             if rid in found and found[rid][0].resolve() != path.resolve():
                 raise UsageError(
