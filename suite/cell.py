@@ -85,7 +85,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
     from .plugins import registry
-    from .tasks import extra_metrics, format_prompt
+    from .tasks import extra_metrics, score_answers
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, tail_mean, train
     from .userdata import resolve_task
 
@@ -105,6 +105,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     tokenizer = models.prepare_tokenizer(tokenizer)
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
+    if cell.loss_turns == "last":  # conversations: loss on the last answer only (dev loss keeps every one)
+        train_set = [e.last_turn_only() for e in train_set]
     test_prompts, max_new_tokens = prepared.test_prompts, prepared.max_new_tokens
     record["metrics"].update(data_seconds=prepared.seconds, data_cached=prepared.cached)
     if cell.gradient_checkpointing:
@@ -179,18 +181,18 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         dev_loss = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
         outputs = greedy_generate(
-            model, test_prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, device,
+            model, test_prompts, max_new_tokens, prepared.stop_ids, tokenizer.pad_token_id, device,
             cell.eval_batch_size,
         )
     texts = [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
     m["eval_loss"] = dev_loss
     references = [ex.output for ex in test_examples]
-    m["score"] = task.score(texts, references)
+    m.update(score_answers(task, texts, references, test_examples))  # and per turn, for conversations
     m.update(extra_metrics(task, texts, references, m))
     record["curve"].append({"step": len(result.losses), "split": "dev", "loss": dev_loss})
     record["generations"] = [
-        {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t}
-        for ex, t in zip(test_examples, texts)
+        {"example_id": ex.id, "turn": len(ex.all_turns), "prompt": prompt, "reference": ex.output, "output": t}
+        for ex, prompt, t in zip(test_examples, prepared.test_texts, texts)
     ]
 
     adapter = run_dir / "adapter"

@@ -29,6 +29,11 @@ NOTES = (
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
 )
+TURNS_NOTE = (
+    "Conversation tasks: each assistant turn is generated given the reference answers before it "
+    "and scored on its own (the task's metric for that turn); 'all turns' is the task's score. "
+    "A method whose score falls from turn to turn loses the thread as the conversation grows."
+)
 OVERALL_NOTE = (
     "mean rank: a method's rank by mean score on each task it ran (1 = best; a task where it "
     "has no ok run counts as last place), averaged over tasks. relative score: its mean score "
@@ -43,6 +48,8 @@ class TaskSection:
     table: pd.DataFrame
     more: pd.DataFrame
     answers: pd.DataFrame
+    #: a conversation task's score per assistant turn (empty for single-turn tasks)
+    turns: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -75,6 +82,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             task=task, score_name=name, table=tables.task_table(results, stats, task),
             more=tables.more_table(results, stats, task),
             answers=tables.answers_table(results, generations, task, orders[task]),
+            turns=tables.turn_table(results, stats, task),
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:

@@ -72,10 +72,14 @@ def curves_frame(records: list[dict]) -> pd.DataFrame:
     return df.sort_values(["run_id", "split", "step"], kind="stable").reset_index(drop=True)
 
 
+GENERATION_COLUMNS = ["run_id", "example_id", "turn", "prompt", "reference", "output"]
+
+
 def generations_frame(records: list[dict]) -> pd.DataFrame:
-    """Every test prompt with its reference and each run's greedy answer."""
+    """Every test prompt with its reference and each run's greedy answer; ``turn`` is the
+    assistant turn a conversation's answer is for (1 for single-turn tasks and older records)."""
     rows = [
-        {"run_id": r["run_id"], **{k: g.get(k) for k in ("example_id", "prompt", "reference", "output")}}
+        {"run_id": r["run_id"], **{k: g.get(k) for k in GENERATION_COLUMNS[1:]}, "turn": g.get("turn") or 1}
         for r in records for g in r.get("generations") or []
     ]
-    return pd.DataFrame(rows, columns=["run_id", "example_id", "prompt", "reference", "output"])
+    return pd.DataFrame(rows, columns=GENERATION_COLUMNS)
