@@ -84,8 +84,8 @@ def load_file_task(name: str) -> FileTask:
         if fmt is None:
             fmt, first = this, where
         elif this != fmt:
-            raise UsageError(f"{path}: {where}: a {FORMATS[this]} record in a file of {FORMATS[fmt]} records "
-                             f"(the first, {first}); one file holds one format")
+            raise UsageError(f"{path}: {where}: the record is {FORMATS[this]}, the first one ({first}) "
+                             f"{FORMATS[fmt]}; a file holds records of one format")
         examples.append(to_example(path, where, record, fmt))
     return FileTask(name, path, scorer, examples, f"{shape}, {FORMATS[fmt].partition(' (')[0]}", digest)
 
