@@ -10,15 +10,19 @@ message as the template writes it, its end-of-turn marker included (trailing whi
 the next prompt piece). Templates must render a conversation as a prefix of its continuation,
 as chat templates do; one that does not is refused with a :class:`TemplateError`.
 
-Every piece is tokenised on its own (without added special tokens: the template writes them), so
-the prompt of turn ``k`` is exactly the first ids of the whole conversation, as generation sees
-them, and the assistant's tokens are exactly the answer pieces' tokens, the only ones that carry
-loss. A conversation longer than the context drops its oldest turns, whole (the system message
-stays), until it fits; a last turn that alone is too long keeps at most half the context for its
-answer and shortens the user's message, as single-turn examples do (:func:`suite.data.encode`).
+The rendered conversation is tokenised as one text (without added special tokens: the template
+writes them), and the tokenizer's character offsets tell which tokens are each answer's: the
+assistant's tokens, the only ones that carry loss. The prompt of turn ``k`` is the ids before
+its answer, exactly what training saw before it. Should a token straddle the start or end of an
+answer (or the tokenizer give no offsets), the conversation is tokenised piece by piece instead,
+which keeps the same guarantees. A conversation longer than the context drops its oldest turns,
+whole (the system message stays), until it fits; a last turn that alone is too long keeps at
+most half the context for its answer and shortens the user's message, as single-turn examples
+do (:func:`suite.data.encode`).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 from .data import Encoded, fit, token_ids
@@ -122,80 +126,121 @@ def layout(tokenizer, template: str, example: Example, first: int = 0, close: st
     return Layout(full, answers, users)
 
 
+@dataclass
+class Tokens:
+    """A rendered conversation's ids, and where its turns are in them (token positions)."""
+
+    ids: list[int]
+    answers: list[tuple[int, int]]  # each assistant answer, its end-of-turn marker included
+    users: list[tuple[int, int] | None]  # each user message, where it could be found
+
+    def training(self, turns: int) -> Encoded:
+        """The first ``turns`` turns for training: the last answer, and the earlier ones' spans."""
+        start, end = self.answers[turns - 1]
+        return Encoded("", self.ids[:start], self.ids[start:end], list(self.answers[: turns - 1]))
+
+    def prompt(self, turn: int) -> tuple[list[int], list[int], list[int]]:
+        """``(head, user message, tail)`` ids of the prompt of assistant turn ``turn``: the
+        message may be shortened to fit, the rest must stay."""
+        start = self.answers[turn - 1][0]
+        a, b = self.users[turn - 1] or (start, start)
+        return self.ids[:a], self.ids[a:b], self.ids[b:start]
+
+
 class ChatEncoder:
-    """Token ids of conversations through one tokenizer's chat template (pieces tokenised once)."""
+    """Token ids of conversations through one tokenizer's chat template."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.template = template_of(tokenizer)
         self.close = user_close(tokenizer, self.template)
-        self._ids: dict[str, list[int]] = {}
 
-    def tokenise(self, texts: list[str]) -> None:
-        """Tokenise the texts not seen yet, in one batched call."""
-        new = [t for t in dict.fromkeys(texts) if t not in self._ids]
-        self._ids.update(zip(new, token_ids(self.tokenizer, new, False)))
+    def layout(self, example: Example, first: int = 0) -> Layout:
+        return layout(self.tokenizer, self.template, example, first, self.close)
 
-    def ids(self, pieces: list[tuple[str, str]]) -> list[tuple[str, list[int]]]:
-        self.tokenise([text for _, text in pieces])
-        return [(kind, self._ids[text]) for kind, text in pieces]
-
-    def layouts(self, examples: list[Example]) -> list[Layout]:
-        """Every example's layout, their pieces tokenised in one batch."""
-        out = [layout(self.tokenizer, self.template, ex, 0, self.close) for ex in examples]
-        self.tokenise([text for lay in out for _, text in lay.pieces(len(lay.answers), True)])
+    def tokens(self, layouts: list[Layout]) -> list[Tokens]:
+        """Each layout's ids, by its whole text's tokenisation where the answers start and end
+        at token boundaries, else piece by piece (all texts in one batched call)."""
+        texts = [lay.text[: lay.answers[-1][1]] for lay in layouts]
+        try:
+            enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, ValueError, TypeError):  # a tokenizer without offsets
+            enc = None
+        out = []
+        for i, lay in enumerate(layouts):
+            whole = enc and _by_offsets(lay, enc["input_ids"][i], enc["offset_mapping"][i])
+            out.append(whole or _by_pieces(self.tokenizer, lay))
         return out
 
-    def training(self, example: Example, lay: Layout, max_len: int) -> tuple[Encoded, bool]:
+    def training(self, example: Example, tokens: Tokens, max_len: int) -> tuple[Encoded, bool]:
         """The example for training (every answer's span), fitted to ``max_len``; whether it was cut."""
         n = len(example.all_turns)
         for first in range(n):
             if first:
-                lay = layout(self.tokenizer, self.template, example, first, self.close)
-            pieces = self.ids(lay.pieces(n - first, answer=True))
-            if sum(len(ids) for _, ids in pieces) <= max_len:
-                return _training_item(example.id, pieces), first > 0
-        answer = pieces[-1][1]  # one turn left and still too long: cap the answer, shorten the message
+                (tokens,) = self.tokens([self.layout(example, first)])
+            item = tokens.training(n - first)
+            if item.length <= max_len:
+                item.example_id = example.id
+                return item, first > 0
+        answer = item.answer  # one turn left and still too long: cap the answer, shorten the message
         if len(answer) > max_len // 2:
             answer = answer[: max_len // 2 - 1] + answer[-1:]
-        head, body, tail = _split_last_user(pieces[:-1])
-        prompt, _ = fit(head, body, tail, max_len - len(answer))
+        prompt, _ = fit(*tokens.prompt(1), max_len - len(answer))
         return Encoded(example.id, prompt, answer), True
 
-    def prompts(self, example: Example, lay: Layout, max_prompt: int) -> list[tuple[list[int], bool]]:
+    def prompts(self, example: Example, tokens: Tokens, max_prompt: int) -> list[tuple[list[int], bool]]:
         """The prompt of each assistant turn given the reference answers before it, fitted to
         ``max_prompt`` (oldest turns dropped first), and whether it was cut."""
-        out, layouts = [], {0: lay}
-        for k in range(1, len(lay.answers) + 1):
+        out, by_first = [], {0: tokens}
+        for k in range(1, len(tokens.answers) + 1):
             for first in range(k):
-                if first not in layouts:
-                    layouts[first] = layout(self.tokenizer, self.template, example, first, self.close)
-                pieces = self.ids(layouts[first].pieces(k - first, answer=False))
-                prompt = [t for _, ids in pieces for t in ids]
-                if len(prompt) <= max_prompt:
-                    out.append((prompt, first > 0))
+                if first not in by_first:
+                    (by_first[first],) = self.tokens([self.layout(example, first)])
+                parts = by_first[first].prompt(k - first)
+                if sum(map(len, parts)) <= max_prompt:
+                    out.append((sum(parts, []), first > 0))
                     break
             else:
-                out.append((fit(*_split_last_user(pieces), max_prompt)[0], True))
+                out.append((fit(*parts, max_prompt)[0], True))
         return out
 
 
-def _training_item(example_id: str, pieces: list[tuple[str, list[int]]]) -> Encoded:
-    prompt, spans = [], []
-    for kind, ids in pieces[:-1]:
+def _by_offsets(lay: Layout, ids: list[int], offsets: list[tuple[int, int]]) -> Tokens | None:
+    """Token positions of the layout's turns from the tokenizer's character offsets; None when a
+    token straddles the start or end of an answer."""
+    starts = [s for s, _ in offsets]
+    if any(b < a for a, b in zip(starts, starts[1:])):  # offsets out of order: trust none of them
+        return None
+
+    def at(c: int) -> int:  # the first token that starts at or after character c
+        return bisect.bisect_left(starts, c)
+
+    def clean(c: int) -> bool:
+        i = at(c)
+        return (i == 0 or offsets[i - 1][1] <= c) and (i == len(offsets) or offsets[i][0] >= c)
+
+    if not all(clean(c) for span in lay.answers for c in span):
+        return None
+    answers = [(at(a), at(b)) for a, b in lay.answers]
+    users = [(at(u[0]), at(u[1])) if u else None for u in lay.users]
+    return Tokens(list(ids), answers, users)
+
+
+def _by_pieces(tokenizer, lay: Layout) -> Tokens:
+    """The layout tokenised piece by piece (prompt, user message, answer...): every boundary is
+    a token boundary by construction."""
+    pieces = lay.pieces(len(lay.answers), answer=True)
+    ids, answers, users = [], [], []
+    for (kind, _), piece in zip(pieces, token_ids(tokenizer, [text for _, text in pieces], False)):
+        span = (len(ids), len(ids) + len(piece))
+        ids += piece
         if kind == "answer":
-            spans.append((len(prompt), len(prompt) + len(ids)))
-        prompt += ids
-    return Encoded(example_id, prompt, list(pieces[-1][1]), spans)
-
-
-def _split_last_user(pieces: list[tuple[str, list[int]]]) -> tuple[list[int], list[int], list[int]]:
-    """(head, user message, tail) ids of a prompt: the last user message may be shortened."""
-    at = max((i for i, (kind, _) in enumerate(pieces) if kind == "user"), default=None)
-    flat = lambda ps: [t for _, ids in ps for t in ids]  # noqa: E731
-    if at is None:
-        return flat(pieces), [], []
-    return flat(pieces[:at]), list(pieces[at][1]), flat(pieces[at + 1:])
+            answers.append(span)
+            if len(users) < len(answers):  # a turn whose user message was not found
+                users.append(None)
+        elif kind == "user":
+            users.append(span)
+    return Tokens(ids, answers, users)
 
 
 def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encoded], int]:
@@ -203,8 +248,8 @@ def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encod
     carry loss unless training on the last turn only), and how many had to be cut."""
     encoder = ChatEncoder(tokenizer)
     out, cut = [], 0
-    for ex, lay in zip(examples, encoder.layouts(examples)):
-        item, was_cut = encoder.training(ex, lay, max_len)
+    for ex, tokens in zip(examples, encoder.tokens([encoder.layout(ex) for ex in examples])):
+        item, was_cut = encoder.training(ex, tokens, max_len)
         out.append(item)
         cut += was_cut
     return out, cut
@@ -214,7 +259,8 @@ def turn_prompts(tokenizer, examples: list[Example], max_prompt: int) -> list[li
     """For each conversation, the prompt ids of each of its assistant turns (reference history)
     and whether each was cut to fit ``max_prompt``."""
     encoder = ChatEncoder(tokenizer)
-    return [encoder.prompts(ex, lay, max_prompt) for ex, lay in zip(examples, encoder.layouts(examples))]
+    layouts = [encoder.layout(ex) for ex in examples]
+    return [encoder.prompts(ex, tokens, max_prompt) for ex, tokens in zip(examples, encoder.tokens(layouts))]
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -222,9 +268,9 @@ def stop_ids(tokenizer) -> list[int]:
     closes an assistant message in the chat template when it is a special one (``<|im_end|>``)."""
     stops = [tokenizer.eos_token_id]
     encoder = ChatEncoder(tokenizer)
-    (lay,) = encoder.layouts([Example.conversation([("Hi", "", "OK")])])
-    start, end = lay.answers[0]
-    last = encoder.ids([("answer", lay.text[start:end])])[0][1][-1]
+    (tokens,) = encoder.tokens([encoder.layout(Example.conversation([("Hi", "", "OK")]))])
+    start, end = tokens.answers[0]
+    last = tokens.ids[end - 1]
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
     if last in special and last not in stops:
         stops.append(last)
