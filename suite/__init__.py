@@ -12,8 +12,8 @@ from .forgetting import SideCorpus
 from .hookspecs import hookimpl
 from .methods import Method, PeftMethod
 from .models import ModelSpec
-from .tasks import Example, Task
+from .tasks import Example, Task, Turn
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "Method", "PeftMethod", "ModelSpec", "Task", "Example", "SideCorpus", "Executor",
+__all__ = ["hookimpl", "Method", "PeftMethod", "ModelSpec", "Task", "Example", "Turn", "SideCorpus", "Executor",
            "Command", "UsageError", "__version__"]

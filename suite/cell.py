@@ -111,6 +111,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     tokenizer = models.prepare_tokenizer(tokenizer)
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
+    if cell.loss_turns == "last":  # conversations: loss on the last answer only (dev loss keeps every one)
+        train_set = [e.last_turn_only() for e in train_set]
     max_new_tokens = prepared.max_new_tokens
     m = record["metrics"]
     m.update(data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
@@ -120,18 +122,25 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     if task.choices:  # the loss of knowing the answer format but not the labels
         m["class_prior_loss"] = class_prior_loss(prepared.train_answers, train_set)
 
+    def answers(model, prompts):  # greedy answers as text, scored the same way for every model
+        return greedy_answers(model, tokenizer, prompts, max_new_tokens, prepared.stop_ids, device, cell.eval_batch_size)
+
+    def choices(model):  # the closed answer set's most likely label, for classification tasks
+        return choice_accuracy(model, tokenizer, prepared.test_prompts, task.choices, [ex.output for ex in test_examples],
+                               device, cell.eval_batch_size)
+
     if cell.phase == BASELINE:  # the untrained base model, scored like a trained one, and the trivial answers
         base.to(device)
         with accelerator.autocast():
             m["eval_loss"] = mean_loss(base, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
-            texts = greedy_answers(base, tokenizer, prepared.test_prompts, max_new_tokens, device, cell.eval_batch_size)
+            texts = answers(base, prepared.test_prompts)
             if task.choices:
-                m["choice_accuracy"] = choice_accuracy(base, tokenizer, prepared.test_prompts, task.choices,
-                                                       [ex.output for ex in test_examples], device, cell.eval_batch_size)
-        m["score"], record["generations"] = scored(task, texts, test_examples)
-        kind, answers = trivial_answers(task, prepared.train_answers, test_examples)
-        trivial_score, trivial_generations = scored(task, answers, test_examples)
-        record["trivial"] = {"kind": kind, "score": trivial_score, "generations": trivial_generations}
+                m["choice_accuracy"] = choices(base)
+        scores, record["generations"] = scored(task, texts, test_examples, prepared.test_texts)
+        m.update(scores)
+        kind, trivial = trivial_answers(task, prepared.train_answers, test_examples)
+        scores, generations = scored(task, trivial, test_examples, prepared.test_texts)
+        record["trivial"] = {"kind": kind, "score": scores["score"], "generations": generations}
         record["status"] = "ok"
         return True
 
@@ -204,15 +213,15 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         m["eval_loss"] = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
         record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
         if tuning:  # the dev split's score decides which setting the final runs use; test is never read
-            texts = greedy_answers(model, tokenizer, prepared.dev_prompts, max_new_tokens, device, cell.eval_batch_size)
-            m["dev_score"] = float(task.score(texts, [ex.output for ex in prepared.dev_examples]))
+            texts = answers(model, prepared.dev_prompts)
+            m["dev_score"] = scored(task, texts, prepared.dev_examples)[0]["score"]
             record["status"] = "ok"
             return True
-        texts = greedy_answers(model, tokenizer, prepared.test_prompts, max_new_tokens, device, cell.eval_batch_size)
+        texts = answers(model, prepared.test_prompts)
         if task.choices:
-            m["choice_accuracy"] = choice_accuracy(model, tokenizer, prepared.test_prompts, task.choices,
-                                                   [ex.output for ex in test_examples], device, cell.eval_batch_size)
-    m["score"], record["generations"] = scored(task, texts, test_examples)
+            m["choice_accuracy"] = choices(model)
+    scores, record["generations"] = scored(task, texts, test_examples, prepared.test_texts)
+    m.update(scores)  # and per turn, for conversations
     m.update(extra_metrics(task, texts, [ex.output for ex in test_examples], m))
 
     adapter = run_dir / "adapter"

@@ -6,7 +6,7 @@ the method. Batches group examples of similar length, so padding wastes little c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -20,13 +20,24 @@ class Encoded:
     example_id: str
     prompt: list[int]  # what generation starts from
     answer: list[int]  # the reference answer, ending with the end-of-sequence token
+    #: a conversation's earlier assistant answers: [start, end) token spans of ``prompt`` that
+    #: carry loss too (empty for single-turn examples, or when training on the last turn only)
+    earlier_answers: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
         return len(self.prompt) + len(self.answer)
 
+    def answer_lengths(self) -> list[int]:
+        """Tokens of each assistant answer in the example, the last one included."""
+        return [end - start for start, end in self.earlier_answers] + [len(self.answer)]
 
-def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    def last_turn_only(self) -> Encoded:
+        """The same tokens with loss on the last answer only."""
+        return Encoded(self.example_id, self.prompt, self.answer)
+
+
+def token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
     """Token ids of many texts in one batched tokenizer call; each distinct text once."""
     distinct = list(dict.fromkeys(texts))
     if not distinct:
@@ -37,26 +48,27 @@ def _token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
 
 def answer_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Each text's token ids as an answer: no start token, the end-of-sequence token last."""
-    return [ids + [tokenizer.eos_token_id] for ids in _token_ids(tokenizer, texts, False)]
+    return [ids + [tokenizer.eos_token_id] for ids in token_ids(tokenizer, texts, False)]
 
 
 def _prompt_ids(tokenizer, examples: list[Example]) -> list[tuple[list[int], list[int], list[int]]]:
     """(head, body, tail) token ids of each example's prompt (see :func:`prompt_parts`)."""
     parts = [prompt_parts(ex) for ex in examples]
-    heads = _token_ids(tokenizer, [p[0] for p in parts], True)  # with the start token, if any
-    bodies = _token_ids(tokenizer, [p[1] for p in parts], False)
-    tails = _token_ids(tokenizer, [p[2] for p in parts], False)
+    heads = token_ids(tokenizer, [p[0] for p in parts], True)  # with the start token, if any
+    bodies = token_ids(tokenizer, [p[1] for p in parts], False)
+    tails = token_ids(tokenizer, [p[2] for p in parts], False)
     return list(zip(heads, bodies, tails))
 
 
-def _fit(head: list[int], body: list[int], tail: list[int], max_prompt: int) -> tuple[list[int], bool]:
+def fit(head: list[int], body: list[int], tail: list[int], max_prompt: int) -> tuple[list[int], bool]:
+    """``head + body + tail`` with the body's end cut off to fit ``max_prompt``; whether it was."""
     room = max(max_prompt - len(head) - len(tail), 0)
     return head + body[:room] + tail, len(body) > room
 
 
 def encode_prompts(tokenizer, examples: list[Example], max_prompt: int) -> list[tuple[list[int], bool]]:
     """Each example's prompt ids, its body shortened to fit ``max_prompt``, and whether it was."""
-    return [_fit(*parts, max_prompt) for parts in _prompt_ids(tokenizer, examples)]
+    return [fit(*parts, max_prompt) for parts in _prompt_ids(tokenizer, examples)]
 
 
 def encode_prompt(tokenizer, example: Example, max_prompt: int) -> tuple[list[int], bool]:
@@ -71,12 +83,12 @@ def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encod
     instruction and the ``Answer:`` cue always survive. Tokenisation is batched (one tokenizer
     call per prompt part and one for the answers, each distinct text once).
     """
-    answers = _token_ids(tokenizer, [ex.output for ex in examples], False)
+    answers = token_ids(tokenizer, [ex.output for ex in examples], False)
     out, truncated = [], 0
     for ex, answer, parts in zip(examples, answers, _prompt_ids(tokenizer, examples)):
         cut = len(answer) + 1 > max_len // 2
         answer = answer[: max_len // 2 - 1] + [tokenizer.eos_token_id]
-        prompt, cut_prompt = _fit(*parts, max_len - len(answer))
+        prompt, cut_prompt = fit(*parts, max_len - len(answer))
         truncated += cut or cut_prompt
         out.append(Encoded(ex.id, prompt, answer))
     return out, truncated
@@ -108,7 +120,8 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, grou
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (loss on answers only).
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (loss on answers only: the
+    last one and a conversation's :attr:`~Encoded.earlier_answers`).
 
     Right padding keeps every real token at the same position as in an unpadded sequence,
     which prefix tuning needs (its prefix keys carry no rotary position).
@@ -122,6 +135,8 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
         labels[row, len(e.prompt) : len(seq)] = torch.tensor(e.answer)
+        for start, end in e.earlier_answers:
+            labels[row, start:end] = torch.tensor(e.prompt[start:end])
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

@@ -13,25 +13,30 @@ from .data import Encoded, collate
 from .generate import greedy_generate
 
 
-def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device, batch_size: int) -> list[str]:
-    """The model's greedy answer to each prompt, as text."""
-    outputs = greedy_generate(model, prompts, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                              device, batch_size)
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], device,
+                   batch_size: int) -> list[str]:
+    """The model's greedy answer to each prompt, as text (it ends at any of ``stop_ids``)."""
+    outputs = greedy_generate(model, prompts, max_new_tokens, stop_ids, tokenizer.pad_token_id, device, batch_size)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outputs]
 
 
-def scored(task, texts: list[str], examples: list) -> tuple[float, list[dict]]:
-    """The task's score of ``texts`` against ``examples``' references, and one generation
-    entry per example (prompt, reference, answer and the example's own score)."""
-    from .tasks import format_prompt
+def scored(task, texts: list[str], asks: list, prompts: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """The task's scores of ``texts`` against the references of ``asks`` (what each answer was
+    asked: an example, or a conversation cut after the turn it answers): ``score``, and for
+    conversations ``score_turn1``... (:func:`suite.tasks.score_answers`); and one generation
+    entry per answer (prompt text, turn, reference, answer and the answer's own score)."""
+    from .tasks import format_prompt, score_answers
 
-    references = [ex.output for ex in examples]
-    per_example = task.example_scores(texts, references)
+    references = [ex.output for ex in asks]
+    per_answer = task.example_scores(texts, references)
+    prompts = prompts or [format_prompt(ex) for ex in asks]
     generations = [
-        {"example_id": ex.id, "prompt": format_prompt(ex), "reference": ex.output, "output": t, "example_score": s}
-        for ex, t, s in zip(examples, texts, per_example)
+        {"example_id": ex.id, "turn": len(ex.all_turns), "prompt": p, "reference": ex.output, "output": t,
+         "example_score": s}
+        for ex, p, t, s in zip(asks, prompts, texts, per_answer)
     ]
-    return float(task.score(texts, references)), generations
+    scores = {k: float(v) for k, v in score_answers(task, texts, references, asks).items()}
+    return scores, generations
 
 
 @torch.inference_mode()

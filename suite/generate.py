@@ -11,17 +11,22 @@ from collections import defaultdict
 import torch
 
 
-def _cut(tokens: list[int], eos_id: int) -> list[int]:
-    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
+def _cut(tokens: list[int], stops: list[int]) -> list[int]:
+    at = next((i for i, t in enumerate(tokens) if t in stops), None)
+    return tokens if at is None else tokens[:at]
 
 
 @torch.inference_mode()
-def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int, device, batch_size: int = 32) -> list[list[int]]:
-    """New token ids (up to, not including, the end token) for each prompt, in order."""
+def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int | list[int], pad_id: int, device,
+                    batch_size: int = 32) -> list[list[int]]:
+    """New token ids (up to, not including, the end token) for each prompt, in order.
+    ``eos_id``: the end token, or every token that ends an answer (a chat template's end of turn)."""
     from transformers import GenerationConfig
 
+    stops = [eos_id] if isinstance(eos_id, int) else list(eos_id)
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos_id, pad_token_id=pad_id
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stops if len(stops) > 1 else stops[0],
+        pad_token_id=pad_id,
     )
     model.eval()
     by_length = defaultdict(list)
@@ -34,7 +39,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
             ids = torch.tensor([prompts[i] for i in chunk], device=device)
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
             for row, i in enumerate(chunk):
-                out[i] = _cut(gen[row, length:].tolist(), eos_id)
+                out[i] = _cut(gen[row, length:].tolist(), stops)
     return out
 
 

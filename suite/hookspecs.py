@@ -37,8 +37,9 @@ def register_tasks(register):
     """Register instruction tasks.
 
     Call ``register(task)`` with an instance of a :class:`suite.tasks.Task` subclass. A task
-    yields train/dev/test :class:`suite.tasks.Example` lists and scores generated answers;
-    ``task.name`` is the name users type after ``--tasks``.
+    yields train/dev/test :class:`suite.tasks.Example` lists (single-turn examples, or
+    conversations made with :meth:`suite.tasks.Example.conversation`) and scores generated
+    answers; ``task.name`` is the name users type after ``--tasks``.
     """
 
 

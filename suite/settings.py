@@ -45,6 +45,8 @@ class RunSettings:
     warmup: float = setting(0.1, "fraction of the steps the learning rate warms up over", fair=True, minimum=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", fair=True, minimum=0)
     grad_clip: float = setting(1.0, "gradient norm clipping (0: none)", fair=True, minimum=0)
+    loss_turns: str = setting("all", "which assistant turns of a conversation carry the training loss: all, or "
+                              "the last only (as ChatGLM's P-tuning script trains)", fair=True, choices=("all", "last"))
     gradient_checkpointing: bool = setting(
         False, "recompute activations in backward: less memory, about a third more time per step", fair=True)
     device: str = setting("auto", "where cells train", choices=("auto", "cpu", "cuda"))

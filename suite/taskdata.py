@@ -6,21 +6,28 @@ once per cell. :func:`prepare` does it once and keeps the result under ``tasks/`
 cache (:mod:`suite.cache`). An entry is keyed by everything the result depends on: the task's
 name, class, source and ``version`` (a task bumps it when its examples change; a user's file
 task uses the file's digest), the split sizes, ``max_len``, the task's ``max_new_tokens``, the
-tokenizer's fingerprint and this module's format.
+tokenizer's fingerprint, the chat template conversations are rendered with and this module's
+format.
+
+Single-turn examples are encoded in the instruction format (:func:`suite.data.encode`),
+conversations through the model's chat template (:mod:`suite.chat`). The test split is one
+prompt per answer to generate: a single-turn example's, or each assistant turn of a
+conversation given the reference answers before it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from dataclasses import dataclass
 
-from . import cache
-from .data import Encoded, encode, encode_prompts
-from .tasks import Example
+from . import cache, chat, data
+from .data import Encoded
+from .tasks import Example, Turn, format_prompt
 
-#: bump when the encoding or the stored layout changes
-FORMAT = 2
+#: bump when the encoding or the stored layout changes (2: conversations; 3: the dev split's prompts)
+FORMAT = 3
 
 
 @dataclass
@@ -29,11 +36,16 @@ class TaskData:
 
     train: list[Encoded]
     dev: list[Encoded]
+    #: what each test prompt asks: a single-turn example, or a conversation cut after the turn
+    #: to answer (:meth:`~suite.tasks.Example.upto`); its ``output`` is the reference
     test: list[Example]
-    test_prompts: list[list[int]]  # the test examples' prompt ids, room left for generation
-    dev_examples: list[Example]  # the dev split as text (tuning runs are scored on it)
-    dev_prompts: list[list[int]]  # and its prompt ids, like test_prompts
+    test_prompts: list[list[int]]  # the test prompts' ids, room left for generation
+    test_texts: list[str]  # the test prompts as text (for generations.csv)
+    #: the dev split as :attr:`test` holds the test split (tuning runs are scored on it), and its prompt ids
+    dev_examples: list[Example]
+    dev_prompts: list[list[int]]
     train_answers: list[str]  # the training answers as text (the majority baseline)
+    stop_ids: list[int]  # the tokens greedy generation stops at (:func:`suite.chat.stop_ids`)
     max_new_tokens: int
     truncated: int  # training examples that did not fit max_len
     eval_truncated: int  # dev and test examples that did not
@@ -56,10 +68,12 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def cache_key(task, sizes: dict | None, max_len: int, tokenizer) -> dict:
+    template = hashlib.sha256(chat.template_of(tokenizer).encode()).hexdigest()
     return {
         "format": FORMAT, "task": task.name, "class": f"{type(task).__module__}.{type(task).__qualname__}",
         "source": task.source, "version": str(task.version), "sizes": sizes, "max_len": max_len,
         "max_new_tokens": task.max_new_tokens, "tokenizer": tokenizer_fingerprint(tokenizer),
+        "chat_template": template,
     }
 
 
@@ -70,19 +84,54 @@ def cache_name(key: dict) -> str:
     return f"tasks/{safe}-{digest}.json"
 
 
+def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encoded], int]:
+    """Training ids of ``examples`` in their order, and how many were cut to ``max_len``:
+    single-turn ones in the instruction format, conversations through the chat template."""
+    out: list[Encoded | None] = [None] * len(examples)
+    cut = 0
+    for is_conversation, encoder in ((False, data.encode), (True, chat.encode)):
+        chosen = [i for i, ex in enumerate(examples) if ex.is_conversation == is_conversation]
+        if chosen:
+            items, n = encoder(tokenizer, [examples[i] for i in chosen], max_len)
+            cut += n
+            for i, item in zip(chosen, items):
+                out[i] = item
+    return out, cut
+
+
+def eval_prompts(tokenizer, examples: list[Example], max_prompt: int) -> tuple[list[Example], list[list[int]], list[str], int]:
+    """One prompt per answer to generate, fitted to ``max_prompt``: ``(what each prompt asks,
+    its ids, its text, how many were cut)``; a conversation gives one per assistant turn."""
+    singles = iter(data.encode_prompts(tokenizer, [ex for ex in examples if not ex.is_conversation], max_prompt))
+    conversations = [ex for ex in examples if ex.is_conversation]
+    turns = iter(chat.turn_prompts(tokenizer, conversations, max_prompt) if conversations else [])
+    asks, ids, texts, cut = [], [], [], 0
+    for ex in examples:
+        if not ex.is_conversation:
+            prompt, was_cut = next(singles)
+            asks.append(ex), ids.append(prompt), texts.append(format_prompt(ex))
+            cut += was_cut
+            continue
+        for k, (prompt, was_cut) in enumerate(next(turns), start=1):
+            asks.append(ex.upto(k)), ids.append(prompt), texts.append(tokenizer.decode(prompt))
+            cut += was_cut
+    return asks, ids, texts, cut
+
+
 def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
     """The task's splits, tokenised (no cache)."""
     splits = task.splits(sizes)
     train, truncated = encode(tokenizer, splits["train"], max_len)
     dev, dev_truncated = encode(tokenizer, splits["dev"], max_len)
     max_new_tokens = generation_budget(task.max_new_tokens, train)
-    prompts = encode_prompts(tokenizer, splits["test"], max_len - max_new_tokens)
-    dev_prompts = encode_prompts(tokenizer, splits["dev"], max_len - max_new_tokens)
+    test, prompts, texts, test_truncated = eval_prompts(tokenizer, splits["test"], max_len - max_new_tokens)
+    dev_asks, dev_prompts, _, _ = eval_prompts(tokenizer, splits["dev"], max_len - max_new_tokens)
+    conversations = any(ex.is_conversation for split in splits.values() for ex in split)
     return TaskData(
-        train=train, dev=dev, test=list(splits["test"]), test_prompts=[ids for ids, _ in prompts],
-        dev_examples=list(splits["dev"]), dev_prompts=[ids for ids, _ in dev_prompts],
-        train_answers=[ex.output for ex in splits["train"]], max_new_tokens=max_new_tokens,
-        truncated=truncated, eval_truncated=dev_truncated + sum(cut for _, cut in prompts),
+        train=train, dev=dev, test=test, test_prompts=prompts, test_texts=texts,
+        dev_examples=dev_asks, dev_prompts=dev_prompts, train_answers=[ex.output for ex in splits["train"]],
+        stop_ids=chat.stop_ids(tokenizer) if conversations else [tokenizer.eos_token_id],
+        max_new_tokens=max_new_tokens, truncated=truncated, eval_truncated=dev_truncated + test_truncated,
     )
 
 
@@ -102,26 +151,35 @@ def prepare(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
 def _from_doc(doc, key: dict) -> TaskData | None:
     if not isinstance(doc, dict) or doc.get("key") != key:  # none, a digest collision or a hand-edited file
         return None
+
+    def example(e):
+        return Example(*e[:4], turns=tuple(Turn(*t) for t in e[4]), system=e[5])
+
     return TaskData(
-        train=[Encoded(*e) for e in doc["train"]], dev=[Encoded(*e) for e in doc["dev"]],
-        test=[Example(*e) for e in doc["test"]], test_prompts=doc["test_prompts"],
-        dev_examples=[Example(*e) for e in doc["dev_examples"]], dev_prompts=doc["dev_prompts"],
-        train_answers=doc["train_answers"], max_new_tokens=doc["max_new_tokens"], truncated=doc["truncated"],
+        train=[Encoded(i, p, a, [tuple(s) for s in spans]) for i, p, a, spans in doc["train"]],
+        dev=[Encoded(i, p, a, [tuple(s) for s in spans]) for i, p, a, spans in doc["dev"]],
+        test=[example(e) for e in doc["test"]], test_prompts=doc["test_prompts"], test_texts=doc["test_texts"],
+        dev_examples=[example(e) for e in doc["dev_examples"]], dev_prompts=doc["dev_prompts"],
+        train_answers=doc["train_answers"], stop_ids=doc["stop_ids"], max_new_tokens=doc["max_new_tokens"],
+        truncated=doc["truncated"],
         eval_truncated=doc["eval_truncated"], cached=True,
     )
 
 
 def _to_doc(key: dict, data: TaskData) -> dict:
+    def encoded(items):
+        return [[e.example_id, e.prompt, e.answer, [list(s) for s in e.earlier_answers]] for e in items]
+
+    def examples(items):
+        return [[e.id, e.instruction, e.input, e.output, [list(dataclasses.astuple(t)) for t in e.turns], e.system]
+                for e in items]
+
     return {
-        "key": key,
-        "train": [[e.example_id, e.prompt, e.answer] for e in data.train],
-        "dev": [[e.example_id, e.prompt, e.answer] for e in data.dev],
-        "test": [[e.id, e.instruction, e.input, e.output] for e in data.test],
-        "test_prompts": data.test_prompts,
-        "dev_examples": [[e.id, e.instruction, e.input, e.output] for e in data.dev_examples],
-        "dev_prompts": data.dev_prompts, "train_answers": data.train_answers,
-        "max_new_tokens": data.max_new_tokens,
-        "truncated": data.truncated, "eval_truncated": data.eval_truncated,
+        "key": key, "train": encoded(data.train), "dev": encoded(data.dev),
+        "test": examples(data.test), "test_prompts": data.test_prompts, "test_texts": data.test_texts,
+        "dev_examples": examples(data.dev_examples), "dev_prompts": data.dev_prompts,
+        "train_answers": data.train_answers, "stop_ids": data.stop_ids,
+        "max_new_tokens": data.max_new_tokens, "truncated": data.truncated, "eval_truncated": data.eval_truncated,
     }
 
 
@@ -129,6 +187,7 @@ def generation_budget(max_new_tokens: int, train_set: list) -> int:
     """Tokens greedy generation may produce: the task's ``max_new_tokens``, but no more than the
     longest training answer (with its end token). Answers are cut to half the context for
     training, so the prompt always keeps room; and no method spends time generating past what
-    any method was taught to answer (the same budget for every method of a task)."""
-    longest = max((len(e.answer) for e in train_set), default=max_new_tokens)
+    any method was taught to answer (the same budget for every method of a task); a conversation's
+    every answer counts."""
+    longest = max((max(e.answer_lengths()) for e in train_set), default=max_new_tokens)
     return max(1, min(max_new_tokens, longest))

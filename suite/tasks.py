@@ -1,6 +1,15 @@
-"""What an instruction task is, as the core sees it, and the prompt every method trains on."""
+"""What an instruction task is, as the core sees it, and the prompt every method trains on.
+
+An :class:`Example` is one instruction, an optional input and the answer; a conversation is an
+``Example`` with :attr:`~Example.turns` (see :meth:`Example.conversation`), whose instruction,
+input and output are those of its last turn, so code that reads ``example.output`` gets the
+answer of the turn being scored. Single-turn examples are prompted with the fixed
+``Instruction:/Input:/Answer:`` format below (:func:`prompt_parts`); conversations go through
+the model's chat template (:mod:`suite.chat`).
+"""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -11,11 +20,75 @@ SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One exchange of a conversation: the user's message (an instruction, and optionally an
+    input it applies to) and the assistant's answer."""
+
+    instruction: str
+    input: str
+    output: str
+
+    @property
+    def user(self) -> str:
+        """The user's message as the model sees it: the instruction, then the input on its own line."""
+        return f"{self.instruction}\n{self.input}" if self.instruction and self.input else self.instruction or self.input
+
+
+@dataclass(frozen=True)
 class Example:
+    """One test or training item. ``Example(id, instruction, input, output)`` is a single-turn
+    instruction example; :meth:`conversation` makes a conversation (``turns``, and an optional
+    ``system`` message), whose instruction, input and output are its last turn's."""
+
     id: str
     instruction: str
     input: str
     output: str
+    #: every turn of a conversation, oldest first (empty: a single-turn instruction example)
+    turns: tuple[Turn, ...] = ()
+    #: a conversation's system message ("" for none)
+    system: str = ""
+
+    def __post_init__(self):
+        if self.turns:
+            last = self.turns[-1]
+            if (self.instruction, self.input, self.output) != (last.instruction, last.input, last.output):
+                raise ValueError("a conversation's instruction, input and output are its last turn's; "
+                                 "build it with Example.conversation")
+        elif self.system:
+            raise ValueError("only a conversation (Example.conversation) has a system message")
+
+    @classmethod
+    def conversation(cls, turns: Iterable[Turn | tuple[str, str, str]], system: str = "", id: str = "") -> Example:
+        """A conversation of ``turns`` (:class:`Turn` or ``(instruction, input, output)``),
+        oldest first; each assistant answer is trained on, and each is scored given the
+        reference answers before it. One turn is a conversation too (it still goes through the
+        chat template)."""
+        turns = tuple(t if isinstance(t, Turn) else Turn(*t) for t in turns)
+        if not turns:
+            raise ValueError("a conversation needs at least one turn")
+        last = turns[-1]
+        return cls(id, last.instruction, last.input, last.output, turns, system)
+
+    @property
+    def is_conversation(self) -> bool:
+        return bool(self.turns)
+
+    @property
+    def all_turns(self) -> tuple[Turn, ...]:
+        """The turns of a conversation; a single-turn example as its one turn."""
+        return self.turns or (Turn(self.instruction, self.input, self.output),)
+
+    def upto(self, n: int) -> Example:
+        """The conversation's first ``n`` turns (the same id): what turn ``n`` is scored on."""
+        return Example.conversation(self.turns[:n], self.system, self.id) if self.turns else self
+
+    def messages(self) -> list[dict]:
+        """The conversation as chat messages (``role``, ``content``), the system message first."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        for turn in self.all_turns:
+            out += [{"role": "user", "content": turn.user}, {"role": "assistant", "content": turn.output}]
+        return out
 
 
 def prompt_parts(example: Example) -> tuple[str, str, str]:
@@ -54,28 +127,41 @@ def normalise(text: str) -> str:
     return "".join(unicodedata.normalize("NFKC", text).split())
 
 
+def _prompt_text(ex: Example, norm: Callable[[str], str]) -> str:
+    """What makes two examples the same prompt: the normalised instruction and input of every
+    turn (and a conversation's system message)."""
+    prompt = "\n".join(norm(t.instruction) + "\n" + norm(t.input) for t in ex.all_turns)
+    return norm(ex.system) + "\n\n" + prompt if ex.system else prompt
+
+
+def _content(ex: Example) -> tuple:
+    return ex.system, tuple(dataclasses.astuple(t) for t in ex.all_turns)
+
+
 def assign_splits(
     examples: Iterable[Example], key: Callable[[Example], str] | None = None, distinct_answers: bool = False,
 ) -> dict[str, list[Example]]:
     """Deterministic train/dev/test splits without duplicates across them.
 
-    Examples whose normalised prompt (instruction and input) is the same are duplicates: one
-    is kept, the smallest by (instruction, input, output), so the choice does not depend on
-    the corpus order. With ``distinct_answers`` only examples whose answer is the same too are
-    duplicates (a user's file may hold several answers to one instruction). Each example goes
-    to ``split_of(normalise(key(example)))`` (``key`` defaults to the prompt, so equal prompts
-    can never land in two splits; tasks whose examples share a source text key on that text).
-    Example ids are recomputed from the normalised text; each split is in :func:`stable_order`.
-    Cut to sizes with :func:`take`.
+    Examples whose normalised prompt (instruction and input; of a conversation, those of every
+    turn and its system message) is the same are duplicates: one is kept, the smallest by its
+    texts, so the choice does not depend on the corpus order. With ``distinct_answers`` only
+    examples whose answers are the same too are duplicates (a user's file may hold several
+    answers to one instruction). Each example goes to ``split_of(normalise(key(example)))``
+    (``key`` defaults to the prompt, so equal prompts, or conversations, can never land in two
+    splits; tasks whose examples share a source text key on that text). Example ids are
+    recomputed from the normalised text; each split is in :func:`stable_order`. Cut to sizes
+    with :func:`take`.
     """
     norm = lru_cache(maxsize=None)(normalise)  # inputs are often split keys too: normalise once
     kept: dict[str, tuple[Example, str]] = {}
     for ex in examples:
-        prompt = norm(ex.instruction) + "\n" + norm(ex.input)
-        ident = prompt + "\n" + normalise(ex.output) if distinct_answers else prompt
-        ex = Example(hashlib.sha1(ident.encode("utf-8")).hexdigest()[:12], ex.instruction, ex.input, ex.output)
+        prompt = _prompt_text(ex, norm)
+        answers = "\n".join(normalise(t.output) for t in ex.all_turns)
+        ident = prompt + "\n" + answers if distinct_answers else prompt
+        ex = dataclasses.replace(ex, id=hashlib.sha1(ident.encode("utf-8")).hexdigest()[:12])
         seen = kept.get(ex.id)
-        if seen is None or (ex.instruction, ex.input, ex.output) < (seen[0].instruction, seen[0].input, seen[0].output):
+        if seen is None or _content(ex) < _content(seen[0]):
             kept[ex.id] = ex, prompt
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
     for ex, prompt in kept.values():
@@ -149,6 +235,17 @@ class Task:
         """The task's metric over generated answers (higher is better)."""
         raise NotImplementedError
 
+    def score_turn(self, turn: int, predictions: list[str], references: list[str]) -> float:
+        """The metric over the answers of assistant turn ``turn`` (1: the first) of the test
+        conversations, each generated given the reference answers before it. Default:
+        :meth:`score`; a task whose turns ask different things scores each its own way."""
+        return self.score(predictions, references)
+
+    def score_conversations(self, predictions: list[str], references: list[str], turns: list[int]) -> float:
+        """The task's score over every assistant turn of the test conversations (``turns[i]``
+        is the turn of answer ``i``). Default: :meth:`score` over all answers pooled."""
+        return self.score(predictions, references)
+
     def metrics(self, predictions: list[str], references: list[str]) -> dict[str, float]:
         """Further metrics next to :meth:`score`, e.g. ``{"bleu4": 12.3}`` (optional).
 
@@ -204,3 +301,18 @@ def trivial_answers(task: Task, train_answers: list[str], test: list[Example]) -
     if kind == "copy":
         return kind, [ex.input for ex in test]
     return kind, [""] * len(test)
+
+
+def score_answers(task, predictions: list[str], references: list[str], examples: list[Example]) -> dict[str, float]:
+    """``score`` over the test answers, and for conversations ``score_turn1``, ``score_turn2``...:
+    the score of each assistant turn (:meth:`Task.score_turn`); ``score`` is then
+    :meth:`Task.score_conversations`. ``examples[i]`` is what answer ``i`` was generated for
+    (a conversation cut after the turn it answers, see :meth:`Example.upto`)."""
+    if not any(ex.is_conversation for ex in examples):
+        return {"score": task.score(predictions, references)}
+    turns = [len(ex.all_turns) for ex in examples]
+    out = {"score": task.score_conversations(predictions, references, turns)}
+    for turn in sorted(set(turns)):
+        chosen = [i for i, t in enumerate(turns) if t == turn]
+        out[f"score_turn{turn}"] = task.score_turn(turn, [predictions[i] for i in chosen], [references[i] for i in chosen])
+    return out

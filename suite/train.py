@@ -219,12 +219,12 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
 
 @torch.inference_mode()
 def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device) -> float:
-    """Token-weighted mean loss over answer tokens (the dev loss)."""
+    """Token-weighted mean loss over answer tokens (the dev loss; a conversation's every answer)."""
     model.eval()
     total, count = 0.0, 0
     for items in batches:
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-        n = sum(len(e.answer) for e in items)
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
         total += model(**batch).loss.float().item() * n
         count += n
     return total / count if count else float("nan")

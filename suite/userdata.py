@@ -1,17 +1,17 @@
 """A user's own instruction data as a task: ``--tasks file:PATH`` (or ``file:PATH?score=NAME``).
 
-Accepted, told apart by content, not by file name:
-
-- a JSON array of records, or JSON Lines (one record per line), each record either
-  ``{"instruction", "input", "output"}`` (Alpaca, Belle; ``input`` may be left out) or
-  ``{"context", "target"}`` (ChatGLM-tuning, the context being
-  ``"Instruction: …\\nInput: …\\nAnswer: "``, read back into instruction and input);
-- a directory written by Hugging Face ``datasets``' ``save_to_disk`` (a ``Dataset`` or a
-  ``DatasetDict``, whose splits are pooled) with the same fields as columns.
+Accepted, told apart by content, not by file name: a JSON array of records, JSON Lines (one
+record per line), or a directory written by Hugging Face ``datasets``' ``save_to_disk`` (a
+``Dataset`` or a ``DatasetDict``, whose splits are pooled) with the fields as columns. The
+records are single-turn instruction data (Alpaca/BELLE, ChatGLM-tuning) or conversations
+(ShareGPT, OpenAI messages, ChatGLM, BELLE multi-turn), all of one format per file; the
+formats and their checks are in :mod:`suite.userformats`.
 
 The records are split the deterministic way every task is (:func:`suite.tasks.assign_splits`:
-by a hash of the normalised prompt, identical records once) and scored with character
-ROUGE-L F1 unless ``?score=`` names another scorer (:data:`suite.scoring.SCORERS`).
+by a hash of the normalised prompt, of a conversation every user turn; identical records once)
+and scored with character ROUGE-L F1 unless ``?score=`` names another scorer
+(:data:`suite.scoring.SCORERS`); a conversation's every assistant turn is scored, each given the
+reference answers before it, per turn and overall.
 
 Everything a user can get wrong is a :class:`~suite.errors.UsageError` of one line naming the
 file, the line (or row) and the field. A UTF-8 byte-order mark is skipped. Records longer than
@@ -22,17 +22,18 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-import re
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from .errors import UsageError, unknown
 from .tasks import Example, Task, assign_splits, take
+from .userformats import FORMATS, check_object, record_format, to_example
+
+__all__ = ["PREFIX", "resolve_task", "load_file_task", "FileTask", "to_example"]
 
 PREFIX = "file:"
 OPTIONS = ("score",)
 DEFAULT_SCORER = "rouge_l_f1"
-_CONTEXT = re.compile(r"\s*Instruction:[ \t]?(?P<instruction>.*?)\n(?:Input:[ \t]?(?P<input>.*?)\n)?Answer:\s*", re.S)
 
 
 def parse_spec(name: str) -> tuple[str, dict]:
@@ -76,8 +77,17 @@ def load_file_task(name: str) -> FileTask:
     if not p.exists():
         raise UsageError(f"{path}: no such file or directory")
     records, shape, digest = read_dataset_dir(p) if p.is_dir() else read_file(p)
-    examples = [to_example(path, where, record) for where, record in records]
-    return FileTask(name, path, scorer, examples, shape, digest)
+    fmt = first = None
+    examples = []
+    for where, record in records:
+        this = record_format(path, where, record)
+        if fmt is None:
+            fmt, first = this, where
+        elif this != fmt:
+            raise UsageError(f"{path}: {where}: the record is {FORMATS[this]}, the first one ({first}) "
+                             f"{FORMATS[fmt]}; a file holds records of one format")
+        examples.append(to_example(path, where, record, fmt))
+    return FileTask(name, path, scorer, examples, f"{shape}, {FORMATS[fmt].partition(' (')[0]}", digest)
 
 
 # ---------------------------------------------------------------- reading files
@@ -123,7 +133,7 @@ def _line_records(path: Path, text: str):
             if cut_off:
                 raise UsageError(f"{path}: line {i + 1}: the record is cut off at the end of the file; is the file truncated?") from None
             raise UsageError(f"{path}: line {i + 1}: invalid JSON ({e.msg} at column {e.colno})") from None
-        yield f"line {i + 1}", _object(path, f"line {i + 1}", record)
+        yield f"line {i + 1}", check_object(path, f"line {i + 1}", record)
 
 
 def _array_records(path: Path, text: str, start: int):
@@ -158,7 +168,7 @@ def _array_records(path: Path, text: str, start: int):
                 raise UsageError(f"{path}: line {e.lineno}: the record is cut off at the end of the file; is the file truncated?") from None
             raise UsageError(f"{path}: line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
         where = f"line {line_at(pos)}"
-        yield where, _object(path, where, record)
+        yield where, check_object(path, where, record)
         pos = skip(end)
         if pos >= len(text):
             raise truncated(pos)
@@ -191,58 +201,6 @@ def read_dataset_dir(path: Path) -> tuple[list[tuple[str, dict]], str, str]:
     return records, kind, digest
 
 
-# ---------------------------------------------------------------- records to examples
-
-_JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
-
-
-def _object(path, where: str, record) -> dict:
-    if not isinstance(record, dict):
-        raise UsageError(f"{path}: {where}: a record must be a JSON object, not {_JSON_TYPES.get(type(record), type(record).__name__)}")
-    return record
-
-
-def _string(path, where: str, record: dict, field: str, required: bool = True) -> str:
-    if field not in record:
-        if required:
-            raise UsageError(f"{path}: {where}: field {field!r} is missing")
-        return ""
-    value = record[field]
-    if not isinstance(value, str):
-        kind = _JSON_TYPES.get(type(value), type(value).__name__)
-        raise UsageError(f"{path}: {where}: field {field!r} must be a string, not {kind}")
-    return value
-
-
-def to_example(path, where: str, record: dict) -> Example:
-    """The example of one record, in the Alpaca/Belle or the ChatGLM-tuning shape."""
-    if "context" in record or "target" in record:
-        context = _string(path, where, record, "context")
-        output = _string(path, where, record, "target")
-        m = _CONTEXT.fullmatch(context)
-        if m:
-            instruction, input_ = m["instruction"].strip(), (m["input"] or "").strip()
-        else:  # a free-form context: all of it is the instruction
-            instruction, input_ = re.sub(r"\s*Answer:\s*$", "", context).strip(), ""
-        answer_field, prompt_field = "target", "context"
-    elif "instruction" in record or "output" in record:
-        instruction = _string(path, where, record, "instruction").strip()
-        input_ = _string(path, where, record, "input", required=False).strip()
-        output = _string(path, where, record, "output")
-        answer_field, prompt_field = "output", "instruction"
-    else:
-        fields = ", ".join(sorted(map(str, record))) or "none"
-        raise UsageError(
-            f"{path}: {where}: a record needs the fields instruction, input, output (Alpaca) "
-            f"or context, target (ChatGLM); it has {fields}"
-        )
-    if not output.strip():
-        raise UsageError(f"{path}: {where}: field {answer_field!r} is empty")
-    if not instruction and not input_:
-        raise UsageError(f"{path}: {where}: field {prompt_field!r} is empty")
-    return Example("", instruction, input_, output.strip())
-
-
 #: a file scored by accuracy whose answers take at most this many distinct values (each
 #: answering at least 5 records on average) is a classification task: it gets ``choices``
 MAX_CHOICES = 10
@@ -268,8 +226,10 @@ class FileTask(Task):
                 f"{path}: {kept} distinct records leave the {' and '.join(empty)} split(s) empty "
                 "(dev and test each take about 10% by a hash of the prompt); give more records"
             )
-        answers = sorted({e.output for exs in self._splits.values() for e in exs})
-        if scorer in ("accuracy", "exact_match") and len(answers) <= min(MAX_CHOICES, kept / 5):
+        every = [e for exs in self._splits.values() for e in exs]
+        answers = sorted({e.output for e in every})
+        single_turn = not any(e.is_conversation for e in every)
+        if single_turn and scorer in ("accuracy", "exact_match") and len(answers) <= min(MAX_CHOICES, kept / 5):
             self.choices = tuple(answers)
 
     def splits(self, sizes=None):

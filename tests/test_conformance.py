@@ -1,9 +1,8 @@
 """The conformance kit: every built-in method passes it, and each kind of broken method fails
 it with its own one-line message."""
 import pytest
+from misbehaving import CacheBlind, DeadWeight, FakeMerge, Liar, Lossy, Miscount, NothingTrains, Peeker, Picky, Sneaky, Unfrozen, Unseeded
 
-from misbehaving import (CacheBlind, DeadWeight, FakeMerge, Liar, Lossy, Miscount, NothingTrains, Peeker, Picky,
-                         Sneaky, Unfrozen, Unseeded)
 from suite import Method
 from suite.plugins import load_registry
 from suite.testing import CHECKS, ConformanceError, check_method

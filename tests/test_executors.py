@@ -9,7 +9,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import MISBEHAVING, leitai
 
 # no baseline cell: these shootouts are about where cells run (tests/test_sweep.py covers baselines)

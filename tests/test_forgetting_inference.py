@@ -3,7 +3,6 @@ import math
 
 import pandas as pd
 import pytest
-
 from conftest import MISBEHAVING, leitai
 
 METHODS = "lora,full,prefix-tuning,p-tuning,prompt-tuning,lst"
@@ -61,8 +60,7 @@ def test_inference_is_timed_for_every_method_and_merged_where_it_can_be(results)
 
 
 def test_side_corpus_shares_no_text_with_tasks_or_pretraining(registry):
-    from plugins.corpora import side_sentences
-    from plugins.corpora import Matcher
+    from plugins.corpora import Matcher, side_sentences
     from plugins.tiny_zh.corpus import build_corpus
     from suite.tasks import normalise
 

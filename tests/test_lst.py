@@ -7,9 +7,8 @@ from suite import data
 from suite.generate import greedy_by_forward, greedy_generate
 from suite.measure import count_parameters, saved_for_backward
 from suite.methods import method_params
-from suite.train import TrainSettings, train
-
 from suite.testing import tiny_model
+from suite.train import TrainSettings, train
 
 KINDS = ["llama", "qwen2", "gpt2"]
 

@@ -2,14 +2,13 @@
 frozen base, loss falling on a fixed batch, and a save/load round trip."""
 import pytest
 import torch
+from test_lst import side_size
 
 from suite import data
 from suite.measure import count_parameters
 from suite.methods import method_params
 from suite.tasks import Example
 from suite.train import TrainSettings, train
-
-from test_lst import side_size
 
 METHODS = ["lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"]
 

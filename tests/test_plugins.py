@@ -1,10 +1,10 @@
 """Hook registration, where things come from, and broken plugins being skipped with a message."""
 import types
 
+from conftest import leitai, plugin_env
+
 from suite import Method, hookimpl
 from suite.plugins import load_registry
-
-from conftest import leitai, plugin_env
 
 BUILT_IN_METHODS = {"lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"}
 

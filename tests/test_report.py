@@ -9,10 +9,10 @@ import sys
 
 import pandas as pd
 import pytest
-
 import report_fixture as fx
 from conftest import ROOT, leitai
 from headless import find_chromium, inspect
+
 from suite.cli import main
 from suite.report import write_report
 from suite.report.figures import pareto_front

@@ -5,10 +5,9 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import MISBEHAVING, ROOT, leitai
 
 from suite.report import RESULT_COLUMNS
-
-from conftest import MISBEHAVING, ROOT, leitai
 
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
 

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 import report_fixture as fx
 from conftest import leitai
+
 from suite import sweep
 from suite.config import build_config, parse_sweep, sweep_from_toml
 from suite.errors import UsageError

@@ -7,14 +7,15 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from suite.scoring import bleu4_zh, char_accuracy, exact_match, mean_rouge_l, rouge_l_f1
 from suite.tasks import Example, assign_splits, normalise, take
 
-from conftest import ROOT
-
-BUILT_IN = ["zh-sentiment", "zh-idiom", "zh-segment", "zh-ner", "zh-t2s", "zh-numbers"]
-PEOPLES_DAILY = {"zh-segment": "input", "zh-ner": "input", "zh-t2s": "output"}  # where the sentence is
+BUILT_IN = ["zh-sentiment", "zh-idiom", "zh-segment", "zh-ner", "zh-t2s", "zh-numbers", "zh-dialogue"]
+#: where each People's Daily task's example holds its sentence
+PEOPLES_DAILY = {"zh-segment": lambda e: e.input, "zh-ner": lambda e: e.input, "zh-t2s": lambda e: e.output,
+                 "zh-dialogue": lambda e: e.turns[0].input}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_numbers_are_cn2an_conversions():
 # ---------------------------------------------------------------- splits and sizes
 
 
-def test_list_tasks_shows_six_tasks_with_sizes_and_scores(tasks, capsys, tmp_path, monkeypatch):
+def test_list_tasks_shows_every_task_with_sizes_and_scores(tasks, capsys, tmp_path, monkeypatch):
     from suite.cli import main
     monkeypatch.setenv("LEITAI_CACHE_DIR", str(tmp_path / "leitai"))
     assert main(["list", "tasks"]) == 0
@@ -140,8 +141,8 @@ def test_default_runs_are_cpu_sized(tasks):
         assert {s: len(v) for s, v in splits.items()} == task.default_sizes, name
         for ex in (e for v in splits.values() for e in v):
             if task.max_chars:
-                assert min(len(ex.input), len(ex.output)) <= task.max_chars, (name, ex)
-            assert len(ex.output) <= task.max_new_tokens, (name, ex)
+                assert min(len(ex.all_turns[0].input), len(ex.all_turns[0].output)) <= task.max_chars, (name, ex)
+            assert all(len(t.output) <= task.max_new_tokens for t in ex.all_turns), (name, ex)
         # --task-size N keeps working, and a larger N gives a superset
         small = task.splits(ShootoutConfig(task_size="40").sizes_for(task))
         assert len(small["train"]) == 40 and {e.id for e in small["test"]} <= {e.id for e in splits["test"]}, name
@@ -154,7 +155,8 @@ def test_no_example_in_two_splits(tasks):
         for split, examples in task.splits(None).items():
             assert examples, (name, split)
             for ex in examples:
-                for text in {normalise(ex.instruction + "\n" + ex.input), normalise(ex.input)}:
+                first = ex.all_turns[0]  # a conversation: its first turn holds what it is about
+                for text in {normalise(first.instruction + "\n" + first.input), normalise(first.input)}:
                     assert seen.setdefault(text, split) == split, (name, ex)
                 ids.add(ex.id)
         assert len(ids) == sum(len(v) for v in task.splits(None).values()), f"{name}: repeated ids"
@@ -164,12 +166,46 @@ def test_peoples_daily_tasks_put_each_sentence_in_one_split(tasks):
     from plugins.corpora import peoples_daily_heldout, peoples_daily_split
 
     heldout = {normalise(t) for t in peoples_daily_heldout()}
-    for name, field in PEOPLES_DAILY.items():
+    for name, sentence_of in PEOPLES_DAILY.items():
         for split, examples in tasks[name].splits(None).items():
             for ex in examples:
-                sentence = getattr(ex, field)
+                sentence = sentence_of(ex)
                 assert peoples_daily_split(sentence) == split, (name, sentence)
                 assert (normalise(sentence) in heldout) == (split != "train"), (name, sentence)
+
+
+def test_zh_dialogue_splits_its_sentences_as_zh_segment_does(tasks):
+    """Each dialogue is about one sentence, in that sentence's zh-segment split, and each turn's
+    reference is the single-turn tasks' answer for it."""
+    import opencc
+
+    segment = {ex.input: (split, ex.output) for split, exs in tasks["zh-segment"].splits(None).items() for ex in exs}
+    ner = {ex.input: ex.output for exs in tasks["zh-ner"].splits(None).values() for ex in exs}
+    s2t = opencc.OpenCC("s2t")
+    dialogues = tasks["zh-dialogue"].splits(None)
+    assert {s: len(v) for s, v in dialogues.items()} == {s: len(v) for s, v in tasks["zh-segment"].splits(None).items()}
+    for split, exs in dialogues.items():
+        for ex in exs:
+            sentence = ex.turns[0].input
+            assert len(ex.turns) == 3 and segment[sentence] == (split, ex.turns[0].output), sentence
+            assert ex.turns[1].output == ner[sentence] and ex.turns[2].output == s2t.convert(sentence)
+            assert "上面那句话" in ex.turns[1].instruction and "上面那句话" in ex.turns[2].instruction
+    capped = tasks["zh-dialogue"].splits(dict(tasks["zh-dialogue"].default_sizes))
+    assert all(segment[ex.turns[0].input][0] == split for split, exs in capped.items() for ex in exs)
+
+
+def test_zh_dialogue_scores_each_turn_its_own_way(tasks):
+    from suite.tasks import score_answers
+
+    task = tasks["zh-dialogue"]
+    ex = next(e for e in task.splits(dict(task.default_sizes))["test"] if e.turns[1].output.count("无") < 3)
+    asked = [ex.upto(1), ex.upto(2), ex.upto(3)]
+    refs = [t.output for t in ex.turns]
+    perfect = score_answers(task, refs, refs, asked)
+    assert perfect == {"score": 1.0, "score_turn1": 1.0, "score_turn2": 1.0, "score_turn3": 1.0}
+    unsegmented = score_answers(task, [ex.turns[0].input, refs[1], ""], refs, asked)
+    assert unsegmented["score_turn1"] < 1 and unsegmented["score_turn2"] == 1 and unsegmented["score_turn3"] == 0
+    assert unsegmented["score"] == pytest.approx((unsegmented["score_turn1"] + 1) / 3)
 
 
 def _split_ids(task_list) -> dict:
@@ -218,9 +254,9 @@ def test_assign_splits_dedupes_and_keys_on_the_given_text():
 
 
 def test_extra_metrics_are_checked_and_recorded(tasks):
+    from suite.data import Encoded
     from suite.taskdata import generation_budget
     from suite.tasks import extra_metrics
-    from suite.data import Encoded
 
     preds, refs = ["比喻黑暗的社会"], ["常用来比喻黑暗的社会和严酷的牢狱"]
     assert extra_metrics(tasks["zh-idiom"], preds, refs, {"score": 0.5})["bleu4"] == pytest.approx(27.65, abs=0.01)

@@ -12,7 +12,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import MISBEHAVING, ROOT, leitai
 
 SCAFFOLD = "kit-sample"  # the method `leitai new-plugin` writes in these tests

@@ -5,11 +5,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import leitai
 
 from suite.errors import UsageError
 from suite.userdata import resolve_task
-
-from conftest import leitai
 
 RECORDS = [
     {"instruction": "把这句话翻译成英文。", "input": f"我有{i}个苹果。", "output": f"I have {i} apples."}

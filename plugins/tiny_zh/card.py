@@ -27,6 +27,7 @@ below comes from its `build.json`.
 | parameters | {info['parameters']:,} ({info['weights_bytes'] / 1e6:.1f} MB safetensors, float32) |
 | tokenizer | character level with byte fallback, {info['vocab_size']:,} tokens, built from the training text |
 | context | trained on {r['seq_len']}-token blocks (positions up to 512 are usable) |
+| chat template | plain turns, `Human: …` and `Assistant: …</s>` (leitai's plain template, in tokenizer_config.json) |
 
 ## Training
 

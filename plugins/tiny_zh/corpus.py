@@ -9,7 +9,8 @@ Units (one sentence, review or dictionary entry each):
 - every idiom of chengyu-cli as ``成语：释义``, and its source (出处) and usage example (例子).
 
 How no evaluation text leaks in: every example of the dev and test splits of every registered
-task (full splits, not the CPU-sized ones) gives its input and answer, normalised
+task (full splits, not the CPU-sized ones) gives its input and answer (a conversation: every
+turn's), normalised
 (:func:`suite.tasks.normalise`). A unit is left out when its normalised text *equals* one of
 them, or *contains* one of at least 8 characters (:data:`plugins.corpora.MIN_CONTAINED`) (shorter ones, such as a
 number or 正面, occur by chance in running text and are no example's text). ``tests/test_tiny_zh.py``
@@ -66,7 +67,8 @@ def source_units() -> dict[str, list[str]]:
 
 
 def protected_texts() -> frozenset[str]:
-    """The normalised input and answer of every dev and test example of every registered task."""
+    """The normalised input and answer of every dev and test example of every registered task
+    (of a conversation, of every turn)."""
     from suite.plugins import registry
 
     out = set()
@@ -74,10 +76,11 @@ def protected_texts() -> frozenset[str]:
         splits = task.splits(None)
         for split in ("dev", "test"):
             for ex in splits[split]:
-                for text in (ex.input or ex.instruction, ex.output):
-                    text = normalise(text)
-                    if text:
-                        out.add(text)
+                for turn in ex.all_turns:
+                    for text in (turn.input or turn.instruction, turn.output):
+                        text = normalise(text)
+                        if text:
+                            out.add(text)
     return frozenset(out)
 
 

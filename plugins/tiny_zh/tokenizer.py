@@ -3,7 +3,8 @@
 One token per character for every character seen at least twice in the text (simplified
 and, through OpenCC, traditional), ASCII, full-width punctuation and digits, and the financial
 numerals; anything else falls back to its UTF-8 bytes (``<0x..>`` tokens), so no text is ever
-unknown. ``leitai base build`` builds it together with the model (plugins/tiny_zh/pretrain.py).
+unknown. Its chat template is leitai's plain one (:data:`suite.chat.PLAIN_TEMPLATE`). ``leitai base
+build`` builds it together with the model (plugins/tiny_zh/pretrain.py).
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def build(texts, out_dir: Path = HERE, min_count: int = 2) -> int:
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
+    from suite.chat import PLAIN_TEMPLATE
+
     counts = collections.Counter()
     for text in texts:
         counts.update(text)
@@ -51,6 +54,7 @@ def build(texts, out_dir: Path = HERE, min_count: int = 2) -> int:
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
     fast.model_max_length = 512
-    fast.save_pretrained(str(out_dir))
+    fast.chat_template = PLAIN_TEMPLATE  # conversations: plain Human/Assistant turns (suite.chat)
+    fast.save_pretrained(str(out_dir), save_jinja_files=False)  # the template inside tokenizer_config.json
     return len(vocab)
 

@@ -41,6 +41,11 @@ NOTES = (
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
 )
+TURNS_NOTE = (
+    "Conversation tasks: each assistant turn is generated given the reference answers before it "
+    "and scored on its own (the task's metric for that turn); 'all turns' is the task's score. "
+    "A method whose score falls from turn to turn loses the thread as the conversation grows."
+)
 OVERALL_NOTE = (
     "mean rank: a method's rank by mean score on each task it ran (1 = best; a task where it "
     "has no ok run counts as last place), averaged over tasks. relative score: its mean score "
@@ -56,6 +61,8 @@ class TaskSection:
     more: pd.DataFrame
     answers: pd.DataFrame
     verdict: TaskVerdict | None = None
+    #: a conversation task's score per assistant turn (empty for single-turn tasks)
+    turns: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -98,6 +105,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             table=tables.task_table(results, stats, task, verdict, tuning, tuning_seconds, task_baselines),
             more=tables.more_table(results, stats, task),
             answers=tables.answers_table(results, generations, task, orders[task]), verdict=verdict,
+            turns=tables.turn_table(results, stats, task),
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:

@@ -89,16 +89,26 @@ def curves_frame(records: list[dict]) -> pd.DataFrame:
     return df.sort_values(["run_id", "split", "step"], kind="stable").reset_index(drop=True)
 
 
-GENERATION_COLUMNS = ["run_id", "example_id", "prompt", "reference", "output", "example_score"]
+GENERATION_COLUMNS = ["run_id", "example_id", "turn", "prompt", "reference", "output", "example_score"]
+
+
+def _generation(run_id: str, entry: dict) -> dict:
+    return {"run_id": run_id, **{k: entry.get(k) for k in GENERATION_COLUMNS[1:]}, "turn": entry.get("turn") or 1}
+
+
+def answer_key(rows: pd.DataFrame) -> pd.Series:
+    """What tells the test answers of a generations frame apart: the example id, and for a
+    conversation's later turns the turn (``"17 turn 2"``); the same across runs of a task."""
+    turns = pd.to_numeric(rows.turn, errors="coerce").fillna(1).astype(int)
+    ids = rows.example_id.astype(str)
+    return ids.where(turns <= 1, ids + " turn " + turns.astype(str))
 
 
 def generations_frame(records: list[dict]) -> pd.DataFrame:
     """Every test prompt with its reference, each final run's greedy answer and that answer's
-    own score (what the paired tests compare)."""
-    rows = [
-        {"run_id": r["run_id"], **{k: g.get(k) for k in GENERATION_COLUMNS[1:]}}
-        for r in records if not is_baseline(r) for g in r.get("generations") or []
-    ]
+    own score (what the paired tests compare); ``turn`` is the assistant turn a conversation's
+    answer is for (1 for single-turn tasks and older records)."""
+    rows = [_generation(r["run_id"], g) for r in records if not is_baseline(r) for g in r.get("generations") or []]
     return pd.DataFrame(rows, columns=GENERATION_COLUMNS)
 
 
@@ -120,6 +130,6 @@ def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for rid, name, score, loss, choice, gens in entries:
             rows.append({"run_id": rid, "task": r.get("task"), "baseline": name, "score_name": m.get("score_name"),
                          "score": score, "eval_loss": loss, "choice_accuracy": choice})
-            answers += [{"run_id": rid, **{k: g.get(k) for k in GENERATION_COLUMNS[1:]}} for g in gens or []]
+            answers += [_generation(rid, g) for g in gens or []]
     frame = pd.DataFrame(rows, columns=["run_id", "task", "baseline", "score_name", "score", "eval_loss", "choice_accuracy"])
     return frame.sort_values(["task", "run_id"], kind="stable").reset_index(drop=True), pd.DataFrame(answers, columns=GENERATION_COLUMNS)

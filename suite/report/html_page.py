@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-from .content import NOTES, OVERALL_NOTE, Report
+from .content import NOTES, OVERALL_NOTE, TURNS_NOTE, Report
 from .figures import CJK_FAMILIES
 from .formatting import numeric_column
 
@@ -130,6 +130,8 @@ def render(report: Report) -> str:
             p += ["<details><summary>Pairwise differences</summary>",
                   "<p class='note'>Score of the row minus the column's, mean over the shared test examples; * where a "
                   "paired test says they differ (p &lt; 0.05).</p>", table(s.verdict.pairwise), "</details>"]
+        if not s.turns.empty:
+            p += ["<h3>Score by turn</h3>", table(s.turns), f"<p class='note'>{e(TURNS_NOTE)}</p>"]
         for caption, svg in s.figures.items():
             p.append(f"<figure>{svg}<figcaption>{e(caption)}, {e(s.task)}</figcaption></figure>")
         if not s.answers.empty:

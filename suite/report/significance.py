@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .frames import answer_key
+
 RESAMPLES = 10_000
 ALPHA = 0.05
 SEED = 0
@@ -44,12 +46,13 @@ class Comparison:
 
 
 def per_example(generations: pd.DataFrame, run_ids) -> pd.Series:
-    """``example_id -> score``: each example's score, averaged over the runs ``run_ids``."""
+    """``answer key -> score`` (:func:`~suite.report.frames.answer_key`): each test answer's
+    score, averaged over the runs ``run_ids``."""
     rows = generations[generations.run_id.isin(list(run_ids))]
     if rows.empty or "example_score" not in rows:
         return pd.Series(dtype=float)
     scores = pd.to_numeric(rows.example_score, errors="coerce")
-    return scores.groupby(rows.example_id.astype(str)).mean().dropna().sort_index()
+    return scores.groupby(answer_key(rows)).mean().dropna().sort_index()
 
 
 def sign_flip(d: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:

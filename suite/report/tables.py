@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..records import STATUSES
 from . import formatting as fmt
-from .frames import TEXT_COLUMNS
+from .frames import TEXT_COLUMNS, answer_key
 from .stats import Summary, summarise
 
 #: the columns of a task table after the score and its interval: (results column, heading, kind)
@@ -165,7 +165,8 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     if stats.empty or task not in stats.index.get_level_values("task"):
         return pd.DataFrame()
     sub = stats.xs(task, level="task")
-    metrics = [m for m in sorted(sub.index.get_level_values("metric").unique()) if m not in main]
+    metrics = [m for m in sorted(sub.index.get_level_values("metric").unique())
+               if m not in main and not TURN_SCORE.fullmatch(m)]
     rows = {}
     for method in method_order(results, stats, task):
         rows[method] = {
@@ -174,6 +175,30 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     table = pd.DataFrame.from_dict(rows, orient="index", columns=metrics)
     table.index.name = "method"
     return table if metrics else pd.DataFrame()
+
+
+#: the record metric of one assistant turn's score in a conversation task: score_turn1, ...
+TURN_SCORE = re.compile(r"score_turn(\d+)")
+
+
+def turn_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.DataFrame:
+    """A conversation task's score per assistant turn (mean ± std over ok seeds), one row per
+    method, then the overall score: whether a method loses the thread as the conversation
+    grows. Empty for single-turn tasks."""
+    columns = [c for c in results.columns if TURN_SCORE.fullmatch(c)
+               and results.loc[results.task == task, c].notna().any()]
+    if not columns:
+        return pd.DataFrame()
+    columns.sort(key=lambda c: int(TURN_SCORE.fullmatch(c).group(1)))
+    rows = {}
+    for method in method_order(results, stats, task):
+        row = {f"turn {TURN_SCORE.fullmatch(c).group(1)}": fmt.mean_std(summary_of(stats, task, method, c))
+               for c in columns}
+        row["all turns"] = fmt.mean_std(summary_of(stats, task, method, "score"))
+        rows[method] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "method"
+    return table
 
 
 def overall_table(results: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame | None:
@@ -255,8 +280,12 @@ def answers_table(results: pd.DataFrame, generations: pd.DataFrame, task: str, o
             chosen[method] = runs.iloc[0]
     if not chosen:
         return pd.DataFrame()
-    answers = {m: generations[generations.run_id == r.run_id].drop_duplicates("example_id").set_index("example_id")
-               for m, r in chosen.items()}
+    def answered(run_id):  # one row per test prompt: a conversation's turns are told apart
+        rows = generations[generations.run_id == run_id].copy()
+        rows["example_id"] = answer_key(rows)
+        return rows.drop_duplicates("example_id").set_index("example_id")
+
+    answers = {m: answered(r.run_id) for m, r in chosen.items()}
     common = set.intersection(*(set(a.index.astype(str)) for a in answers.values()))
     ids = sorted(common, key=natural_key)[:n]
     if not ids:
