@@ -97,6 +97,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from .generate import greedy_generate
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .measure import PeakMemory, count_parameters
+    from .methods import run_info
     from .plugins import registry
     from .tasks import format_prompt, resolve_task
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
@@ -144,6 +145,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
+    record["method_info"] = run_info(method, model, dict(cell.params))  # what ran: targets, init, fallbacks
     with accelerator.autocast():
         view_before = after_use.view_loss(model, "before training")
 

@@ -29,6 +29,11 @@ NOTES = (
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
 )
+RAN_NOTE = (
+    "What each method recorded it ran on this model (Method.run_info; the method_info column of "
+    "results.csv): the modules an adapter was put on and where that choice came from, an "
+    "initialisation, and any fallback."
+)
 OVERALL_NOTE = (
     "mean rank: a method's rank by mean score on each task it ran (1 = best; a task where it "
     "has no ok run counts as last place), averaged over tasks. relative score: its mean score "
@@ -43,6 +48,7 @@ class TaskSection:
     table: pd.DataFrame
     more: pd.DataFrame
     answers: pd.DataFrame
+    ran: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each method recorded it ran
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -75,6 +81,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             task=task, score_name=name, table=tables.task_table(results, stats, task),
             more=tables.more_table(results, stats, task),
             answers=tables.answers_table(results, generations, task, orders[task]),
+            ran=tables.method_info_table(results, task, orders[task]),
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:
@@ -89,7 +96,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
         sections.append(section)
     memory = figures.memory_bars(tasks, results, stats, orders, palette) if with_figures else None
     return Report(
-        facts=_facts(results), warnings=environment.warnings(records),
+        facts=_facts(results), warnings=environment.warnings(records) + tables.fallback_warnings(results),
         overall=tables.overall_table(results, stats), sections=sections, memory_figure=memory,
         failed=tables.failed_runs(results) if len(results) else pd.DataFrame(),
         environments=environment.environments(records), results=results,

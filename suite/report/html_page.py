@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-from .content import NOTES, OVERALL_NOTE, Report
+from .content import NOTES, OVERALL_NOTE, RAN_NOTE, Report
 from .figures import CJK_FAMILIES
 from .formatting import numeric_column
 
@@ -121,6 +121,8 @@ def render(report: Report) -> str:
         p += [f"<section id='{anchor(s.task)}'><h2>{e(s.task)} <small>({e(s.score_name)})</small></h2>",
               table(s.table, bad_column="runs")]
         p += [f"<p class='note'>{e(n)}.</p>" for n in s.notes]
+        if not s.ran.empty:
+            p += ["<h3>What ran</h3>", f"<p class='note'>{e(RAN_NOTE)}</p>", table(s.ran, index=False, text_columns=("what ran",), left=("seeds",))]
         for caption, svg in s.figures.items():
             p.append(f"<figure>{svg}<figcaption>{e(caption)}, {e(s.task)}</figcaption></figure>")
         if not s.answers.empty:

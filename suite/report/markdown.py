@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from .content import NOTES, OVERALL_NOTE, Report
+from .content import NOTES, OVERALL_NOTE, RAN_NOTE, Report
 from .formatting import numeric_column
 
 #: answers-table cells longer than this are cut in summary.md (report.html has them whole)
@@ -52,6 +52,8 @@ def render(report: Report) -> str:
     for s in report.sections:
         lines += [f"## {cell(s.task)} ({cell(s.score_name)})", "", table(s.table), ""]
         lines += [f"{cell(n)}." for n in s.notes] + ([""] if s.notes else [])
+        if not s.ran.empty:
+            lines += ["### What ran", "", cell(RAN_NOTE), "", table(s.ran, index=False, left=("seeds", "what ran")), ""]
         if not s.answers.empty:
             lines += ["### Answers side by side", "",
                       "The same test prompts for every method (the run with the lowest seed answers); "
