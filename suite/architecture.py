@@ -31,6 +31,7 @@ Public API::
     attention_targets(model) -> list[str]   # module-name suffixes of the query and value
                                             # projections (or of the fused QKV projection)
     linear_modules(model) -> list[str]      # every linear map, layer indices folded, with shapes
+    kv_cache_shape(model)                   # (layers, heads, head_dim) of the generation cache
     probe(model, arch) -> Layout            # which rows are each head's q/k/v, gate/up, norms
     layer_weights(layer, maps, layout)      # one layer's maps as (out, in) matrices, by role
 
@@ -400,6 +401,28 @@ def attention_targets(model) -> list[str]:
     modules found) when nothing fits.
     """
     return find(model).attention_targets()
+
+
+@torch.no_grad()
+def kv_cache_shape(model, tokens: int = 3) -> tuple[int, int, int] | None:
+    """``(layers, heads, head_dim)`` of the keys ``model`` caches for generation, measured
+    with one forward pass: what a prefix of keys and values must look like. It is not always
+    the weights' key/value heads: Falcon-40B's code caches one key per query head. None when
+    the model returns no cache of transformers' shape."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        cache = model(input_ids=torch.full((1, tokens), 3, device=param.device), use_cache=True).past_key_values
+    finally:
+        model.train(was_training)
+    layers = getattr(cache, "layers", None)
+    keys = [getattr(layer, "keys", None) for layer in layers] if layers is not None else None
+    if not keys or any(not torch.is_tensor(k) or k.dim() != 4 or k.shape[2] != tokens for k in keys):
+        return None
+    if len({tuple(k.shape) for k in keys}) != 1:
+        return None  # layers cache different shapes (Gemma-3n-style): let peft decide
+    return len(keys), keys[0].shape[1], keys[0].shape[3]
 
 
 # ---------------------------------------------------------------- rows of fused maps, by probing

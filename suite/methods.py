@@ -125,7 +125,8 @@ class PeftMethod(Method):
         """Return the ``peft.PeftConfig`` for ``model`` with hyper-parameters ``params``."""
         raise NotImplementedError
 
-    def targets(self, model: torch.nn.Module, given=None, mapping: dict | None = None) -> tuple[list[str], str]:
+    def targets(self, model: torch.nn.Module, given=None, mapping: dict | None = None,
+                setting: str = "targets") -> tuple[list[str], str]:
         """The modules an adapter tuner adapts on ``model``, and where that choice came from.
 
         ``given`` (a list, or a comma-separated string: the user's setting) is used as it is
@@ -134,8 +135,9 @@ class PeftMethod(Method):
         when it names modules the model has (``"peft default for <model_type>"``); otherwise
         the attention's query and value projections, or the fused projection that holds
         them, found by role (:func:`suite.architecture.attention_targets`; ``"found by
-        role"``), which raises a one-line error listing the model's linear modules when
-        nothing fits.
+        role"``), which raises a one-line :class:`~suite.architecture.ArchitectureError`
+        listing the model's linear modules, and naming the method's ``setting``, when nothing
+        fits.
         """
         if isinstance(given, str):
             given = [t.strip() for t in given.split(",") if t.strip()]
@@ -150,9 +152,36 @@ class PeftMethod(Method):
         names = [n for n, _ in model.named_modules()]
         if default and any(n == t or n.endswith("." + t) for n in names for t in default):
             return list(default), f"peft default for {model_type}"
-        from .architecture import attention_targets
+        from .architecture import ArchitectureError, attention_targets
 
-        return attention_targets(model), "found by role"
+        try:
+            return attention_targets(model), "found by role"
+        except ArchitectureError as e:
+            raise ArchitectureError(f"{self.name}: {e}; name the modules to adapt with "
+                                    f"--set {self.name}.{setting}=NAME,NAME") from None
+
+    def prompt_sizes(self, model: torch.nn.Module, prefix: bool = False) -> dict:
+        """``num_layers``, ``token_dim`` and ``num_attention_heads`` for a peft prompt-learning
+        config, read from the model itself rather than from config keys (peft knows only some
+        spellings: not MPT's ``n_heads``, not Falcon's ``num_kv_heads``): the decoder layers
+        and heads found by role, the input embeddings' width. With ``prefix``, the width of
+        the keys the model caches per layer (:func:`suite.architecture.kv_cache_shape`), which
+        a prefix of keys and values must match. Empty where they cannot be found (peft then
+        reads the config as usual)."""
+        from . import architecture
+
+        if prefix:
+            shape = architecture.kv_cache_shape(model)
+            if shape is None:
+                return {}
+            layers, heads, head_dim = shape
+            return {"num_layers": layers, "num_attention_heads": heads, "token_dim": heads * head_dim}
+        try:
+            g = architecture.find(model).geometry
+        except architecture.ArchitectureError:
+            return {}
+        return {"num_layers": g.layers, "num_attention_heads": g.heads,
+                "token_dim": model.get_input_embeddings().embedding_dim} if g.layers else {}
 
     def apply(self, model, params):
         from peft import get_peft_model

@@ -56,7 +56,7 @@ ARCHITECTURES = ("llama", "qwen2", "gpt2")
 #: LayerNorm with biases, grouped- and multi-query attention, learned positions)
 ALL_ARCHITECTURES = ARCHITECTURES + (
     "qwen3", "mistral", "gemma", "gemma2", "phi3", "phi", "glm", "glm4", "bloom", "falcon", "gpt_neox",
-    "gptj", "opt", "stablelm", "gpt_bigcode",
+    "gptj", "opt", "stablelm", "gpt_bigcode", "mpt", "codegen", "olmo2", "mixtral", "falcon_gqa",
 )
 CHECKS = ("applies", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
           "base-view", "merge")
@@ -88,6 +88,13 @@ _CONFIGS = {
                               word_embed_proj_dim=64)),  # MLP maps in the layer itself, learned positions
     "stablelm": ("StableLmConfig", dict(_WIDE, num_key_value_heads=2)),  # LayerNorm, partial rotary
     "gpt_bigcode": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=256)),  # MQA c_attn
+    "mpt": ("MptConfig", dict(d_model=64, n_layers=2, n_heads=4, expansion_ratio=2)),  # ALiBi, fused Wqkv
+    "codegen": ("CodeGenConfig", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, rotary_dim=8,
+                                      n_positions=256)),  # fused qkv_proj laid out [q; v; k] per partition
+    "olmo2": ("Olmo2Config", _GQA),  # q_norm/k_norm over all heads at once
+    "mixtral": ("MixtralConfig", dict(_GQA, num_local_experts=4, num_experts_per_tok=2)),  # MoE MLP (no linear maps)
+    "falcon_gqa": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        new_decoder_architecture=True, num_kv_heads=2)),  # Falcon-40B: per-group QKV
 }
 
 
