@@ -32,20 +32,18 @@ Public API::
                                             # projections (or of the fused QKV projection)
     linear_modules(model) -> list[str]      # every linear map, layer indices folded, with shapes
     kv_cache_shape(model)                   # (layers, heads, head_dim) of the generation cache
-    probe(model, arch) -> Layout            # which rows are each head's q/k/v, gate/up, norms
-    layer_weights(layer, maps, layout)      # one layer's maps as (out, in) matrices, by role
 
 Which rows of a fused projection are queries, keys or values differs between models (GPT-2:
 ``[q; k; v]`` blocks; BLOOM and GPT-NeoX: interleaved per head; Falcon-40B and InternLM2: per
-key/value group; CodeGen: ``[q; v; k]`` per partition). No shape says which, so :func:`probe`
-finds out by running the model's first layer (see its docstring).
+key/value group; CodeGen: ``[q; v; k]`` per partition). No shape says which: :mod:`suite.layout`
+finds out by running the model's first layer, and gives each layer's maps split by role.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -58,7 +56,8 @@ class ArchitectureError(ValueError):
 # ---------------------------------------------------------------- sizes from the config
 
 
-def _config(model):
+def text_config(model):
+    """The model's config, its text part for multimodal ones (``get_text_config``)."""
     cfg = getattr(model, "config", None)
     if cfg is not None and hasattr(cfg, "get_text_config"):
         cfg = cfg.get_text_config()
@@ -91,7 +90,7 @@ class Geometry:
 def geometry(model) -> Geometry:
     """The model's :class:`Geometry`, from its (text) config; the hidden size falls back to the
     input embeddings' width. Raises :class:`ArchitectureError` when the head count is unknown."""
-    cfg = _config(model)
+    cfg = text_config(model)
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model", "dim")
     if hidden is None and hasattr(model, "get_input_embeddings"):
         emb = model.get_input_embeddings()
@@ -182,6 +181,13 @@ def _ordered(root, names: list[str]) -> list[str]:
     return sorted(names, key=key)
 
 
+def _ordered_within(layer, block: str, names) -> list[str]:
+    """``names`` (relative to ``layer``, all inside its submodule ``block``) in call order."""
+    scope = layer.get_submodule(block) if block else layer
+    cut = len(block) + 1 if block else 0
+    return [f"{block}.{n}" if block else n for n in _ordered(scope, [n[cut:] for n in names])]
+
+
 def _within(name: str, block: str) -> bool:
     return not block or name == block or name.startswith(block + ".")
 
@@ -260,9 +266,7 @@ def _attention(layer, lin: dict, g: Geometry) -> LayerMaps | None:
         inner = {n: s for n, s in lin.items() if _within(n, block) and n != block}
         if linear_shape(module) is not None or not inner:
             continue
-        scope = layer.get_submodule(block) if block else layer
-        ordered = _ordered(scope, [n[len(block) + 1:] if block else n for n in inner])
-        ordered = [f"{block}.{n}" if block else n for n in ordered]
+        ordered = _ordered_within(layer, block, inner)
         outs = [n for n in ordered if inner[n] == (g.q_width, g.hidden)]
         for o in reversed(outs):  # the output projection is called after the input projections
             ins = [n for n in ordered if n != o and inner[n][0] == g.hidden]
@@ -312,10 +316,7 @@ def _mlp(layer, lin: dict, maps: LayerMaps, g: Geometry) -> dict:
     elif widths == [2 * ffn]:
         roles = {"gate_up": ins[0]}
     elif widths == [ffn, ffn]:
-        parent = _common_parent(ins)
-        scope = layer.get_submodule(parent) if parent else layer
-        gate, up = (f"{parent}.{n}" if parent else n for n in _ordered(scope, [n[len(parent) + 1:] if parent else n
-                                                                             for n in ins]))
+        gate, up = _ordered_within(layer, _common_parent(ins), ins)  # the gate is called first
         roles = {"gate": gate, "up": up}
     else:
         return {}
@@ -328,8 +329,6 @@ def layer_maps(layer, g: Geometry) -> LayerMaps | None:
     maps = _attention(layer, lin, g)
     if maps is None:
         return None
-    from dataclasses import replace
-
     return replace(maps, **_mlp(layer, lin, maps, g))
 
 
@@ -423,264 +422,3 @@ def kv_cache_shape(model, tokens: int = 3) -> tuple[int, int, int] | None:
     if len({tuple(k.shape) for k in keys}) != 1:
         return None  # layers cache different shapes (Gemma-3n-style): let peft decide
     return len(keys), keys[0].shape[1], keys[0].shape[3]
-
-
-# ---------------------------------------------------------------- rows of fused maps, by probing
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a probing forward pass once the wanted input is captured."""
-
-
-@dataclass
-class Layout:
-    """Which output rows of a layer's maps play which role, found by :func:`probe`.
-
-    Row indices refer to the attention's input projections' outputs concatenated in
-    ``LayerMaps.inputs`` order (``q``: ``(heads, head_dim)``, ``k``/``v``: ``(kv_heads,
-    head_dim)``, ``group[h]`` the key/value head of query head ``h``), and to the MLP's input
-    maps' outputs concatenated in ``LayerMaps.mlp_inputs`` order (``gate``/``up``). The norms
-    are the modules (names relative to the layer) whose output is the attention's or the
-    MLP's input; None where there is none (or it has no weight).
-    """
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    group: torch.Tensor
-    up: torch.Tensor | None = None
-    gate: torch.Tensor | None = None
-    attn_norm: str | None = None
-    mlp_norm: str | None = None
-
-
-def _run(model, ids, target=None, edits=None, record=None):
-    """Forward ``ids`` with ``edits`` ({module: fn(output) -> output}) applied; returns the
-    input of ``target`` (stopping there), ``record`` ({module: None}) gets each one's output."""
-    hooks, seen = [], {}
-    for module, fn in (edits or {}).items():
-        hooks.append(module.register_forward_hook(lambda m, a, out, fn=fn: fn(out)))
-    for module in record or {}:
-        hooks.append(module.register_forward_hook(lambda m, a, out: record.__setitem__(m, out)))
-
-    def stop(module, args):
-        seen["input"] = args[0].detach().float().clone()
-        raise _Stop
-
-    if target is not None:
-        hooks.append(target.register_forward_pre_hook(stop))
-    try:
-        model(input_ids=ids, use_cache=False)
-    except _Stop:
-        pass
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen.get("input")
-
-
-def _scaled(rows: torch.Tensor, factor, position: int | None = None):
-    """An output edit: ``rows`` of the last dimension times ``factor`` (a number, or one per
-    row), at every position or at ``position`` only."""
-
-    def fn(out):
-        out = out.clone()
-        where = (..., rows) if position is None else (..., position, rows)
-        out[where] = out[where] * (factor.to(out.device, out.dtype) if torch.is_tensor(factor) else factor)
-        return out
-
-    return fn
-
-
-def _rows_edit(modules: list, widths: list[int], rows: torch.Tensor, factor, position: int | None = None) -> dict:
-    """:func:`_scaled` edits of the global ``rows`` of ``modules``' concatenated outputs."""
-    edits, start = {}, 0
-    for module, width in zip(modules, widths):
-        inside = (rows >= start) & (rows < start + width)
-        if inside.any():
-            f = factor[inside.cpu()] if torch.is_tensor(factor) else factor
-            edits[module] = _scaled(rows[inside] - start, f, position)
-        start += width
-    return edits
-
-
-def _signs(n: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` random signs, both present."""
-    signs = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
-    signs[0], signs[-1] = 1.0, -1.0
-    return signs
-
-
-def _tolerance(dtype) -> float:
-    return 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 3e-2
-
-
-@torch.no_grad()
-def probe(model, arch: Architecture, tokens: int = 6) -> Layout:
-    """Find which rows of layer 0's maps are each head's query, key and value (and the MLP's
-    gate and up rows, and the norms before attention and MLP) by running the model.
-
-    The input projections' rows come in blocks of ``head_dim``. The signs of each block's rows
-    are flipped at random in turn, and the output projection's input compared with the
-    unchanged pass (the forward stops there). That changes only the heads the block serves
-    (flipping signs keeps the norm of any vector it is part of). A value block flips the
-    same dimensions of its heads' attention output and changes nothing else (attention is
-    linear in the values); query and key are told apart at the first position: with one
-    visible key the attention weight is 1 whatever the query, so changing position 0's query
-    changes nothing, changing its key does.
-    The heads a block changes give the head order and the key/value groups. For the MLP,
-    the up rows are those that scale the down projection's input linearly. Works whatever
-    the fused layout ([q; k; v], per head, per group, or another order). Raises
-    :class:`ArchitectureError` when the blocks do not add up to a consistent attention.
-    """
-    g, maps, layer = arch.geometry, arch.maps[0], arch.layers[0]
-    was_training = model.training
-    model.eval()
-    try:
-        return _probe(model, g, maps, layer, tokens)
-    finally:
-        model.train(was_training)
-
-
-def _probe(model, g: Geometry, maps: LayerMaps, layer, tokens: int) -> Layout:
-    param = next(model.parameters())
-    vocab = _first(_config(model), "vocab_size") or 16
-    ids = (torch.arange(tokens, device=param.device) * 7 + 3).remainder(vocab)[None]
-    tol = _tolerance(param.dtype)
-    o = layer.get_submodule(maps.o)
-    ins = [layer.get_submodule(n) for n in maps.inputs]
-    widths = [linear_shape(m)[1] for m in ins]
-    hd = g.head_dim
-    base = _run(model, ids, o).reshape(tokens, g.heads, hd)
-    scale = float(base.abs().max()) or 1.0
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = {}, [], []
-
-    def heads_changed(out):
-        return ((out - base).abs().amax(dim=(0, 2)) > tol * scale).nonzero().flatten().tolist()
-
-    def run(rows, factor, position=None):  # the output projection's input, per head
-        return _run(model, ids, o, _rows_edit(ins, widths, rows, factor, position)).reshape(tokens, g.heads, hd)
-
-    for b in range(sum(widths) // hd):
-        rows = torch.arange(b * hd, (b + 1) * hd, device=param.device)
-        # flipping signs keeps every norm of q, k or the attention output (OLMo-2's q_norm
-        # over all heads, BitNet's norm before o) and turns the vector
-        flip = _signs(hd, gen)
-        out = run(rows, flip)
-        heads = heads_changed(out)
-        if not heads:
-            raise ArchitectureError(f"probing {type(layer).__name__}: rows {b * hd}..{(b + 1) * hd - 1} of the "
-                                    "attention's input projections change nothing")
-        if (out[:, heads] - base[:, heads] * flip.to(base.device)).abs().max() <= tol * scale:
-            v.append((heads, rows))  # attention is linear in the values: their heads' output flips too
-        elif not heads_changed(run(rows, flip, position=0)):  # the query: position 0 sees one key
-            if len(heads) != 1 or heads[0] in q:
-                raise ArchitectureError(f"probing {type(layer).__name__}: a query block changes heads {heads}")
-            q[heads[0]] = rows
-        else:
-            k.append((heads, rows))
-    return _assemble(model, g, maps, layer, ids, tol, q, k, v)
-
-
-def _assemble(model, g, maps, layer, ids, tol, q, k, v) -> Layout:
-    what = type(layer).__name__
-    if sorted(q) != list(range(g.heads)) or len(k) != len(v) or not k:
-        raise ArchitectureError(f"probing {what}: found {len(q)} query, {len(k)} key and {len(v)} value heads "
-                                f"for {g.heads} heads")
-    groups = sorted({tuple(h) for h, _ in v})
-    if sorted(tuple(h) for h, _ in k) != groups or sorted(h for grp in groups for h in grp) != list(range(g.heads)):
-        raise ArchitectureError(f"probing {what}: keys and values do not serve the same groups of heads")
-    by_group = {tuple(h): r for h, r in k}, {tuple(h): r for h, r in v}
-    group = torch.empty(g.heads, dtype=torch.long)
-    for j, grp in enumerate(groups):
-        group[list(grp)] = j
-    layout = Layout(q=torch.stack([q[h] for h in range(g.heads)]).cpu(),
-                    k=torch.stack([by_group[0][grp] for grp in groups]).cpu(),
-                    v=torch.stack([by_group[1][grp] for grp in groups]).cpu(), group=group)
-    _probe_mlp(model, maps, layer, ids, tol, layout)
-    return layout
-
-
-def _probe_mlp(model, maps: LayerMaps, layer, ids, tol, layout: Layout) -> None:
-    """Up/gate rows (by linearity into the down projection) and the norms (by data flow)."""
-    norms = {m: n for n, m in layer.named_modules()
-             if n and not list(m.children()) and linear_shape(m) is None
-             and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 1}
-    record = dict.fromkeys(norms)
-    attn_in = {layer.get_submodule(maps.inputs[0]): None}
-    mlp_in = {layer.get_submodule(maps.mlp_inputs[0]): None} if maps.down else {}
-    inputs = {**attn_in, **mlp_in}
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in inputs]
-    try:
-        _run(model, ids, record=record)
-    finally:
-        for h in hooks:
-            h.remove()
-
-    def source(module):
-        x = inputs[module]
-        return next((norms[m] for m, out in record.items() if torch.is_tensor(out) and out.shape == x.shape
-                     and torch.equal(out, x)), None)
-
-    layout.attn_norm = source(next(iter(attn_in)))
-    if not maps.down:
-        return
-    layout.mlp_norm = source(next(iter(mlp_in)))
-    if not maps.gated:
-        layout.up = torch.arange(maps.ffn)
-        return
-    down = layer.get_submodule(maps.down)
-    mods = [layer.get_submodule(n) for n in maps.mlp_inputs]
-    widths = [linear_shape(m)[1] for m in mods]
-    base = _run(model, ids, down)
-    f = maps.ffn
-    halves = torch.arange(f), torch.arange(f, 2 * f)
-    pairs = [halves, halves[::-1], (torch.arange(0, 2 * f, 2), torch.arange(1, 2 * f, 2))]
-    flip = _signs(f, torch.Generator().manual_seed(1)).to(base.device)
-    scale = float(base.abs().max()) or 1.0
-    for gate, up in pairs:  # gate first, up first, interleaved
-        out = _run(model, ids, down, _rows_edit(mods, widths, up, flip))
-        if (out - base * flip).abs().max() <= tol * scale:  # act(gate) * up is linear in up
-            layout.gate, layout.up = gate, up
-            return
-    raise ArchitectureError(f"probing {type(layer).__name__}: no split of the MLP's input maps into gate and up "
-                            "acts linearly on the down projection's input")
-
-
-def layer_weights(layer, maps: LayerMaps, layout: Layout) -> dict[str, torch.Tensor]:
-    """One layer's maps as ``(out, in)`` matrices, split by role with ``layout``.
-
-    ``q``: ``(heads * head_dim, hidden)``, head by head in the order the output projection
-    reads them; ``k``, ``v``: ``(kv_heads * head_dim, hidden)``; ``group``: the key/value head
-    of each query head; ``o``: ``(hidden, heads * head_dim)``; ``up``, ``gate`` (gated MLPs):
-    ``(ffn, hidden)``; ``down``: ``(hidden, ffn)``; ``attn_norm``, ``mlp_norm``: the gains
-    of the norms before attention and MLP (:func:`norm_gain`). Biases are left out. The MLP
-    entries are missing when the layer has no linear MLP, the norms when it has none.
-    """
-    fused = torch.cat([weight_matrix(layer.get_submodule(n)) for n in maps.inputs])
-    w = {"q": fused[layout.q.flatten().to(fused.device)], "k": fused[layout.k.flatten().to(fused.device)],
-         "v": fused[layout.v.flatten().to(fused.device)], "group": layout.group,
-         "o": weight_matrix(layer.get_submodule(maps.o))}
-    for role, name in (("attn_norm", layout.attn_norm), ("mlp_norm", layout.mlp_norm)):
-        if name:
-            w[role] = norm_gain(layer.get_submodule(name), w["o"].shape[0])
-    if maps.down and layout.up is not None:
-        mlp = torch.cat([weight_matrix(layer.get_submodule(n)) for n in maps.mlp_inputs])
-        w["up"] = mlp[layout.up.to(mlp.device)]
-        if layout.gate is not None:
-            w["gate"] = mlp[layout.gate.to(mlp.device)]
-        w["down"] = weight_matrix(layer.get_submodule(maps.down))
-    return w
-
-
-@torch.no_grad()
-def norm_gain(norm, width: int) -> torch.Tensor:
-    """The per-feature gain a norm layer applies, measured: for ``x`` of alternating signs
-    (mean 0, RMS 1), ``(norm(x) - norm(-x)) / 2x``. That is the weight of an RMSNorm or a
-    LayerNorm (its bias cancels), and ``1 + weight`` for Gemma's RMSNorm."""
-    param = next(norm.parameters())
-    x = torch.ones(width, device=param.device, dtype=param.dtype)
-    x[1::2] = -1
-    x = x[None, None]
-    return ((norm(x) - norm(-x)) / (2 * x)).flatten().float()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from suite import architecture as A
+from suite import layout as L
 from suite.methods import method_params, run_info
 from suite.testing import ALL_ARCHITECTURES, ARCHITECTURES, check_method, fixed_batch, tiny_config, tiny_model
 
@@ -134,11 +135,11 @@ FUSED = ("gpt2", "bloom", "falcon", "gpt_neox", "gpt_bigcode", "mpt", "codegen",
 def test_fused_qkv_rows_follow_the_modeling_code(kind):
     model = base(kind)
     arch = A.find(model)
-    layout = A.probe(model, arch)
+    layout = L.probe(model, arch)
     q, k, v = expected_rows(kind, tiny_config(kind))
     assert torch.equal(layout.q.flatten(), q) and torch.equal(layout.k.flatten(), k)
     assert torch.equal(layout.v.flatten(), v)
-    w = A.layer_weights(arch.layers[1], arch.maps[1], layout)
+    w = L.layer_weights(arch.layers[1], arch.maps[1], layout)
     fused = A.weight_matrix(arch.layers[1].get_submodule(arch.maps[1].qkv))
     assert torch.equal(w["q"], fused[q]) and torch.equal(w["v"], fused[v])
 
@@ -148,7 +149,7 @@ def test_gate_and_up_rows(kind):
     """GLM's and Phi-3's gate_up_proj is [gate; up] (``chunk(2)``, gate first); LLaMA's are two maps."""
     model = base(kind)
     arch = A.find(model)
-    layout = A.probe(model, arch)
+    layout = L.probe(model, arch)
     f = arch.maps[0].ffn
     assert torch.equal(layout.gate, torch.arange(f)) and torch.equal(layout.up, torch.arange(f, 2 * f))
 
@@ -166,7 +167,7 @@ def test_lst_prunes_every_architecture(kind, registry):
         assert "fallback" not in info
     # the side block's queries are entries of the backbone's query rows, head by head
     arch = A.find(model.base)
-    w = A.layer_weights(arch.layers[0], arch.maps[0], A.probe(model.base, arch))
+    w = L.layer_weights(arch.layers[0], arch.maps[0], L.probe(model.base, arch))
     assert torch.isin(model.side.blocks[0].q.weight.flatten(), w["q"].flatten()).all()
 
 

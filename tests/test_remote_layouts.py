@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from suite import architecture as A
+from suite import layout as L
 
 D, H, HD, F_ = 64, 4, 16, 96  # width, heads, head dim, MLP width
 
@@ -251,7 +252,7 @@ def test_lora_adapts_exactly_the_fused_projections(name, registry):
 def test_probing_splits_the_fused_projection_as_the_model_does(name):
     model = build(name)
     arch = A.find(model)
-    layout = A.probe(model, arch)
+    layout = L.probe(model, arch)
     q, k, v = MODELS[name][6]
     assert torch.equal(layout.q, q.reshape(H, HD)) and torch.equal(layout.k.flatten(), k.flatten())
     assert torch.equal(layout.v.flatten(), v.flatten())
@@ -259,7 +260,7 @@ def test_probing_splits_the_fused_projection_as_the_model_does(name):
     maps = arch.maps[0]
     if maps.gated:  # gate first: ChatGLM2's chunk, Baichuan's and InternLM2's call order
         assert torch.equal(layout.gate, torch.arange(F_)) and torch.equal(layout.up, torch.arange(F_, 2 * F_))
-    w = A.layer_weights(arch.layers[0], maps, layout)
+    w = L.layer_weights(arch.layers[0], maps, layout)
     fused = arch.layers[0].get_submodule(maps.qkv).weight
     assert torch.equal(w["q"], fused[q.flatten()]) and torch.equal(w["k"], fused[k.flatten()])
     assert w["down"].shape == (D, maps.ffn) and torch.allclose(w["attn_norm"], torch.ones(D))

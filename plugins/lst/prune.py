@@ -1,8 +1,9 @@
 """Reading a backbone's layer weights by role, and initialising side blocks from them by pruning.
 
-The backbone's maps are found by role through :mod:`suite.architecture` (any decoder layer:
-separate or fused QKV in any layout, grouped- and multi-query attention, fused gate/up,
-parallel attention and MLP), never by LLaMA's or GPT-2's names. Structured pruning keeps
+The backbone's maps are found by role through :mod:`suite.architecture` and split by
+:mod:`suite.layout` (any decoder layer: separate or fused QKV in any layout, grouped- and
+multi-query attention, fused gate/up, parallel attention and MLP), never by LLaMA's or
+GPT-2's names. Structured pruning keeps
 whole rows/columns: the same ``width`` residual dimensions in every layer (the side blocks
 pass one residual stream along), ``head_dim`` of each head's query/key and value/output
 dimensions, and ``ffn`` MLP units. Each is ranked by the L1 norm of the weights that read or
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from suite import architecture
+from suite import architecture, layout as layouts
 from suite.architecture import ArchitectureError
 
 
@@ -25,14 +26,14 @@ def backbone_weights(model, arch: architecture.Architecture) -> tuple[list[dict]
     keeps its random initialisation). Raises :class:`ArchitectureError` when the attention
     cannot be read: the caller falls back to random initialisation and says so.
     """
-    layout = architecture.probe(model, arch)
+    layout = layouts.probe(model, arch)
     first = arch.maps[0]
     weights, missing = [], []
     for i, (layer, maps) in enumerate(zip(arch.layers, arch.maps)):
         if maps is None or (maps.inputs, maps.o) != (first.inputs, first.o):
             raise ArchitectureError(f"layer {i} ({type(layer).__name__}) differs from layer 0 in its attention")
         same_mlp = (maps.mlp_inputs, maps.down) == (first.mlp_inputs, first.down)
-        w = architecture.layer_weights(layer, maps if same_mlp else _no_mlp(maps), layout)
+        w = layouts.layer_weights(layer, maps if same_mlp else _no_mlp(maps), layout)
         head_dim = w["q"].shape[0] // len(layout.group)
         for n in "kv":  # grouped-query attention: give each query head its own copy of its key/value head
             kv = w[n].reshape(-1, head_dim, w[n].shape[1])
