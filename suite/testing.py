@@ -8,7 +8,8 @@ Plugin authors run it from their own tests::
         check_method("my-method")          # raises ConformanceError, one line per failure
 
 On tiny random Llama, Qwen2 and GPT-2 models (a few thousand parameters each, built here, no
-download) it checks, each under its own name:
+download; ``architectures=ALL_ARCHITECTURES`` for the 23 kinds leitai's own methods are tested
+on) it checks, each under its own name:
 
 ``applies``           ``apply`` returns a model whose forward gives a finite ``.loss`` and ``.logits``
 ``starts-from-base``  (methods that claim ``starts_from_base``) the untrained model's logits
