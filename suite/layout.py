@@ -105,7 +105,7 @@ def _signs(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _tolerance(dtype) -> float:
-    return 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 3e-2
+    return 1e-4 if dtype in (torch.float32, torch.float64) else 1e-3
 
 
 @torch.no_grad()

@@ -154,6 +154,17 @@ def test_gate_and_up_rows(kind):
     assert torch.equal(layout.gate, torch.arange(f)) and torch.equal(layout.up, torch.arange(f, 2 * f))
 
 
+@pytest.mark.parametrize("kind, offset", [("llama", 0.0), ("gemma", 1.0), ("bloom", 0.0)])
+def test_norm_gains_are_measured(kind, offset):
+    """RMSNorm's weight, Gemma's 1 + weight, LayerNorm's weight (its bias cancels)."""
+    norm = A.find(base(kind)).layers[0].input_layernorm
+    with torch.no_grad():
+        norm.weight.uniform_(-0.5, 0.5)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.uniform_(-0.5, 0.5)
+    assert torch.allclose(L.norm_gain(norm, norm.weight.shape[0]), norm.weight + offset, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ALL_ARCHITECTURES)
 def test_lst_prunes_every_architecture(kind, registry):
     lst = registry.methods["lst"]
