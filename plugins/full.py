@@ -20,14 +20,15 @@ class Full(Method):
         model.save_pretrained(str(directory))
 
     def load(self, base_model, directory: Path, params):
-        from safetensors.torch import load_file
-
-        state = load_file(str(Path(directory) / "model.safetensors"))
-        missing, unexpected = base_model.load_state_dict(state, strict=False)
-        tied = set(getattr(base_model, "_tied_weights_keys", None) or [])  # saved once, under the other name
-        if unexpected or set(missing) - tied:
-            raise ValueError(f"full: saved weights do not match the model ({(unexpected or missing)[:3]})")
-        return base_model
+        """The saved checkpoint, through transformers' own loading: it maps keys a model class
+        renamed (GPT-NeoX saves ``lm_head`` as ``embed_out``) and ties shared weights."""
+        param = next(base_model.parameters())
+        model, info = type(base_model).from_pretrained(str(directory), config=base_model.config, dtype=param.dtype,
+                                                       output_loading_info=True)
+        wrong = [k for key in ("missing_keys", "unexpected_keys", "mismatched_keys") for k in info.get(key) or []]
+        if wrong:
+            raise ValueError(f"full: saved weights do not match the model ({sorted(map(str, wrong))[:3]})")
+        return model.to(param.device)
 
 
 @hookimpl

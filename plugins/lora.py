@@ -17,16 +17,15 @@ class LoRA(PeftMethod):
         "r": 4,
         "alpha": 32,
         "dropout": 0.1,
-        # None: peft's default for the architecture (q_proj,v_proj on LLaMA/Qwen2, c_attn on GPT-2)
+        # None: peft's default for the model type (q_proj,v_proj on LLaMA/Qwen2, c_attn on GPT-2),
+        # else the attention's query and value projections found by role (suite.architecture)
         "targets": None,
     }
 
     def peft_config(self, model, params):
         from peft import LoraConfig, TaskType
 
-        targets = params["targets"]
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        targets, _ = self.targets(model, params["targets"])
         return LoraConfig(
             task_type=TaskType.CAUSAL_LM,
             r=params["r"],
@@ -34,6 +33,21 @@ class LoRA(PeftMethod):
             lora_dropout=params["dropout"],
             target_modules=targets,
         )
+
+    def run_info(self, model, params):
+        """peft's resolved target modules, and where they came from (settings, peft's default
+        for the model type, or found by role)."""
+        from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+
+        info = super().run_info(model, params)
+        model_type = getattr(model.get_base_model().config, "model_type", None)
+        if params["targets"]:
+            info["targets_from"] = "settings"
+        elif sorted(mapping.get(model_type) or []) == info.get("target_modules"):
+            info["targets_from"] = f"peft default for {model_type}"
+        else:
+            info["targets_from"] = "found by role"
+        return info
 
 
 @hookimpl

@@ -21,6 +21,7 @@ class PTuning(PeftMethod):
             num_virtual_tokens=params["virtual_tokens"],
             encoder_reparameterization_type=params["encoder"],
             encoder_hidden_size=params["encoder_hidden"],
+            **self.prompt_sizes(model),
         )
 
 

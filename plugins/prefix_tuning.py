@@ -22,6 +22,7 @@ class PrefixTuning(PeftMethod):
             num_virtual_tokens=params["virtual_tokens"],
             prefix_projection=params["projection"],
             encoder_hidden_size=params["projection_hidden"],
+            **self.prompt_sizes(model, prefix=True),  # the prefix has the shape of the model's cached keys
         )
 
 

@@ -21,6 +21,7 @@ class PromptTuning(PeftMethod):
             task_type=TaskType.CAUSAL_LM,
             num_virtual_tokens=params["virtual_tokens"],
             prompt_tuning_init=params["init"],
+            **self.prompt_sizes(model),
         )
 
 

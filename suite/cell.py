@@ -90,6 +90,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
     from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
+    from .methods import run_info
     from .plugins import registry
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
@@ -170,6 +171,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
+    record["method_info"] = run_info(method, model, dict(cell.params))  # what ran: targets, init, fallbacks
     with accelerator.autocast():
         view_before = forgetting.view_loss(model, "before training")
 

@@ -154,6 +154,11 @@ def cmd_list(args) -> int:
         elif args.what == "tasks":
             line += "\n" + _task_sizes(obj)
         print(line)
+    if args.what == "models":  # what --model takes besides the registered names
+        from .testing import ALL_ARCHITECTURES
+
+        print(f"{'(any)':<16} a Hugging Face causal LM id or path; every built-in method is tested on tiny models "
+              f"of {', '.join(ALL_ARCHITECTURES)} (README: Architectures)")
     _warn_failures(reg)
     return 0
 

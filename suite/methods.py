@@ -95,6 +95,17 @@ class Method:
         """
         return None
 
+    def run_info(self, model: torch.nn.Module, params: dict) -> dict:
+        """What actually ran, for the record: a small JSON-serialisable dict (names, choices,
+        fallbacks; no tensors), read from the model :meth:`apply` returned.
+
+        The cell stores it as ``record["method_info"]`` and the report lists it per task, so
+        a choice the method made on its own (the modules LoRA adapts, LST's initialisation) is
+        visible. A ``"fallback"`` entry (text) says the method could not do what its settings
+        asked and did something else; the report shows it as a warning. Default: ``{}``.
+        """
+        return {}
+
     def base_view(self, model: torch.nn.Module):
         """A context manager that yields a module computing the *untouched base model* with
         the method's parts switched off, or None when the method cannot (full fine-tuning
@@ -136,6 +147,64 @@ class PeftMethod(Method):
         """Return the ``peft.PeftConfig`` for ``model`` with hyper-parameters ``params``."""
         raise NotImplementedError
 
+    def targets(self, model: torch.nn.Module, given=None, mapping: dict | None = None,
+                setting: str = "targets") -> tuple[list[str], str]:
+        """The modules an adapter tuner adapts on ``model``, and where that choice came from.
+
+        ``given`` (a list, or a comma-separated string: the user's setting) is used as it is
+        (``"settings"``). Otherwise peft's default for the model type in ``mapping`` (peft's
+        ``TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING`` of the tuner; LoRA's by default),
+        when it names modules the model has (``"peft default for <model_type>"``); otherwise
+        the attention's query and value projections, or the fused projection that holds
+        them, found by role (:func:`suite.architecture.attention_targets`; ``"found by
+        role"``), which raises a one-line :class:`~suite.architecture.ArchitectureError`
+        listing the model's linear modules, and naming the method's ``setting``, when nothing
+        fits.
+        """
+        if isinstance(given, str):
+            given = [t.strip() for t in given.split(",") if t.strip()]
+        if given:
+            return list(given), "settings"
+        if mapping is None:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        default = mapping.get(model_type)
+        if isinstance(default, str):
+            default = [default]
+        names = [n for n, _ in model.named_modules()]
+        if default and any(n == t or n.endswith("." + t) for n in names for t in default):
+            return list(default), f"peft default for {model_type}"
+        from .architecture import ArchitectureError, attention_targets
+
+        try:
+            return attention_targets(model), "found by role"
+        except ArchitectureError as e:
+            raise ArchitectureError(f"{self.name}: {e}; name the modules to adapt with "
+                                    f"--set {self.name}.{setting}=NAME,NAME") from None
+
+    def prompt_sizes(self, model: torch.nn.Module, prefix: bool = False) -> dict:
+        """``num_layers``, ``token_dim`` and ``num_attention_heads`` for a peft prompt-learning
+        config, read from the model itself rather than from config keys (peft knows only some
+        spellings: not MPT's ``n_heads``, not Falcon's ``num_kv_heads``): the decoder layers
+        and heads found by role, the input embeddings' width. With ``prefix``, the width of
+        the keys the model caches per layer (:func:`suite.architecture.kv_cache_shape`), which
+        a prefix of keys and values must match. Empty where they cannot be found (peft then
+        reads the config as usual)."""
+        from . import architecture
+
+        if prefix:
+            shape = architecture.kv_cache_shape(model)
+            if shape is None:
+                return {}
+            layers, heads, head_dim = shape
+            return {"num_layers": layers, "num_attention_heads": heads, "token_dim": heads * head_dim}
+        try:
+            g = architecture.find(model).geometry
+        except architecture.ArchitectureError:
+            return {}
+        return {"num_layers": g.layers, "num_attention_heads": g.heads,
+                "token_dim": model.get_input_embeddings().embedding_dim} if g.layers else {}
+
     def apply(self, model, params):
         from peft import get_peft_model
 
@@ -152,6 +221,16 @@ class PeftMethod(Method):
 
     def trainable_count(self, model):
         return model.get_nb_trainable_parameters()[0]
+
+    def run_info(self, model, params):
+        """The peft type and, for adapter tuners, the sorted ``target_modules`` as the peft
+        model's own config holds them after ``get_peft_model`` resolved them."""
+        config = model.peft_config[model.active_adapter]
+        info = {"peft_type": str(getattr(config.peft_type, "value", config.peft_type))}
+        targets = getattr(config, "target_modules", None)
+        if targets:
+            info["target_modules"] = sorted(targets) if not isinstance(targets, str) else targets
+        return info
 
     def base_view(self, model):
         from contextlib import contextmanager
@@ -173,6 +252,19 @@ class PeftMethod(Method):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, str(directory))
+
+
+def run_info(method: Method, model: torch.nn.Module, params: dict) -> dict:
+    """:meth:`Method.run_info`, checked: a dict that JSON can hold (anything else is a bug in
+    the method, raised as a ``TypeError`` naming it)."""
+    info = method.run_info(model, dict(params))
+    try:
+        json.dumps(info)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"method {method.name!r}: run_info must return a JSON-serialisable dict ({e})") from None
+    if not isinstance(info, dict):
+        raise TypeError(f"method {method.name!r}: run_info must return a dict, not {type(info).__name__}")
+    return info
 
 
 def method_params(method: Method, overrides: dict | None) -> dict:

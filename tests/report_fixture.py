@@ -8,6 +8,8 @@ from pathlib import Path
 PWNED = "<script>window.leitaiPwned = 1</script>"
 ERROR_HTML = '<img src="x" onerror="window.leitaiPwned = 2">'
 CJK_METHOD = "前缀调优"
+LORA_INFO = {"peft_type": "LORA", "target_modules": ["q_proj", "v_proj"], "targets_from": "found by role"}
+FALLBACK = f"init='prune' cannot read the backbone's weights {PWNED}"
 
 
 def env(torch="2.13.0"):
@@ -20,13 +22,15 @@ def env(torch="2.13.0"):
 
 
 def record(task, method, seed, status="ok", score=None, dev=None, memory=50e6, params=1000, error=None,
-           outputs=None, skip_ids=(), torch="2.13.0", extra=None):
+           outputs=None, skip_ids=(), torch="2.13.0", extra=None, info=None):
     """One record as ``suite.cell`` writes it (ok runs) or as the runner writes a crash."""
     rid = f"{task}__{method}__s{seed}"
     r = {"run_id": rid, "method": method, "task": task, "seed": seed, "model": "tiny-zh", "status": status,
          "error": error, "config": {"method": method, "params": {"lr": 1e-3}, "steps": 20, "batch_size": 4,
                                     "max_len": 64, "task_sizes": {"train": 16}, "model": "tiny-zh"},
          "metrics": {}, "curve": [], "generations": [], "env": env(torch)}
+    if info:
+        r["method_info"] = info  # Method.run_info, as the cell records it after the guards
     if status in ("failed",) and error and "exited" in error:
         r["env"] = {}  # a crashed cell process recorded nothing about its machine
         r["config"] = {"method": method, "params": {"lr": 1e-3}}
@@ -58,15 +62,17 @@ def records() -> list[dict]:
     t, u = "zh-demo", "zh-other"
     return [
         # lora: two ok seeds (0.6, 0.7) and a failed one
-        record(t, "lora", 0, score=0.6, dev=2.0, memory=50e6),
-        record(t, "lora", 1, score=0.7, dev=2.2, memory=60e6),
+        record(t, "lora", 0, score=0.6, dev=2.0, memory=50e6, info=LORA_INFO),
+        record(t, "lora", 1, score=0.7, dev=2.2, memory=60e6, info=LORA_INFO),
         record(t, "lora", 2, status="failed", error=f"RuntimeError: broken on purpose {ERROR_HTML}"),
         # full: one ok, one out of memory
         record(t, "full", 0, score=0.9, dev=1.5, memory=400e6, params=100_000),
         record(t, "full", 1, status="oom", error="OutOfMemoryError: CUDA out of memory", params=100_000),
         # a Chinese method name; its seed 0 lacks ex3; seed 1 ran on another torch
-        record(t, CJK_METHOD, 0, score=0.5, dev=2.5, memory=40e6, params=500, skip_ids=("ex3",)),
-        record(t, CJK_METHOD, 1, score=0.5, dev=2.5, memory=40e6, params=500, torch="2.12.0"),
+        record(t, CJK_METHOD, 0, score=0.5, dev=2.5, memory=40e6, params=500, skip_ids=("ex3",),
+               info={"init": "prune"}),
+        record(t, CJK_METHOD, 1, score=0.5, dev=2.5, memory=40e6, params=500, torch="2.12.0",
+               info={"init": "random", "fallback": FALLBACK}),
         # a method that never ran: its cell process died
         record(t, "crasher", 0, status="failed", error="cell process exited with status 3: boom"),
         record(t, "nanner", 0, status="diverged", error="non-finite training loss at step 4"),

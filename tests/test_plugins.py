@@ -77,4 +77,5 @@ def test_list_shows_origin_and_defaults():
     assert "lora" in out and "[leitai " in out and "defaults: lr=" in out
     tasks = leitai("list", "tasks").stdout
     assert "zh-sentiment" in tasks and "accuracy" in tasks
-    assert "tiny-zh" in leitai("list", "models").stdout
+    models = leitai("list", "models").stdout
+    assert "tiny-zh" in models and "tested on tiny models of llama, qwen2, gpt2" in models and "glm4, bloom" in models

@@ -1,5 +1,6 @@
 """The comparison report from hand-written records (no training): numbers, failures, escaping,
 figures, merging, determinism, and the page as a real headless browser shows it."""
+import json
 import math
 import re
 import shutil
@@ -131,6 +132,24 @@ def test_versions_differences_are_warned(report):
     assert "**Warning:** runs differ in torch: 2.12.0 (1 run); 2.13.0 (10 runs)" in md
     page = (report / "report.html").read_text(encoding="utf-8")
     assert "runs differ in torch" in page and "5.23.0" in page and "Test CPU" in page
+
+
+def test_what_each_method_ran_is_listed_and_fallbacks_warned(report):
+    md = (report / "summary.md").read_text(encoding="utf-8")
+    ran = md.split("## zh-demo ")[1].split("### What ran")[1].split("###")[0]
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in ran.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| method")]
+    assert rows[0] == ["lora", "0, 1", "peft_type: LORA; target_modules: q_proj, v_proj; targets_from: found by role"]
+    assert rows[1] == [fx.CJK_METHOD, "0", "init: prune"]  # its seeds differ: one row each
+    assert rows[2][:2] == [fx.CJK_METHOD, "1"] and rows[2][2].startswith("init: random; fallback: init='prune' cannot")
+    assert len(rows) == 3  # a method that recorded nothing has no row
+    assert f"**Warning:** task zh-demo: {fx.CJK_METHOD} (seed 1): init='prune' cannot read" in md
+    results = pd.read_csv(report / "results.csv").set_index("run_id")
+    assert json.loads(results.loc["zh-demo__lora__s0", "method_info"]) == fx.LORA_INFO
+    assert pd.isna(results.loc["zh-demo__full__s0", "method_info"])
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert "<h3>What ran</h3>" in page and "targets_from: found by role" in page
+    assert page.count("init=&#x27;prune&#x27; cannot read") == 3  # the table and both warnings
 
 
 def test_text_from_records_is_escaped(report):

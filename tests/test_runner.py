@@ -43,6 +43,9 @@ def test_shootout_writes_the_output_contract(shootout):
     assert (out / "runs" / ok.loc["lora", "run_id"] / "adapter" / "adapter_config.json").exists()
     record = json.loads((out / "runs" / ok.loc["lora", "run_id"] / "record.json").read_text())
     assert record["env"]["versions"]["transformers"] and record["env"]["device"] == "cpu"
+    # what ran, as the method recorded it (Method.run_info): LoRA's targets, peft's default here
+    assert record["method_info"] == {"peft_type": "LORA", "target_modules": ["q_proj", "v_proj"],
+                                     "targets_from": "peft default for llama"}
     assert "zh-sentiment" in (out / "summary.md").read_text()
     # the task is tokenised once (the first cell), then read from the cache by the next
     assert ok["data_seconds"].notna().all() and str(ok.loc["full", "data_cached"]) == "True"

@@ -8,45 +8,78 @@ the side network from the backbone's weights.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 
-from suite import Method, hookimpl
+from suite import Method, architecture, hookimpl
+from suite.architecture import ArchitectureError
 
 from . import prune
 from .config import DEFAULTS, PAPER, check_settings, side_shape
 from .model import LadderSideModel, SideNetwork
 
 
+def _activation(cfg, gated: bool) -> str:
+    """The backbone's activation (a transformers ACT2FN name); SiLU or GELU where it names none."""
+    from transformers.activations import ACT2FN
+
+    for key in ("hidden_act", "hidden_activation", "activation_function", "activation"):
+        act = getattr(cfg, key, None)
+        if isinstance(act, str) and act in ACT2FN:
+            return act
+    return "silu" if gated else "gelu"
+
+
 def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
-    """Freeze ``base`` and put a side network with settings ``params`` beside it."""
+    """Freeze ``base`` and put a side network with settings ``params`` beside it.
+
+    The returned model's ``init_info`` says which initialisation ran (``{"init": "prune"}``,
+    or ``"random"``), with ``"fallback"``: why, where pruning could not read the backbone's
+    weights (or some of them) and the side weights stayed random.
+    """
     for p in base.parameters():
         p.requires_grad_(False)
-    body = base.base_model
-    layers = prune.decoder_layers(body)
-    first = layers[0] if layers is not None else None
+    try:
+        arch, why_not = architecture.find(base), None
+    except ArchitectureError as e:
+        arch, why_not = None, str(e)
+    first = arch.maps[0] if arch is not None else None
+    gated = bool(first and first.down and first.gated)
     cfg = base.config.get_text_config()
-    act = getattr(cfg, "hidden_act", None) or getattr(cfg, "activation_function", None) or "gelu"
-    shape = side_shape(base.config, params, gated=first is not None and prune.is_gated(first), act=act)
+    shape = side_shape(base.config, params, gated=gated, act=_activation(cfg, gated),
+                       ffn=first.ffn if first and first.down else None,
+                       head_dim=arch.geometry.head_dim if arch is not None else None)
     side = SideNetwork(shape).to(next(base.parameters()).device)  # float32 whatever the backbone's dtype
     std = getattr(cfg, "initializer_range", None) or 0.02
     for module in side.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=std)
+    info = {"init": params["init"]}
     if params["init"] == "prune":
-        if layers is None:
-            raise ValueError(f"lst: cannot find the decoder layers of {type(body).__name__}; use init='random'")
-        weights = [prune.layer_weights(layer, base.config) for layer in layers]
-        keep = prune.residual_dims(weights, shape.width)
-        with torch.no_grad():
-            for block, i in zip(side.blocks, shape.layers):
-                prune.prune_into(block, weights[i], keep, shape.heads)
-            for down in side.down:  # each ladder starts as the kept residual dimensions themselves
-                down.weight.zero_()
-                down.weight[torch.arange(shape.width, device=keep.device), keep] = 1.0
+        try:
+            if arch is None:
+                raise ArchitectureError(why_not)
+            weights, partly = prune.backbone_weights(base, arch)
+        except ArchitectureError as e:
+            info = {"init": "random", "fallback": f"init='prune' cannot read the backbone's weights ({e}); "
+                                                  "the side network starts from random weights"}
+            warnings.warn(f"lst: {info['fallback']}", stacklevel=2)
+        else:
+            if partly:
+                info["fallback"] = partly
+            keep = prune.residual_dims(weights, shape.width)
+            with torch.no_grad():
+                for block, i in zip(side.blocks, shape.layers):
+                    prune.prune_into(block, weights[i], keep, shape.heads)
+                for down in side.down:  # each ladder starts as the kept residual dimensions themselves
+                    down.weight.zero_()
+                    down.weight[torch.arange(shape.width, device=keep.device), keep] = 1.0
     torch.nn.init.zeros_(side.up.weight)  # untrained: logits are exactly the backbone's
-    return LadderSideModel(base, side)
+    model = LadderSideModel(base, side)
+    model.init_info = info
+    return model
 
 
 class LST(Method):
@@ -66,6 +99,11 @@ class LST(Method):
             check_settings(params)
         else:
             build(model, params)
+
+    def run_info(self, model, params):
+        """Which initialisation ran: ``{"init": "prune"}``, or ``"random"``; with ``"fallback"``
+        (why) where pruning could not read the backbone's weights, or some of them."""
+        return dict(getattr(model, "init_info", {"init": params["init"]}))
 
     def trainable_count(self, model):
         """The side network's size: LST trains it and nothing else."""

@@ -75,14 +75,19 @@ def check_settings(params: dict, width: int | None = None, layers: int | None = 
         raise ValueError(f"lst: init must be one of {', '.join(INITS)}, got {params['init']!r}")
 
 
-def side_shape(config, params: dict, gated: bool, act: str) -> SideShape:
-    """The side network's shape for a transformers ``config``; bad settings raise ``ValueError``."""
+def side_shape(config, params: dict, gated: bool, act: str, ffn: int | None = None,
+               head_dim: int | None = None) -> SideShape:
+    """The side network's shape for a transformers ``config``; bad settings raise ``ValueError``.
+
+    ``ffn`` and ``head_dim`` are the backbone's MLP width and head dimension where they were
+    found from its layers (:mod:`suite.architecture`); otherwise they are read from the config.
+    """
     cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     d, n_layers, heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
     check_settings(params, d, n_layers)
     r, k, temperature = params["reduction"], params["keep_every"], params["gate_temperature"]
-    head_dim = getattr(cfg, "head_dim", None) or d // heads
-    ffn = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    head_dim = head_dim or getattr(cfg, "head_dim", None) or d // heads
+    ffn = ffn or getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
     eps = next((getattr(cfg, a) for a in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps")
                 if getattr(cfg, a, None) is not None), 1e-6)
     return SideShape(

@@ -128,6 +128,19 @@ class SideNetwork(nn.Module):
         return self.up(self.norm(s))
 
 
+def _body(base: nn.Module) -> nn.Module:
+    """The module that runs the decoder layers and returns their hidden states: the layers'
+    parent as :mod:`suite.architecture` finds it (OPT's ``model.decoder``, which its causal LM
+    calls directly), else transformers' ``base_model``."""
+    from suite.architecture import ArchitectureError, find
+
+    try:
+        name = find(base).layers_name.rpartition(".")[0]
+    except ArchitectureError:
+        return base.base_model
+    return base.get_submodule(name) if name else base
+
+
 class LadderSideModel(nn.Module):
     """A frozen causal LM with a trainable side network; used like a transformers causal LM.
 
@@ -140,9 +153,10 @@ class LadderSideModel(nn.Module):
         super().__init__()
         self.base = base
         self.side = side
-        body = base.base_model
+        body = _body(base)
         if body is base:
             raise ValueError(f"lst: cannot find the transformer body of {type(base).__name__}")
+        self._body_name = next(n for n, m in base.named_modules() if m is body)  # a name: not a second parent
         if base.get_output_embeddings() is None:
             raise ValueError(f"lst: {type(base).__name__} has no output embeddings (LM head)")
 
@@ -154,36 +168,51 @@ class LadderSideModel(nn.Module):
     def generation_config(self):
         return self.base.generation_config
 
-    def _logits(self, input_ids, attention_mask=None, base_cache=None, side_cache=None, last_only=False, **kwargs):
-        body, head = self.base.base_model, self.base.get_output_embeddings()
-        with torch.no_grad():  # the backbone: no graph, none of its activations kept
-            out = body(input_ids=input_ids, attention_mask=attention_mask, past_key_values=base_cache,
-                       use_cache=base_cache is not None, output_hidden_states=True, return_dict=True, **kwargs)
-        hs = out.hidden_states
-        ladders = [hs[0]] + [hs[i + 1] for i in self.side.shape.layers]
-        final = out.last_hidden_state
-        del out, hs  # hidden states of dropped layers are freed here
-        side = self.side(ladders, attention_mask, side_cache)
-        hidden = final + side.to(final.dtype)
-        if last_only:
-            hidden = hidden[:, -1:]
-        logits = head(hidden)
-        cap = getattr(self.base.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:  # Gemma-2-style logit soft-capping, as the base model applies it
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+    def _run(self, input_ids, attention_mask=None, labels=None, base_cache=None, side_cache=None, **kwargs):
+        """The backbone's own forward pass, with the side output added to its final hidden state.
+
+        Hooks on the transformer body run it without autograd (none of its activations kept)
+        and add the side network's output to what it returns, so the backbone's own head and
+        whatever it does to the logits (Gemma-2's soft-capping, Cohere's ``logit_scale``,
+        Granite's ``logits_scaling``) and its own loss apply unchanged.
+        """
+        body, grad, added = self.base.get_submodule(self._body_name), torch.is_grad_enabled(), []
+
+        def enter(module, args):
+            torch.set_grad_enabled(False)  # the frozen backbone: no graph
+
+        def leave(module, args, out):
+            torch.set_grad_enabled(grad)
+            hs = getattr(out, "hidden_states", None)
+            if hs is None:
+                raise RuntimeError(f"lst: {type(module).__name__} returned no hidden states")
+            added.append(True)
+            ladders = [hs[0]] + [hs[i + 1] for i in self.side.shape.layers]
+            out.hidden_states = None  # hidden states of dropped layers are freed here
+            side = self.side(ladders, attention_mask, side_cache)
+            out.last_hidden_state = out.last_hidden_state + side.to(out.last_hidden_state.dtype)
+            return out
+
+        hooks = [body.register_forward_pre_hook(enter), body.register_forward_hook(leave)]
+        try:
+            out = self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                            past_key_values=base_cache, use_cache=base_cache is not None, output_hidden_states=True,
+                            return_dict=True, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+            torch.set_grad_enabled(grad)
+        if len(added) != 1:  # never silently the backbone alone
+            raise RuntimeError(f"lst: {type(self.base).__name__}'s forward ran {type(body).__name__} {len(added)} times")
+        return out
 
     def forward(self, input_ids, attention_mask=None, labels=None, **kwargs):
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         for key in ("return_dict", "use_cache", "output_hidden_states"):  # set by the wrapper itself
             kwargs.pop(key, None)
-        logits = self._logits(input_ids, attention_mask, **kwargs)
-        loss = None
-        if labels is not None:
-            vocab = self.base.config.get_text_config().vocab_size
-            loss = self.base.loss_function(logits=logits, labels=labels, vocab_size=vocab)
-        return CausalLMOutputWithPast(loss=loss, logits=logits)
+        out = self._run(input_ids, attention_mask, labels, **kwargs)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits)
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, generation_config=None, **kwargs):
@@ -213,7 +242,7 @@ class LadderSideModel(nn.Module):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new):
             mask = torch.ones_like(seq)
-            logits = self._logits(step, mask, base_cache, side_cache, last_only=True)
+            logits = self._run(step, mask, base_cache=base_cache, side_cache=side_cache).logits
             token = torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits[:, -1].argmax(-1))
             seq = torch.cat([seq, token[:, None]], dim=1)
             done = done | torch.isin(token, eos)

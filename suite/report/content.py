@@ -46,6 +46,11 @@ TURNS_NOTE = (
     "and scored on its own (the task's metric for that turn); 'all turns' is the task's score. "
     "A method whose score falls from turn to turn loses the thread as the conversation grows."
 )
+RAN_NOTE = (
+    "What each method recorded it ran on this model (Method.run_info; the method_info column of "
+    "results.csv): the modules an adapter was put on and where that choice came from, an "
+    "initialisation, and any fallback."
+)
 OVERALL_NOTE = (
     "mean rank: a method's rank by mean score on each task it ran (1 = best; a task where it "
     "has no ok run counts as last place), averaged over tasks. relative score: its mean score "
@@ -63,6 +68,7 @@ class TaskSection:
     verdict: TaskVerdict | None = None
     #: a conversation task's score per assistant turn (empty for single-turn tasks)
     turns: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ran: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each method recorded it ran
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -106,6 +112,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             more=tables.more_table(results, stats, task),
             answers=tables.answers_table(results, generations, task, orders[task]), verdict=verdict,
             turns=tables.turn_table(results, stats, task),
+            ran=tables.method_info_table(results, task, orders[task]),
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:
@@ -125,7 +132,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
         sections.append(section)
     memory = figures.memory_bars(tasks, results, stats, orders, palette) if with_figures else None
     return Report(
-        facts=_facts(results), warnings=environment.warnings(records),
+        facts=_facts(results), warnings=environment.warnings(records) + tables.fallback_warnings(results),
         overall=tables.overall_table(results, stats), sections=sections, memory_figure=memory,
         failed=tables.failed_runs(runs) if len(runs) else pd.DataFrame(),
         environments=environment.environments(records), results=runs,

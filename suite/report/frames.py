@@ -20,10 +20,10 @@ EXTRA_COLUMNS = (
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
-    "device device_name dtype"
+    "device device_name dtype method_info"
 ).split()
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype", "phase")
+                "device", "device_name", "dtype", "phase", "method_info")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
 
@@ -61,6 +61,8 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
         row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
         env = r.get("env") or {}
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))
+        info = r.get("method_info")  # what the method chose (Method.run_info), as JSON text
+        row["method_info"] = json.dumps(info, ensure_ascii=False) if info else None  # in the method's order
         rows.append(row)
     df = pd.DataFrame(rows)
     known = RESULT_COLUMNS + EXTRA_COLUMNS

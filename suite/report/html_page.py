@@ -13,7 +13,7 @@ import re
 
 import pandas as pd
 
-from .content import NOTES, OVERALL_NOTE, TURNS_NOTE, Report
+from .content import NOTES, OVERALL_NOTE, RAN_NOTE, TURNS_NOTE, Report
 from .figures import CJK_FAMILIES
 from .formatting import numeric_column
 
@@ -132,6 +132,8 @@ def render(report: Report) -> str:
                   "paired test says they differ (p &lt; 0.05).</p>", table(s.verdict.pairwise), "</details>"]
         if not s.turns.empty:
             p += ["<h3>Score by turn</h3>", table(s.turns), f"<p class='note'>{e(TURNS_NOTE)}</p>"]
+        if not s.ran.empty:
+            p += ["<h3>What ran</h3>", f"<p class='note'>{e(RAN_NOTE)}</p>", table(s.ran, index=False, text_columns=("what ran",), left=("seeds",))]
         for caption, svg in s.figures.items():
             p.append(f"<figure>{svg}<figcaption>{e(caption)}, {e(s.task)}</figcaption></figure>")
         if not s.answers.empty:

@@ -9,7 +9,7 @@ import re
 
 import pandas as pd
 
-from .content import NOTES, OVERALL_NOTE, TURNS_NOTE, Report
+from .content import NOTES, OVERALL_NOTE, RAN_NOTE, TURNS_NOTE, Report
 from .formatting import numeric_column
 
 #: answers-table cells longer than this are cut in summary.md (report.html has them whole)
@@ -61,6 +61,8 @@ def render(report: Report) -> str:
                       table(s.verdict.pairwise), ""]
         if not s.turns.empty:
             lines += ["### Score by turn", "", table(s.turns), "", cell(TURNS_NOTE), ""]
+        if not s.ran.empty:
+            lines += ["### What ran", "", cell(RAN_NOTE), "", table(s.ran, index=False, left=("seeds", "what ran")), ""]
         if not s.answers.empty:
             lines += ["### Answers side by side", "",
                       "The same test prompts for every method (the run with the lowest seed answers); "

@@ -7,6 +7,7 @@ score last, ties by name.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -300,3 +301,51 @@ def answers_table(results: pd.DataFrame, generations: pd.DataFrame, task: str, o
         label = m if pd.isna(seed) else f"{m} (seed {int(seed)})"
         table[label] = [a.loc[i, "output"] for i in ids]
     return table
+
+
+def describe_info(info: dict) -> str:
+    """A method's ``method_info`` as one line: ``key: value; key: a, b``."""
+    def value(v):
+        if isinstance(v, (list, tuple)):
+            return ", ".join(map(str, v))
+        return json.dumps(v, ensure_ascii=False, sort_keys=True) if isinstance(v, dict) else str(v)
+
+    return "; ".join(f"{k}: {value(v)}" for k, v in info.items())
+
+
+def _infos(results: pd.DataFrame, task: str):
+    """``(method, seed, info dict)`` of every run of ``task`` that recorded what ran."""
+    df = results[(results.task == task) & results.method_info.notna()]
+    for r in df.sort_values(["method", "seed", "run_id"]).itertuples():
+        yield r.method, r.seed, json.loads(r.method_info)
+
+
+def _seeds(seeds: list) -> str:
+    seeds = sorted({int(s) for s in seeds if not pd.isna(s)})
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else "no seed"
+
+
+def method_info_table(results: pd.DataFrame, task: str, order: list[str]) -> pd.DataFrame:
+    """What each method of ``task`` recorded it ran (``Method.run_info``): columns method,
+    seeds, what ran; one row per method, or per distinct record where its runs differ. Empty
+    when no run recorded anything."""
+    runs: dict[str, dict[str, list]] = {}
+    for method, seed, info in _infos(results, task):
+        runs.setdefault(method, {}).setdefault(describe_info(info), []).append(seed)
+    rows = [{"method": method, "seeds": _seeds(seeds).split(" ", 1)[1], "what ran": text}
+            for method in [m for m in order if m in runs] + sorted(set(runs) - set(order))
+            for text, seeds in runs[method].items()]
+    return pd.DataFrame(rows, columns=["method", "seeds", "what ran"]) if rows else pd.DataFrame()
+
+
+def fallback_warnings(results: pd.DataFrame) -> list[str]:
+    """One warning per task, method and ``fallback`` a method recorded: it could not do what
+    its settings asked and did something else (LST's pruning init on an unreadable backbone)."""
+    out = []
+    for task in sorted(results.task.dropna().unique()):
+        seen: dict[tuple, list] = {}
+        for method, seed, info in _infos(results, task):
+            if info.get("fallback"):
+                seen.setdefault((method, str(info["fallback"])), []).append(seed)
+        out += [f"task {task}: {method} ({_seeds(seeds)}): {why}" for (method, why), seeds in seen.items()]
+    return out
