@@ -95,14 +95,16 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     from .forgetting import side_batches
     from .env import environment
     from .generate import greedy_generate
-    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
+    from .guards import (GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error,
+                         trained_base_names)
     from .measure import PeakMemory, count_parameters
+    from .methods import resolve_method
     from .plugins import registry
     from .tasks import format_prompt, resolve_task
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
 
     reg = registry()
-    method = reg.get("methods", cell.method)
+    method = resolve_method(cell.method, reg, cell.params)
     task = resolve_task(cell.task, reg)
     spec = models.resolve(cell.model, reg, cell.trust_remote_code)
 
@@ -137,9 +139,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     if method.starts_from_base:  # the guard's probe: the base model's logits on two examples
         probe = probe_batch(train_set, tokenizer.pad_token_id)
         base_logits = real_logits(base, probe)
+    trained = trained_base_names(method, base, dict(cell.params))  # declared before apply
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
     model = method.apply(base, dict(cell.params))
-    trainable = check_method_output(method, base_named, model)
+    trainable = check_method_output(method, base_named, model, trained)
     if method.starts_from_base:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
@@ -158,7 +161,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> None:
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
-            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar)
+            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params))
     model = accelerator.unwrap_model(model)
     peaks = [peak.peak]
     if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process

@@ -25,7 +25,9 @@ def _parser(plugin_commands=()) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a shootout and write its report", epilog=EPILOG)
     S = argparse.SUPPRESS  # only flags the user gives override the TOML config
-    run.add_argument("--methods", default=S, help="comma-separated method names (default: all registered)")
+    run.add_argument("--methods", default=S,
+                     help="comma-separated method names, peft:PATH for your own PEFT config, or all "
+                          "(default: the default shootout's methods)")
     run.add_argument("--tasks", default=S,
                      help="comma-separated task names, or file:PATH[?score=NAME] for your own data (default: zh-sentiment)")
     run.add_argument("--model", default=S, help="tiny-zh (default) or a Hugging Face model id / local path")

@@ -23,7 +23,7 @@ from .errors import UsageError
 
 @dataclass
 class ShootoutConfig:
-    methods: list[str] = field(default_factory=list)  # empty: every registered method
+    methods: list[str] = field(default_factory=list)  # empty: the default ones; ["all"]: every registered one
     tasks: list[str] = field(default_factory=list)  # empty: the tasks marked for the default run
     model: str = ""  # empty: the model marked as default (tiny-zh)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -56,7 +56,9 @@ class ShootoutConfig:
 
     def fill_defaults(self, registry) -> "ShootoutConfig":
         """Resolve the empty fields against what the plugins registered."""
-        if not self.methods:
+        if not self.methods:  # the default shootout: the methods marked for it (Method.default)
+            self.methods = sorted(n for n, m in registry.methods.items() if getattr(m, "default", True))
+        elif self.methods == ["all"]:
             self.methods = sorted(registry.methods)
         if not self.tasks:
             self.tasks = sorted(n for n, t in registry.tasks.items() if getattr(t, "default", False))

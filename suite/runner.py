@@ -26,7 +26,7 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
     Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
     validated before any cell starts: bad data stops the shootout with one line.
     """
-    from .methods import method_params
+    from .methods import method_params, resolve_method
     from .tasks import resolve_task
 
     cells = []
@@ -34,13 +34,11 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")
-    for name in config.methods:
-        if name not in registry.methods:
-            raise UsageError(f"unknown method {name!r} (known: {', '.join(sorted(registry.methods))})")
+    methods = {name: resolve_method(name, registry, config.method_overrides.get(name)) for name in config.methods}
     for task in config.tasks:
         for name in config.methods:
             try:
-                params = method_params(registry.methods[name], config.method_overrides.get(name))
+                params = method_params(methods[name], config.method_overrides.get(name))
             except ValueError as e:
                 raise UsageError(str(e)) from None
             for seed in config.seeds:
