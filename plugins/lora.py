@@ -1,5 +1,24 @@
-"""LoRA: trainable low-rank updates B·A beside frozen weight matrices (through peft)."""
+"""LoRA: trainable low-rank updates B·A beside frozen weight matrices (through peft).
+
+The LoRA variants (``dora``, ``pissa``, ``lora-plus``, ``adalora``) build on :class:`LoRA`:
+they share its settings (``r``, ``alpha``, ``dropout``, ``targets``) through
+:func:`shared_options` and add their own through :meth:`LoRA.variant_options`.
+"""
 from suite import PeftMethod, hookimpl
+
+from .targets import split_names
+
+
+def shared_options(params: dict) -> dict:
+    """The ``LoraConfig`` keyword arguments every LoRA variant takes from its settings."""
+    from peft import TaskType
+
+    return dict(
+        task_type=TaskType.CAUSAL_LM,
+        lora_alpha=params["alpha"],
+        lora_dropout=params["dropout"],
+        target_modules=split_names(params["targets"]),
+    )
 
 
 class LoRA(PeftMethod):
@@ -21,19 +40,14 @@ class LoRA(PeftMethod):
         "targets": None,
     }
 
-    def peft_config(self, model, params):
-        from peft import LoraConfig, TaskType
+    def variant_options(self, model, params) -> dict:
+        """Further ``LoraConfig`` keyword arguments of a variant (DoRA, PiSSA); none for LoRA."""
+        return {}
 
-        targets = params["targets"]
-        if isinstance(targets, str):
-            targets = [t.strip() for t in targets.split(",") if t.strip()]
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=params["r"],
-            lora_alpha=params["alpha"],
-            lora_dropout=params["dropout"],
-            target_modules=targets,
-        )
+    def peft_config(self, model, params):
+        from peft import LoraConfig
+
+        return LoraConfig(r=params["r"], **shared_options(params), **self.variant_options(model, params))
 
 
 @hookimpl
