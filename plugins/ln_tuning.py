@@ -1,4 +1,6 @@
 """LN tuning: only the normalisation layers train, as copies beside the frozen ones (through peft)."""
+import warnings
+
 from suite import PeftMethod, hookimpl
 
 from .targets import norm_targets, split_names
@@ -24,6 +26,17 @@ class LNTuning(PeftMethod):
 
         targets = split_names(params["targets"]) or norm_targets(model)
         return LNTuningConfig(task_type=TaskType.CAUSAL_LM, target_modules=targets)
+
+    # peft looks for in/out features on every target and warns that norms have none: noise here
+    def apply(self, model, params):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unsupported layer type .*Norm")
+            return super().apply(model, params)
+
+    def load(self, base_model, directory, params):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Unsupported layer type .*Norm")
+            return super().load(base_model, directory, params)
 
 
 @hookimpl

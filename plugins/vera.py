@@ -1,4 +1,6 @@
 """VeRA: frozen random low-rank matrices shared by all layers, with trained scaling vectors."""
+import warnings
+
 from suite import PeftMethod, hookimpl
 
 from .targets import split_names
@@ -23,9 +25,16 @@ class VeRA(PeftMethod):
     def peft_config(self, model, params):
         from peft import TaskType, VeraConfig
 
-        return VeraConfig(task_type=TaskType.CAUSAL_LM, r=params["r"], d_initial=params["d_initial"],
-                          vera_dropout=params["dropout"], target_modules=split_names(params["targets"]),
-                          save_projection=False)
+        with warnings.catch_warnings():  # peft warns that the projections are not saved: on purpose
+            warnings.filterwarnings("ignore", message="Specified to not save vera_A and vera_B")
+            return VeraConfig(task_type=TaskType.CAUSAL_LM, r=params["r"], d_initial=params["d_initial"],
+                              vera_dropout=params["dropout"], target_modules=split_names(params["targets"]),
+                              save_projection=False)
+
+    def load(self, base_model, directory, params):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Specified to not save vera_A and vera_B")
+            return super().load(base_model, directory, params)
 
 
 @hookimpl

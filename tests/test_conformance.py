@@ -23,7 +23,7 @@ def test_built_in_method_conforms(name, registry):
     method = registry.methods[name]
     checks = set(CHECKS) - {
         check for check, applies in [("starts-from-base", method.starts_from_base), ("merge", method.mergeable),
-                                     ("base-view", name != "full")] if not applies
+                                     ("base-view", name not in ("full", "pissa"))] if not applies
     }
     passed = {(r.check, r.architecture) for r in report.results if r.status == "passed"}
     assert passed == {(c, a) for c in checks for a in report.architectures}
@@ -177,6 +177,25 @@ class FakeMerge(LoRA):
         return model.unload()
 
 
+class Ungrouped(LoRA):
+    """Gives the optimiser the A matrices only: the B matrices would never train."""
+
+    name = "ungrouped"
+
+    def param_groups(self, model, params):
+        return [{"params": [p for n, p in model.named_parameters() if "lora_A" in n]}]
+
+
+class Meddler(LoRA):
+    """Nudges a base weight after every optimiser step."""
+
+    name = "meddler"
+
+    def after_step(self, model, step, steps):
+        with torch.no_grad():
+            model.get_decoder().norm.weight.add_(1e-3)
+
+
 BROKEN = [
     # PEFT saves only the adapter, so the embeddings it trained are lost too
     (Unfrozen, "llama", {"frozen", "save-load", "base-view"},
@@ -201,6 +220,11 @@ BROKEN = [
     (Peeker, "llama", {"base-view"},
      "conformance: peeker: base-view: with the method switched off (base_view) the logits differ from the base"),
     (FakeMerge, "gpt2", {"merge"}, "conformance: fake-merge: merge: merged logits differ from unmerged ones by up to"),
+    (Ungrouped, "llama", {"loss"},
+     "conformance: ungrouped: loss: raised GuardError: method 'ungrouped': param_groups leaves 4 trainable tensors "
+     "out of every group (e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight) on llama"),
+    (Meddler, "qwen2", {"frozen", "base-view"},
+     "conformance: meddler: frozen: 1 base tensors declared frozen changed after one step (e.g. model.norm.weight) on qwen2"),
 ]
 
 
