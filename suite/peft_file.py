@@ -41,6 +41,7 @@ def load_peft_config(path: str):
     JSON, is not a config PEFT can load, or is for another task than causal language modelling.
     """
     from peft import PeftConfig
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     file = config_file(path)
     try:
@@ -53,10 +54,12 @@ def load_peft_config(path: str):
         raise UsageError(f"{file}: not a PEFT config (invalid JSON: {e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict) or "peft_type" not in data:
         raise UsageError(f"{file}: not a PEFT config (no peft_type)")
+    if data["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        raise UsageError(f"{file}: unknown peft_type {data['peft_type']!r} for the installed peft")
     try:
         config = PeftConfig.from_peft_type(**data)
     except Exception as e:  # unknown peft_type, bad values: PEFT's own checks
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = str(e).strip().splitlines()[0].strip() if str(e).strip() else type(e).__name__
         raise UsageError(f"{file}: PEFT cannot load this config ({message})") from None
     if config.task_type not in (None, "CAUSAL_LM"):
         raise UsageError(f"{file}: task_type {config.task_type} is not CAUSAL_LM, which the arena trains")
