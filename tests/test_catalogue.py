@@ -278,3 +278,21 @@ def test_the_default_shootout_and_all(registry):
 
     assert set(build_config({}).fill_defaults(registry).methods) == DEFAULT_SHOOTOUT
     assert build_config({"methods": "all"}).fill_defaults(registry).methods == sorted(registry.methods)
+
+
+def test_the_guides_peft_tuner_in_30_lines_conforms():
+    """docs/plugins.md's "A PEFT tuner in about 30 lines", run as written: it passes the kit."""
+    import re
+    import types
+
+    from conftest import ROOT
+    from suite.testing import check_method
+
+    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = guide.split("## A PEFT tuner in about 30 lines", 1)[1]
+    code = re.search(r"^```python\n(.*?)^```$", section, flags=re.S | re.M).group(1)
+    assert len(code.strip().splitlines()) <= 35
+    module = types.ModuleType("guide_randlora")
+    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    report = check_method(module.RandLoRA())
+    assert report.ok and not {r.check for r in report.results if r.status == "skipped"}
