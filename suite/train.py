@@ -234,12 +234,18 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
 
 @torch.inference_mode()
 def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device) -> float:
-    """Token-weighted mean loss over answer tokens (the dev loss)."""
+    """Token-weighted mean cross-entropy over answer tokens (the dev loss), computed here from
+    the logits rather than taken from the model's own ``loss``, so a method that adds a term to
+    its loss (AdaLoRA's orthogonality penalty) is scored like every other; positions a method
+    prepends (prompt tuning's virtual tokens) are dropped."""
     model.eval()
     total, count = 0.0, 0
     for items in batches:
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-        n = sum(len(e.answer) for e in items)
-        total += model(**batch).loss.float().item() * n
-        count += n
+        ids, labels = batch["input_ids"], batch["labels"]
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, -ids.shape[1]:]
+        target = labels[:, 1:]
+        total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=IGNORE,
+                                 reduction="sum").item()
+        count += int((target != IGNORE).sum())
     return total / count if count else float("nan")

@@ -296,3 +296,26 @@ def test_the_guides_peft_tuner_in_30_lines_conforms():
     exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
     report = check_method(module.RandLoRA())
     assert report.ok and not {r.check for r in report.results if r.status == "skipped"}
+
+
+@pytest.mark.parametrize("name", ["lora", "prompt-tuning", "adalora"])
+def test_dev_loss_is_the_cross_entropy_whatever_the_model_adds(name, registry):
+    """The dev loss is computed from the logits: the model's own loss for LoRA and for prompt
+    tuning (virtual tokens dropped), but without AdaLoRA's orthogonality penalty, which its
+    own loss adds even in eval mode."""
+    from suite.data import Encoded, collate
+    from suite.train import mean_loss
+
+    method = registry.methods[name]
+    torch.manual_seed(0)
+    model = method.apply(tiny_model("llama"), method_params(method, None))
+    g = torch.Generator().manual_seed(5)
+    items = [Encoded(str(i), torch.randint(3, 128, (6 + i,), generator=g).tolist(),
+                     torch.randint(3, 128, (2 + i,), generator=g).tolist()) for i in range(3)]
+    ours = mean_loss(model, [items], 0, "cpu")
+    with torch.no_grad():
+        own = sum(model(**collate([e], 0)).loss.item() * len(e.answer) for e in items) / sum(len(e.answer) for e in items)
+    if name == "adalora":
+        assert own > ours + 0.01  # the penalty, which the dev loss leaves out
+    else:
+        assert ours == pytest.approx(own, rel=1e-5)
