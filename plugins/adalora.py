@@ -14,7 +14,7 @@ class AdaLoRA(LoRA):
     paper = (
         "Zhang et al., 2023, Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning (ICLR 2023): "
         "each update P·Λ·Q starts at init_r and the total rank budget falls on a cubic schedule to target_r "
-        "per matrix (Sec. 3.3), by sensitivity smoothed with beta1 = beta2 = 0.85, with an orthogonality "
+        "per matrix, by sensitivity smoothed with beta1 = beta2 = 0.85, with an orthogonality "
         "penalty on P and Q; the initial budget is 1.5 x the final (as in the paper's experiments). "
         "target_r 4 and targets, alpha, dropout are the arena's LoRA settings, so the final budget is "
         "lora's. The schedule's warm-up (tinit) and final phase (tfinal) are fractions of the run (0.1, 0.3: "

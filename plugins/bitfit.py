@@ -23,7 +23,7 @@ class BitFit(Method):
     description = "trains the base model's own bias terms (its norm weights if it has no biases); no new weights"
     paper = (
         "Ben Zaken, Ravfogel & Goldberg, 2022, BitFit: Simple Parameter-efficient Fine-tuning for "
-        "Transformer-based Masked Language-models (ACL 2022): every bias term trains, nothing else (Sec. 2). "
+        "Transformer-based Masked Language-models (ACL 2022): every bias term trains, nothing else. "
         "LLaMA-style models have no biases: there the normalisation weights train instead, the closest "
         "vector-shaped parameters. The paper searches lr in 1e-4 to 1e-3 over many epochs; lr: see grid, "
         "for 150 steps."

@@ -10,7 +10,7 @@ class BOFT(LinearTuner):
     paper = (
         "Liu et al., 2024, Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization (ICLR 2024): "
         "the rotation R as a product of m butterfly factors of b x b orthogonal blocks, initialised to the "
-        "identity (Sec. 4), so training starts from the base; m = 2 factors of blocks of b = 8 (a setting "
+        "identity, so training starts from the base; m = 2 factors of blocks of b = 8 (a setting "
         "of the paper's LLM experiments); targets (q, v) as the arena's LoRA; lr: see grid."
     )
     default = False

@@ -9,7 +9,7 @@ class DoRA(LoRA):
     description = "weight-decomposed LoRA: trained magnitude vector plus a LoRA update of the direction (peft use_dora)"
     paper = (
         "Liu et al., 2024, DoRA: Weight-Decomposed Low-Rank Adaptation (ICML 2024): W = m·(W0 + BA)/||W0 + BA||, "
-        "m initialised to the column norms of W0 and B to zero (Sec. 4), so training starts from the base. "
+        "m initialised to the column norms of W0 and B to zero, so training starts from the base. "
         "The paper adapts q, k, v, up and down projections at r 32 with lr 1e-4 to 2e-4 (App., commonsense "
         "reasoning on LLaMA); here r, alpha, dropout, targets and lr are the arena's LoRA settings, so that "
         "dora differs from lora only by the decomposition."

@@ -10,7 +10,7 @@ class FourierFT(PeftMethod):
     paper = (
         "Gao et al., 2024, Parameter-Efficient Fine-Tuning with Discrete Fourier Transform (ICML 2024): "
         "dW = alpha · Re(IDFT2(F)), F zero except at n random frequencies (fixed by random_loc_seed), where "
-        "its entries train (Sec. 3); n 1000 and alpha 300 as in PEFT's method_comparison (the paper's "
+        "its entries train; n 1000 and alpha 300 as in PEFT's method_comparison (the paper's "
         "LLaMA instruction-tuning setting uses n 1000); at most every entry of a smaller matrix. The "
         "paper initialises the coefficients from a Gaussian; here they start at zero (peft "
         "init_weights=True), so training starts from the base. targets: peft's defaults; lr: see grid."

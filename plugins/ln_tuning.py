@@ -11,7 +11,7 @@ class LNTuning(PeftMethod):
     description = "trains a copy of every normalisation layer, the rest frozen (peft LNTuningConfig)"
     paper = (
         "Zhao et al., 2024, Tuning LayerNorm in Attention: Towards Efficient Multi-Modal LLM Finetuning "
-        "(ICLR 2024): only the LayerNorm (here RMSNorm too) scales and shifts train (Sec. 3). Every "
+        "(ICLR 2024): only the LayerNorm (here RMSNorm too) scales and shifts train. Every "
         "normalisation layer of the model, found by its role (peft's default list for Qwen2 has only "
         "post_attention_layernorm; the paper tunes all of them). lr: see grid (the paper's runs are far "
         "longer)."

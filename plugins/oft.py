@@ -10,7 +10,7 @@ class OFT(LinearTuner):
     paper = (
         "Qiu et al., 2023, Controlling Text-to-Image Diffusion by Orthogonal Finetuning (NeurIPS 2023): W "
         "multiplied by a block-diagonal orthogonal R = (I + Q)(I - Q)^-1 from skew-symmetric Q, "
-        "initialised to the identity (Sec. 3), so training starts from the base; blocks of 32 (peft's "
+        "initialised to the identity, so training starts from the base; blocks of 32 (peft's "
         "OFT v2 default, with its Cayley-Neumann approximation of the inverse); targets (q, v) as the "
         "arena's LoRA; lr: see grid."
     )

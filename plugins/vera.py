@@ -12,7 +12,7 @@ class VeRA(PeftMethod):
     paper = (
         "Kopiczko, Blankevoort & Asano, 2024, VeRA: Vector-based Random Matrix Adaptation (ICLR 2024): "
         "dW = diag(b)·B·diag(d)·A with A, B frozen, random and shared across layers, b initialised to zero "
-        "and d to d_initial 0.1 (Sec. 3); r 256 as in PEFT's method_comparison (the paper uses 256 to "
+        "and d to d_initial 0.1; r 256 as in PEFT's method_comparison (the paper uses 256 to "
         "1024). The projections are regenerated from projection_prng_key, not saved "
         "(save_projection=False): the paper's point that only the vectors and a seed need storing. "
         "The paper trains the vectors at about ten times LoRA's learning rate; lr: see grid."
