@@ -61,7 +61,7 @@ def child(args) -> dict:
 
     from benchmarks.random_models import random_llama
     from suite import data, measure
-    from suite.guards import check_method_output
+    from suite.guards import check_method_output, trained_base_names
     from suite.methods import method_params
     from suite.plugins import load_registry
     from suite.train import TrainSettings, train
@@ -73,8 +73,9 @@ def child(args) -> dict:
     builtins = [importlib.import_module(f"plugins.{m}") for m in ("full", "lora", "prefix_tuning", "lst")]
     method = load_registry(extra=builtins).get("methods", args.child)
     params = method_params(method, None)
+    trained = trained_base_names(method, base, params)
     model = method.apply(base, params)
-    trainable = check_method_output(method, base_named, model)
+    trainable = check_method_output(method, base_named, model, trained)
 
     g = torch.Generator().manual_seed(1)
     answer = args.seq // 4
@@ -86,7 +87,8 @@ def child(args) -> dict:
     weights = measure.tensor_bytes(measure.unique_parameters(model))
     cpu_start = time.process_time()
     with measure.PeakMemory(accelerator.device) as peak:
-        result = train(model, [items] * args.steps, tokenizer.pad_token_id, settings, accelerator)
+        result = train(model, [items] * args.steps, tokenizer.pad_token_id, settings, accelerator,
+                       method=method, params=params)
     cpu_seconds = time.process_time() - cpu_start
     return {
         "method": args.child, "peak_memory_bytes": peak.peak, "peak_memory_reserved_bytes": peak.reserved,

@@ -1,5 +1,24 @@
-"""LoRA: trainable low-rank updates B·A beside frozen weight matrices (through peft)."""
+"""LoRA: trainable low-rank updates B·A beside frozen weight matrices (through peft).
+
+The LoRA variants (``dora``, ``pissa``, ``lora-plus``, ``adalora``) build on :class:`LoRA`:
+they share its settings (``r``, ``alpha``, ``dropout``, ``targets``) through
+:func:`shared_options` and add their own through :meth:`LoRA.variant_options`.
+"""
 from suite import PeftMethod, hookimpl
+
+
+def shared_options(method: PeftMethod, model, params: dict) -> dict:
+    """The ``LoraConfig`` keyword arguments every LoRA variant takes from its settings; the
+    targets as :meth:`~suite.PeftMethod.targets` chooses them (the user's, peft's default for
+    the model type, or the query and value projections found by role)."""
+    from peft import TaskType
+
+    return dict(
+        task_type=TaskType.CAUSAL_LM,
+        lora_alpha=params["alpha"],
+        lora_dropout=params["dropout"],
+        target_modules=method.targets(model, params["targets"])[0],
+    )
 
 
 class LoRA(PeftMethod):
@@ -22,17 +41,14 @@ class LoRA(PeftMethod):
         "targets": None,
     }
 
-    def peft_config(self, model, params):
-        from peft import LoraConfig, TaskType
+    def variant_options(self, model, params) -> dict:
+        """Further ``LoraConfig`` keyword arguments of a variant (DoRA, PiSSA); none for LoRA."""
+        return {}
 
-        targets, _ = self.targets(model, params["targets"])
-        return LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=params["r"],
-            lora_alpha=params["alpha"],
-            lora_dropout=params["dropout"],
-            target_modules=targets,
-        )
+    def peft_config(self, model, params):
+        from peft import LoraConfig
+
+        return LoraConfig(r=params["r"], **shared_options(self, model, params), **self.variant_options(model, params))
 
     def run_info(self, model, params):
         """peft's resolved target modules, and where they came from (settings, peft's default

@@ -87,10 +87,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .env import environment
     from .evaluation import choice_accuracy, class_prior_loss, greedy_answers, scored
     from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
-    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error
+    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
     from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
-    from .methods import run_info
+    from .methods import resolve_method, run_info
     from .plugins import registry
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
@@ -145,7 +145,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         record["status"] = "ok"
         return True
 
-    method = reg.get("methods", cell.method)
+    method = resolve_method(cell.method, reg, cell.params)
     tuning = cell.phase == TUNE  # scored on dev only; no forgetting, inference timing or adapter
     if cell.gradient_checkpointing:
         enable_gradient_checkpointing(base)
@@ -164,9 +164,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     if method.starts_from_base:  # the guard's probe: the base model's logits on two examples
         probe = probe_batch(train_set, tokenizer.pad_token_id)
         base_logits = real_logits(base, probe)
+    trained = trained_base_names(method, base, dict(cell.params))  # declared before apply
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
     model = method.apply(base, dict(cell.params))
-    trainable = check_method_output(method, base_named, model)
+    trainable = check_method_output(method, base_named, model, trained)
     if method.starts_from_base:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
@@ -186,7 +187,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
-            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar)
+            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params))
     model = accelerator.unwrap_model(model)
     peaks = [peak.peak]
     if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process

@@ -28,7 +28,13 @@ def scored(task, texts: list[str], asks: list, prompts: list[str] | None = None)
     from .tasks import format_prompt, score_answers
 
     references = [ex.output for ex in asks]
-    per_answer = task.example_scores(texts, references)
+    single = [i for i, ex in enumerate(asks) if not ex.is_conversation]
+    per_answer = [
+        float(task.score_turn(len(ex.all_turns), [t], [r])) if ex.is_conversation else None
+        for ex, t, r in zip(asks, texts, references)
+    ]
+    for i, score in zip(single, task.example_scores([texts[i] for i in single], [references[i] for i in single])):
+        per_answer[i] = score
     prompts = prompts or [format_prompt(ex) for ex in asks]
     generations = [
         {"example_id": ex.id, "turn": len(ex.all_turns), "prompt": p, "reference": ex.output, "output": t,

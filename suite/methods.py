@@ -33,9 +33,12 @@ class Method:
     #: hyper-parameters; ``lr`` is read by the core, the rest by :meth:`apply`. Users override
     #: any key per method (``--set lora.r=16`` or ``[method.lora]`` in a TOML config).
     defaults: dict = {}
+    #: part of the shootout that runs when no ``--methods`` are given (``--methods all`` runs
+    #: every installed method). The built-in catalogue keeps one method per family in it.
+    default: bool = True
     #: True when the base model's own weights must not train; the core checks it. A method
     #: that trains some base tensors (biases, norms) keeps this True and overrides
-    #: :meth:`keeps_frozen` to name the ones it trains.
+    #: :meth:`trained_base` to name the ones it trains.
     freezes_base: bool = True
     #: True when the model :meth:`apply` returns, before any training, computes the same
     #: logits as the base model (LoRA with B = 0, full fine-tuning); False for methods that
@@ -78,14 +81,42 @@ class Method:
         The default accepts anything. :class:`PeftMethod` builds its peft model on the stand-in.
         """
 
-    def keeps_frozen(self, name: str) -> bool:
-        """Whether the base parameter ``name`` (as ``base_model.named_parameters()`` names it)
-        must stay frozen. The core fails a cell whose method leaves such a parameter trainable.
+    def trained_base(self, model: torch.nn.Module, params: dict) -> set[str]:
+        """The names of the base parameters this method trains, as ``model.named_parameters()``
+        names them. The core calls it with the fresh base model and the run's params *before*
+        :meth:`apply`, and fails a cell whose method leaves any other base parameter trainable;
+        the conformance kit checks that the others get no gradient and stay bit-identical.
 
-        The default answers :attr:`freezes_base` for every parameter; a method that trains a
-        chosen part of the base (BitFit trains the biases) returns False for just that part.
+        The default: none when :attr:`freezes_base`, else every one; a subclass that overrides
+        the older, name-only :meth:`keeps_frozen` is consulted name by name. A method that
+        trains chosen base tensors (BitFit: the biases) returns exactly those names.
         """
+        return {name for name, _ in model.named_parameters() if not self.keeps_frozen(name)}
+
+    def keeps_frozen(self, name: str) -> bool:
+        """Whether the base parameter ``name`` must stay frozen: the older, name-only way to
+        declare what :meth:`trained_base` declares (which calls it by default). Answers
+        :attr:`freezes_base` for every name unless overridden."""
         return self.freezes_base
+
+    def param_groups(self, model: torch.nn.Module, params: dict) -> list[dict] | None:
+        """Optimiser parameter groups for the model :meth:`apply` returned, or None for one
+        group at ``params["lr"]`` (the default).
+
+        Each group is a dict with ``"params"`` (a list of parameters) and optionally ``"lr"``
+        (absolute: compute it from ``params["lr"]``, so a sweep over lr moves every group) and
+        ``"weight_decay"``; a group without them gets the run's. The optimiser stays the core's
+        AdamW with its warm-up and cosine schedule (applied to every group). The core checks
+        that the groups hold every parameter that requires grad exactly once and nothing else,
+        and fails the cell otherwise (LoRA+ puts the B matrices in a group at a higher lr).
+        """
+        return None
+
+    def after_step(self, model: torch.nn.Module, step: int, steps: int) -> None:
+        """Called by the core after every optimiser step (and the schedule's step), before the
+        gradients are cleared: ``step`` is the 0-based index of the step just taken, ``steps``
+        the run's step budget. Default: nothing. AdaLoRA reallocates its ranks here
+        (``update_and_allocate``), on a schedule set from ``steps``."""
 
     def trainable_count(self, model: torch.nn.Module) -> int | None:
         """The method's own count of the trainable parameters of ``model``, if it keeps one.
@@ -147,8 +178,8 @@ class PeftMethod(Method):
         """Return the ``peft.PeftConfig`` for ``model`` with hyper-parameters ``params``."""
         raise NotImplementedError
 
-    def targets(self, model: torch.nn.Module, given=None, mapping: dict | None = None,
-                setting: str = "targets") -> tuple[list[str], str]:
+    def targets(self, model: torch.nn.Module | None, given=None, mapping: dict | None = None,
+                setting: str = "targets") -> tuple[list[str] | None, str]:
         """The modules an adapter tuner adapts on ``model``, and where that choice came from.
 
         ``given`` (a list, or a comma-separated string: the user's setting) is used as it is
@@ -159,12 +190,15 @@ class PeftMethod(Method):
         them, found by role (:func:`suite.architecture.attention_targets`; ``"found by
         role"``), which raises a one-line :class:`~suite.architecture.ArchitectureError`
         listing the model's linear modules, and naming the method's ``setting``, when nothing
-        fits.
+        fits. Without a model (:meth:`check_params` with no stand-in), ``(None, "peft default")``:
+        peft then checks the config alone.
         """
         if isinstance(given, str):
             given = [t.strip() for t in given.split(",") if t.strip()]
         if given:
             return list(given), "settings"
+        if model is None:
+            return None, "peft default"
         if mapping is None:
             from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
         model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -325,3 +359,24 @@ def check_params(method: Method, params: dict, overrides: dict | None = None, st
                 blame = f"{method.name}.{key}={value!r}"
                 break
     raise ValueError(f"{blame}: {reason}")
+
+
+def resolve_method(name: str, registry, settings: dict | None = None) -> Method:
+    """The method called ``name``: a registered one, or a user's PEFT config for
+    ``peft:PATH`` (or for a name whose ``settings`` hold ``peft_config = "PATH"``, as a TOML
+    ``[method.NAME]`` table does). ``settings`` are the user's overrides in the shootout, or a
+    cell's params in the cell's process.
+
+    Raises :class:`suite.errors.UsageError` with a one-line reason for an unknown name or an
+    unusable config file.
+    """
+    from .errors import UsageError
+
+    path = (settings or {}).get("peft_config")
+    if name.startswith("peft:") or path is not None:
+        from .peft_file import PeftFileMethod
+
+        if name in registry.methods:
+            raise UsageError(f"method {name!r} is installed; give your PEFT config another name")
+        return PeftFileMethod.from_name(name, path)
+    return registry.get("methods", name, hint="or peft:PATH for a PEFT config")

@@ -48,9 +48,9 @@ import torch
 
 from .data import Encoded, collate
 from .generate import greedy_by_forward, greedy_generate
-from .guards import leaked_base_parameters, real_logits, starts_from_base_error
+from .guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
 from .measure import count_parameters, unique_parameters
-from .methods import Method, method_params
+from .methods import Method, method_params, resolve_method
 from .train import TrainSettings, make_optimizer
 
 #: the kit's default architectures: small and fast, for plugin authors' own tests
@@ -216,7 +216,7 @@ def _resolve(method_or_name) -> Method:
         return method_or_name
     from .plugins import registry
 
-    return registry().get("methods", method_or_name)
+    return resolve_method(method_or_name, registry())
 
 
 def fixed_batch(generator_seed: int = 1) -> dict:
@@ -241,6 +241,7 @@ class _Run:
     """One seeded run: the base's state before the method, the model after one step, the losses."""
 
     base_named: list
+    trained: set  # the base parameters the method declares it trains (Method.trained_base)
     base_before: dict
     base_logits: torch.Tensor
     model: torch.nn.Module
@@ -265,16 +266,18 @@ def _start(method, params, arch, seed, batch) -> _Run:
     base_named = list(base.named_parameters())
     before = {n: p.detach().clone() for n, p in base_named}
     base_logits = real_logits(base, batch)
+    trained = trained_base_names(method, base, dict(params))
     torch.manual_seed(seed)
     model = method.apply(base, dict(params))
-    return _Run(base_named, before, base_logits, model)
+    return _Run(base_named, trained, before, base_logits, model)
 
 
-def _step(run: _Run, params, batch) -> None:
-    """The loss before, one step of the arena's optimiser in train mode, the loss after."""
+def _step(method, run: _Run, params, batch) -> None:
+    """The loss before, one step of the arena's optimiser (with the method's parameter groups
+    and its ``after_step``) in train mode, the loss after."""
     run.loss_before = _eval_loss(run.model, batch)
     settings = TrainSettings(lr=float(params["lr"]), warmup=0.0)
-    optimizer, schedule = make_optimizer(run.model, settings, steps=1)
+    optimizer, schedule = make_optimizer(run.model, settings, steps=1, method=method, params=dict(params))
     run.optimizer_params = [p for group in optimizer.param_groups for p in group["params"]]
     run.model.train()
     loss = run.model(**batch).loss
@@ -284,6 +287,7 @@ def _step(run: _Run, params, batch) -> None:
         torch.nn.utils.clip_grad_norm_(run.optimizer_params, settings.grad_clip)
     optimizer.step()
     schedule.step()
+    method.after_step(run.model, 0, 1)
     run.loss_after = _eval_loss(run.model, batch)
 
 
@@ -330,8 +334,8 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
     else:
         skip("starts-from-base")
 
-    leaked = leaked_base_parameters(method, run.base_named)
-    stepped = record("loss", lambda: _loss(run, params, batch, arch))
+    leaked = leaked_base_parameters(run.trained, run.base_named)
+    stepped = record("loss", lambda: _loss(method, run, params, batch, arch))
     record("trainable", lambda: _trainable(method, run, arch, stepped))
     record("frozen", lambda: _frozen(method, run, leaked, arch, stepped))
     record("generation", lambda: _generation(run.model, arch))
@@ -366,10 +370,10 @@ def _params(method, params, arch) -> str | None:
     return None
 
 
-def _loss(run: _Run, params, batch, arch) -> str | None:
+def _loss(method, run: _Run, params, batch, arch) -> str | None:
     if count_parameters(run.model, trainable_only=True) == 0:
         return f"nothing to optimise: no parameter requires grad on {arch}"
-    _step(run, params, batch)
+    _step(method, run, params, batch)
     if not math.isfinite(run.loss_after):
         return f"loss is {run.loss_after} after one step on {arch}"
     if not run.loss_after < run.loss_before:
@@ -403,7 +407,7 @@ def _frozen(method, run: _Run, leaked, arch: str, stepped: bool) -> str | None:
     if leaked:
         total = sum(n for _, n in leaked)
         return f"{total:,} base parameters declared frozen require grad (e.g. {leaked[0][0]}) on {arch}"
-    frozen = [(n, p) for n, p in run.base_named if method.keeps_frozen(n)]
+    frozen = [(n, p) for n, p in run.base_named if n not in run.trained]
     with_grad = [n for n, p in frozen if p.grad is not None]
     if with_grad:
         return f"base parameters declared frozen got a gradient (e.g. {with_grad[0]}) on {arch}"
@@ -461,7 +465,7 @@ def _merge(method, model, arch) -> str | None:
 
 def _seed(method, params, arch, seed, batch, first: _Run) -> str | None:
     again = _start(method, params, arch, seed, batch)
-    _step(again, params, batch)
+    _step(method, again, params, batch)
     a = (first.loss_before, first.step_loss, first.loss_after)
     b = (again.loss_before, again.step_loss, again.loss_after)
     if not all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7) for x, y in zip(a, b)):

@@ -147,18 +147,31 @@ def enable_gradient_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def make_optimizer(model, settings: TrainSettings, steps: int):
+def make_optimizer(model, settings: TrainSettings, steps: int, method=None, params: dict | None = None):
+    """The arena's optimiser for ``model``: AdamW at ``settings.lr`` over every parameter that
+    requires grad, with linear warm-up then cosine decay over ``steps``. With a ``method`` (and
+    its ``params``), its :meth:`~suite.Method.param_groups`, checked by
+    :func:`suite.guards.checked_param_groups` (a :class:`~suite.guards.GuardError` if they are
+    not exactly the trainable parameters)."""
     from transformers import get_cosine_schedule_with_warmup
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    from .guards import checked_param_groups
+
+    groups = checked_param_groups(method, model, params or {})
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(settings.warmup * steps), steps)
     return optimizer, schedule
 
 
-def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSettings, accelerator, progress=None) -> TrainResult:
-    """Train ``model`` on ``batches`` in order; stops early (``diverged``) on a non-finite loss."""
-    optimizer, schedule = make_optimizer(model, settings, len(batches))
+def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSettings, accelerator, progress=None,
+          method=None, params: dict | None = None) -> TrainResult:
+    """Train ``model`` on ``batches`` in order; stops early (``diverged``) on a non-finite loss.
+
+    With a ``method`` (and its ``params``), the optimiser takes its parameter groups
+    (:func:`make_optimizer`) and its :meth:`~suite.Method.after_step` runs after every step.
+    """
+    optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
+    unwrapped = model  # what the method built; accelerate may wrap it (DDP)
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
     trainable = [p for p in model.parameters() if p.requires_grad]
     all_params = list(model.parameters())
@@ -193,6 +206,8 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
             accelerator.clip_grad_norm_(trainable, settings.grad_clip)
         optimizer.step()
         schedule.step()
+        if method is not None:
+            method.after_step(unwrapped, step, len(batches))
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
             result.breakdown["optimizer_bytes"] = optimizer_bytes(optimizer)
@@ -219,14 +234,20 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
 
 @torch.inference_mode()
 def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device) -> float:
-    """Token-weighted mean loss over answer tokens (the dev loss; a conversation's every answer)."""
+    """Token-weighted mean cross-entropy over answer tokens (the dev loss; a conversation's every
+    answer), computed here from the logits rather than taken from the model's own ``loss``, so a
+    method that adds a term to its loss (AdaLoRA's orthogonality penalty) is scored like every
+    other; positions a method prepends (prompt tuning's virtual tokens) are dropped."""
     model.eval()
     total, count = 0.0, 0
     for items in batches:
         batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        total += model(**batch).loss.float().item() * n
-        count += n
+        ids, labels = batch["input_ids"], batch["labels"]
+        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, -ids.shape[1]:]
+        target = labels[:, 1:]
+        total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=IGNORE,
+                                 reduction="sum").item()
+        count += int((target != IGNORE).sum())
     return total / count if count else float("nan")
 
 

@@ -269,3 +269,22 @@ class Hangs(LoRA):
 def register_methods(register):
     for cls in (Raiser, NaN, Crasher, Leaky, Hollow, Liar, Peeker, DiesOnce, DiesAlways, Hangs):
         register(cls())
+
+
+class Ungrouped(LoRA):
+    """Gives the optimiser the A matrices only: the B matrices would never train."""
+
+    name = "ungrouped"
+
+    def param_groups(self, model, params):
+        return [{"params": [p for n, p in model.named_parameters() if "lora_A" in n]}]
+
+
+class Meddler(LoRA):
+    """Nudges a base weight after every optimiser step."""
+
+    name = "meddler"
+
+    def after_step(self, model, step, steps):
+        with torch.no_grad():
+            model.get_decoder().norm.weight.add_(1e-3)

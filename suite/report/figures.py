@@ -87,12 +87,41 @@ def _svg(fig, name: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{html.escape(name, quote=True)}"', 1)
 
 
+#: with more than ten methods, the colours repeat with another marker and line style
+MARKERS = ("o", "s", "^", "D", "v")
+LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
+#: legend entries beside a plot before the legend moves below it, in columns (the loss
+#: curves' labels are longer: they carry the number of seeds)
+LEGEND_INSIDE = 8
+LEGEND_COLUMNS = 5
+LOSS_LEGEND_COLUMNS = 4
+
+
 def colors(methods: list[str]) -> dict[str, str]:
-    """One colour per method, the same in every figure (by sorted name)."""
+    """One colour per method, the same in every figure (by sorted name): tab10's ten strong
+    colours, repeated past ten methods with another marker and line style (:func:`marker`,
+    :func:`linestyle`), so that 20+ methods stay apart without pale colours."""
     from matplotlib import colormaps
 
-    palette = colormaps["tab10" if len(methods) <= 10 else "tab20"].colors
+    palette = colormaps["tab10"].colors
     return {m: _hex(palette[i % len(palette)]) for i, m in enumerate(sorted(methods))}
+
+
+def _round(palette: dict[str, str], method: str) -> int:
+    """How many times the colours went round before ``method`` (its place in ``palette`` // 10)."""
+    return list(palette).index(method) // 10
+
+
+def marker(palette: dict[str, str], method: str) -> str:
+    return MARKERS[_round(palette, method) % len(MARKERS)]
+
+
+def linestyle(palette: dict[str, str], method: str):
+    return LINESTYLES[_round(palette, method) % len(LINESTYLES)]
+
+
+def _legend_rows(count: int, columns: int = LEGEND_COLUMNS) -> int:
+    return math.ceil(count / columns)
 
 
 def _hex(rgb) -> str:
@@ -115,8 +144,10 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
     train = curves[(curves.split == "train") & curves.run_id.isin(ok.run_id)]
     if train.empty:
         return None
+    methods = [m for m in order if m in set(ok.method)]
+    below = len(methods) > LEGEND_INSIDE
     with _style():
-        fig = _figure(7, 3.6)
+        fig = _figure(7, 3.6 + (0.2 * _legend_rows(len(methods), LOSS_LEGEND_COLUMNS) if below else 0))
         ax = fig.add_subplot()
         window = 1
         for method in order:
@@ -132,14 +163,15 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
             frame = pd.DataFrame(per_run)
             mean, std = frame.mean(axis=1), frame.std(axis=1)
             n = frame.shape[1]
-            ax.plot(mean.index, mean.values, color=palette[method], lw=1.4, label=f"{method} (n={n})")
+            ax.plot(mean.index, mean.values, color=palette[method], ls=linestyle(palette, method), lw=1.4,
+                    label=f"{method} (n={n})")
             if n > 1:
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=palette[method],
                                 alpha=0.18, lw=0)
             dev = curves[(curves.split == "dev") & curves.run_id.isin(runs)]
             if len(dev):
                 ax.errorbar([dev.step.max()], [dev.loss.mean()], yerr=[dev.loss.std()] if len(dev) > 1 else None,
-                            fmt="o", color=palette[method], ms=4, capsize=2)
+                            fmt=marker(palette, method), color=palette[method], ms=4, capsize=2)
         if class_prior is not None and math.isfinite(class_prior):
             ax.axhline(class_prior, color="0.35", lw=1, ls=":", zorder=0,
                        label=f"class prior ({fmt.number(class_prior)}): the format, not the task")
@@ -147,7 +179,10 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
         ax.set_ylabel("training loss")
         smooth = f"moving average of {window} steps" if window > 1 else "per step"
         ax.set_title(f"{task}: training loss ({smooth}; ● dev loss at the end)", loc="left")
-        ax.legend(loc="upper right", fontsize=8)
+        if below:  # many methods: a legend in columns under the plot, not over the curves
+            fig.legend(loc="outside lower center", ncols=LOSS_LEGEND_COLUMNS, fontsize=8)
+        else:
+            ax.legend(loc="upper right", fontsize=8)
         return _svg(fig, f"loss-{task}")
 
 
@@ -172,7 +207,7 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
 
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
     with _style():
-        fig = _figure(7, 3.8)
+        fig = _figure(7, 3.4 + 0.2 * _legend_rows(len(order)))
         axes = fig.subplots(1, 2, sharey=True)
         drawn = False
         for ax, (metric, label) in zip(axes, panels):
@@ -192,7 +227,7 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
                 xerr, yerr = errs[m]
                 on = m in front
                 ax.errorbar([x], [y], xerr=[xerr] if xerr else None, yerr=[yerr] if yerr else None,
-                            fmt="X" if m in below else "o", ms=7 if on else 6, color=palette[m],
+                            fmt="X" if m in below else marker(palette, m), ms=7 if on else 6, color=palette[m],
                             mfc=palette[m] if on else "white", mew=1.5, capsize=2, lw=1, label=m)
             if verdict is not None and verdict.baseline:
                 ax.axhline(verdict.baseline[1], color="0.35", lw=1, ls=":", zorder=0)
@@ -214,12 +249,12 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
 
         names = list(dict.fromkeys(m for ax in axes for m in ax.get_legend_handles_labels()[1]))
         below = set(verdict.not_above()) if verdict is not None else set()
-        handles = [Line2D([], [], marker="X" if m in below else "o", ls="", color=palette[m]) for m in names]
+        handles = [Line2D([], [], marker="X" if m in below else marker(palette, m), ls="", color=palette[m]) for m in names]
         labels = [f"{m} (not above baseline)" if m in below else m for m in names]
         if verdict is not None and verdict.baseline:
             handles.append(Line2D([], [], color="0.35", lw=1, ls=":"))
             labels.append(f"best baseline: {verdict.baseline[0]}")
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize=8)
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), LEGEND_COLUMNS), fontsize=8)
         fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std; "
                      "✕: not above the best baseline)", x=0.01, ha="left", fontsize=9)
         return _svg(fig, f"pareto-{task}")

@@ -1,0 +1,26 @@
+"""DoRA: LoRA on the direction of each weight, with its magnitude trained apart (through peft)."""
+from suite import hookimpl
+
+from .lora import LoRA
+
+
+class DoRA(LoRA):
+    name = "dora"
+    description = "weight-decomposed LoRA: trained magnitude vector plus a LoRA update of the direction (peft use_dora)"
+    paper = (
+        "Liu et al., 2024, DoRA: Weight-Decomposed Low-Rank Adaptation (ICML 2024): W = m·(W0 + BA)/||W0 + BA||, "
+        "m initialised to the column norms of W0 and B to zero, so training starts from the base. "
+        "The paper adapts q, k, v, up and down projections at r 32 with lr 1e-4 to 2e-4 (App., commonsense "
+        "reasoning on LLaMA); here r, alpha, dropout, targets and lr are the arena's LoRA settings, so that "
+        "dora differs from lora only by the decomposition."
+    )
+    default = False
+    grid = {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
+
+    def variant_options(self, model, params):
+        return {"use_dora": True}
+
+
+@hookimpl
+def register_methods(register):
+    register(DoRA())

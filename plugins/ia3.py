@@ -1,0 +1,37 @@
+"""(IA)³: learned vectors that rescale keys, values and feed-forward activations (through peft)."""
+from suite import PeftMethod, hookimpl
+
+from .targets import split_names
+
+
+class IA3(PeftMethod):
+    name = "ia3"
+    description = "(IA)³: learned rescaling of keys, values and feed-forward activations (peft IA3Config)"
+    paper = (
+        "Liu et al., 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context "
+        "Learning (NeurIPS 2022): vectors l_k, l_v, l_ff rescale keys, values and the feed-forward "
+        "activations, initialised to ones (Sec. 3.3); targets are peft's defaults for the architecture "
+        "(k_proj, v_proj, down_proj on LLaMA). The paper trains at lr 3e-3 with Adafactor for 1,000 steps; "
+        "lr here: see grid, for the arena's AdamW and 150 steps."
+    )
+    default = False
+    mergeable = True  # each vector scales one matrix: folded into it, no extra inference cost
+    defaults = {
+        "lr": 3e-2,
+        # None: peft's defaults for the architecture; or module names, and which of them are
+        # feed-forward (their input is rescaled instead of their output)
+        "targets": None,
+        "feedforward": None,
+    }
+    grid = {"lr": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}
+
+    def peft_config(self, model, params):
+        from peft import IA3Config, TaskType
+
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=split_names(params["targets"]),
+                         feedforward_modules=split_names(params["feedforward"]))
+
+
+@hookimpl
+def register_methods(register):
+    register(IA3())

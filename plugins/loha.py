@@ -1,0 +1,32 @@
+"""LoHa: the weight update as the Hadamard product of two low-rank products (through peft)."""
+from suite import hookimpl
+
+from .targets import LinearTuner
+
+
+class LoHa(LinearTuner):
+    name = "loha"
+    description = "low-rank Hadamard product update (W1a·W1b) ⊙ (W2a·W2b) (peft LoHaConfig, LyCORIS)"
+    paper = (
+        "Hyeon-Woo, Ye-Bin & Oh, 2022, FedPara: Low-Rank Hadamard Product for Communication-Efficient "
+        "Federated Learning (ICLR 2022), as LyCORIS's LoHa (Yeh et al., 2024, ICLR 2024): rank r per factor, "
+        "so rank up to r² with 2x LoRA's parameters at the same r; update scaled by alpha/r, one factor of "
+        "the second product zero so training starts from the base. alpha = 2r as in PEFT's "
+        "method_comparison; r 4 and targets (q, v) as the arena's LoRA; lr: see grid."
+    )
+    default = False
+    mergeable = True
+    defaults = {"lr": 3e-3, "r": 4, "alpha": 8, "targets": None}
+    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+
+    def peft_config(self, model, params):
+        from peft import LoHaConfig, TaskType
+        from peft.utils import TRANSFORMERS_MODELS_TO_LOHA_TARGET_MODULES_MAPPING as LOHA_DEFAULTS
+
+        return LoHaConfig(task_type=TaskType.CAUSAL_LM, r=params["r"], alpha=params["alpha"],
+                          target_modules=self.targets(model, params["targets"], LOHA_DEFAULTS)[0])
+
+
+@hookimpl
+def register_methods(register):
+    register(LoHa())
