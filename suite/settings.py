@@ -64,8 +64,9 @@ class RunSettings:
 class ShootoutConfig(RunSettings):
     """A whole shootout: the cells' settings plus what decides which cells run and where."""
 
-    methods: list = setting([], "comma-separated method names", metavar="A,B",
-                            default_text="every registered method")
+    methods: list = setting([], "comma-separated method names, peft:PATH for your own PEFT config, or all "
+                            "(every installed method)", metavar="A,B",
+                            default_text="the methods marked default: one per family")
     tasks: list = setting([], "comma-separated task names, or file:PATH[?score=NAME] for your own data",
                           metavar="X,Y", default_text="the tasks marked default: zh-sentiment")
     seeds: list = setting([0], "number of seeds (0..N-1) or a comma-separated list", metavar="N|A,B",
@@ -94,7 +95,9 @@ class ShootoutConfig(RunSettings):
 
     def fill_defaults(self, registry) -> ShootoutConfig:
         """Resolve the empty fields against what the plugins registered."""
-        if not self.methods:
+        if not self.methods:  # the default shootout: the methods marked for it (Method.default)
+            self.methods = sorted(n for n, m in registry.methods.items() if getattr(m, "default", True))
+        elif self.methods == ["all"]:
             self.methods = sorted(registry.methods)
         if not self.tasks:
             self.tasks = sorted(n for n, t in registry.tasks.items() if getattr(t, "default", False))
