@@ -1,5 +1,5 @@
 """(IA)³: learned vectors that rescale keys, values and feed-forward activations (through peft)."""
-from suite import PeftMethod, hookimpl
+from suite import PeftMethod, architecture, hookimpl
 
 from .targets import split_names
 
@@ -11,7 +11,8 @@ class IA3(PeftMethod):
         "Liu et al., 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context "
         "Learning (NeurIPS 2022): vectors l_k, l_v, l_ff rescale keys, values and the feed-forward "
         "activations, initialised to ones (Sec. 3.3); targets are peft's defaults for the architecture "
-        "(k_proj, v_proj, down_proj on LLaMA). The paper trains at lr 3e-3 with Adafactor for 1,000 steps; "
+        "(k_proj, v_proj, down_proj on LLaMA), else the keys, values and MLP down maps found by role. "
+        "The paper trains at lr 3e-3 with Adafactor for 1,000 steps; "
         "lr here: see grid, for the arena's AdamW and 150 steps."
     )
     default = False
@@ -28,8 +29,20 @@ class IA3(PeftMethod):
     def peft_config(self, model, params):
         from peft import IA3Config, TaskType
 
-        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=split_names(params["targets"]),
-                         feedforward_modules=split_names(params["feedforward"]))
+        targets, feedforward = split_names(params["targets"]), split_names(params["feedforward"])
+        if targets is None and model is not None and not self._peft_knows(model):
+            # peft has no default for this model type: keys, values and the MLP's down map by role
+            targets, feedforward = architecture.find(model).key_value_targets()
+        return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=feedforward)
+
+    @staticmethod
+    def _peft_knows(model) -> bool:
+        """Whether peft's (IA)³ default for the model type names modules the model has."""
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as defaults
+
+        default = defaults.get(getattr(model.config, "model_type", None)) or []
+        names = [n for n, _ in model.named_modules()]
+        return any(n == t or n.endswith("." + t) for n in names for t in default)
 
 
 @hookimpl

@@ -22,7 +22,9 @@ class PiSSA(LoRA):
     grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
 
     def variant_options(self, model, params):
-        return {"init_lora_weights": "pissa"}
+        # the stand-in check_params gets has no weights to decompose: LoRA's init there
+        on_meta = model is not None and any(p.is_meta for p in model.parameters())
+        return {} if on_meta else {"init_lora_weights": "pissa"}
 
     def trained_base(self, model, params):
         """The adapted weights: PiSSA rewrites them to the residual W - BA when applied (they do

@@ -348,9 +348,21 @@ class Architecture:
     def attention_targets(self) -> list[str]:
         """Shortest module-name suffixes that name exactly the query and value projections (or
         the fused projections holding them) of every decoder layer, and nothing else."""
+        return self.targets(LayerMaps.attention_targets)
+
+    def key_value_targets(self) -> tuple[list[str], list[str]]:
+        """What (IA)³ rescales: the key and value projections (or the fused projection that
+        holds them) and the MLP's down projection, as :meth:`targets`; and the down projections
+        alone (rescaled at their input). Layers without a linear MLP contribute no down map."""
+        down = self.targets(lambda maps: [maps.down] if maps.down else [])
+        return self.targets(lambda maps: [maps.kv or maps.qkv] if (maps.kv or maps.qkv) else [maps.k, maps.v]) + down, down
+
+    def targets(self, pick) -> list[str]:
+        """Shortest module-name suffixes that name exactly the maps ``pick(layer_maps)`` returns
+        (names relative to the layer) in every decoder layer, and nothing else."""
         wanted: dict[str, list[str]] = {}
         for i, maps in enumerate(self.maps):
-            for rel in maps.attention_targets() if maps else []:
+            for rel in pick(maps) if maps else []:
                 wanted.setdefault(rel, []).append(f"{self.layers_name}.{i}.{rel}")
         targets = []
         for rel, full in wanted.items():
