@@ -375,11 +375,46 @@ def scorers_region() -> str:
     return "\n".join(lines)
 
 
+def known_signatures() -> dict[str, set[str]]:
+    """Every signature of the documented API (:func:`api_region`'s entries and the scorers), as
+    the guide may quote it in prose: ``name -> {"name(...) -> ..."}``, methods with ``self``."""
+    from . import scoring
+
+    found: dict[str, set[str]] = {}
+
+    def add(name, fn):
+        found.setdefault(name, set()).add(signature(fn, name))
+
+    import suite
+
+    entries = [("suite", n) for n in suite.__all__ if n != "__version__"]
+    entries += [(m, n) for m, names in HELPERS.items() for n in names]
+    entries += [(scoring.__name__, n) for n, fn in vars(scoring).items() if inspect.isfunction(fn) and not n.startswith("_")]
+    for module_name, name in entries:
+        obj = getattr(importlib.import_module(module_name), name)
+        if inspect.isfunction(obj):
+            add(name, obj)
+        elif isinstance(obj, type):
+            for member, raw in vars(obj).items():
+                if _inherited_doc(obj, member, raw):  # quoted as the base class declares it
+                    continue
+                if isinstance(raw, (classmethod, staticmethod)):
+                    add(member, getattr(obj, member))
+                elif inspect.isfunction(raw) and not member.startswith("_"):
+                    add(member, raw)
+    return found
+
+
 REGIONS = {"hooks": hooks_region, "api": api_region, "scorers": scorers_region, "columns": columns_region}
 
 
 def _pattern(name: str) -> re.Pattern:
     return re.compile(rf"(<!-- begin generated: {name} [^\n]*-->\n)(.*?)(<!-- end generated: {name} -->)", re.S)
+
+
+def region(text: str, name: str) -> str:
+    """The body of region ``name`` of ``text`` (the guide), as it stands."""
+    return _pattern(name).search(text).group(2)
 
 
 def marker(name: str) -> str:
