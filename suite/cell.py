@@ -167,7 +167,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     trained = trained_base_names(method, base, dict(cell.params))  # declared before apply
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
     model = method.apply(base, dict(cell.params))
-    trainable = check_method_output(method, base_named, model, trained)
+    trainable = count_parameters(model, trainable_only=True)  # recorded even when a guard fails the cell
+    m.update(trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total)
+    check_method_output(method, base_named, model, trained)
     if method.starts_from_base:
         error = starts_from_base_error(model, probe, base_logits)
         if error:
@@ -199,7 +201,6 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         m["processes"] = accelerator.num_processes
 
     m.update(
-        trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total,
         peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,

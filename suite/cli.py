@@ -145,10 +145,12 @@ def cmd_list(args) -> int:
         return 0
     kind = args.what.replace("-", "_")
     table = getattr(reg, kind)
+    marked = defaults_of(reg, kind)
     for name in sorted(table):
         obj = table[name]
         origin = reg.plugins[reg.origin[(kind, name)]].source
-        line = f"{name:<16} {obj.description}  [{origin}]"
+        mark = "(default) " if name in marked else ""
+        line = f"{name:<16} {mark}{obj.description}  [{origin}]"
         if args.what == "methods":
             line += "\n" + " " * 17 + "defaults: " + ", ".join(f"{k}={v}" for k, v in obj.defaults.items())
         elif args.what == "tasks":
@@ -159,8 +161,31 @@ def cmd_list(args) -> int:
 
         print(f"{'(any)':<16} a Hugging Face causal LM id or path; every built-in method is tested on tiny models "
               f"of {', '.join(ALL_ARCHITECTURES)} (README: Architectures)")
+    if marked:
+        print(f"(default): {DEFAULT_MEANS[kind]}")
     _warn_failures(reg)
     return 0
+
+
+#: what ``(default)`` means in ``leitai list KIND``
+DEFAULT_MEANS = {
+    "methods": "in the shootout leitai run runs without --methods (--methods all runs every one)",
+    "tasks": "in the shootout leitai run runs without --tasks",
+    "models": "the model used without --model",
+    "executors": "the executor used without --executor",
+    "side_corpora": "the side corpus used without --side-corpus",
+}
+
+
+def defaults_of(reg, kind: str) -> set[str]:
+    """The names ``leitai run`` uses of ``kind`` when the user names none: every method and task
+    marked ``default`` (a method is unless it says otherwise), the one model, executor and side
+    corpus :meth:`~suite.plugins.Registry.default` picks; commands have none."""
+    if kind in ("methods", "tasks"):
+        return {n for n, obj in getattr(reg, kind).items() if getattr(obj, "default", kind == "methods")}
+    if kind in DEFAULT_MEANS:
+        return {reg.default(kind, none="")} - {""}
+    return set()
 
 
 def cached_split_sizes(task) -> tuple[dict, dict]:

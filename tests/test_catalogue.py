@@ -151,6 +151,33 @@ def test_trained_base_is_checked_and_keeps_frozen_still_works():
         trained_base_names(Phantom(), tiny_model("llama"), {})
 
 
+def test_trained_base_follows_the_runs_params():
+    """A method whose trained base tensors depend on a setting declares them exactly: trained_base
+    gets the run's params (keeps_frozen gets none), and the guard and the kit hold it to them."""
+    from suite.testing import check_method
+
+    class Norms(Method):
+        name = "norms"
+        defaults = {"lr": 1e-2, "which": "all"}  # "all" norms, or only the "final" one
+
+        def trained_base(self, model, params):
+            names = [n for n, _ in model.named_parameters() if "norm" in n]
+            return {n for n in names if params["which"] == "all" or n == "model.norm.weight"}
+
+        def apply(self, model, params):
+            trained = self.trained_base(model, params)
+            for n, p in model.named_parameters():
+                p.requires_grad_(n in trained)
+            return model
+
+    for which, expect in [("all", 5 * 32), ("final", 32)]:
+        base = tiny_model("llama")
+        named, params = list(base.named_parameters()), {"lr": 1e-2, "which": which}
+        trained = trained_base_names(Norms(), base, params)
+        assert check_method_output(Norms(), named, Norms().apply(base, params), trained) == expect
+    assert check_method(Norms(), architectures=("llama",), params={"which": "final"}).ok
+
+
 @pytest.fixture
 def lora_model(registry):
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
 """Hook registration, where things come from, and broken plugins being skipped with a message."""
+import re
 import types
 
 from conftest import leitai, plugin_env
@@ -79,3 +80,20 @@ def test_list_shows_origin_and_defaults():
     assert "zh-sentiment" in tasks and "accuracy" in tasks
     models = leitai("list", "models").stdout
     assert "tiny-zh" in models and "tested on tiny models of llama, qwen2, gpt2" in models and "glm4, bloom" in models
+    # what `leitai run` uses when the user names none is marked, and the mark explained
+    assert re.search(r"^tiny-zh +\(default\) embedded", models, re.M) and "tiny-zh-random   tiny-zh's" in models
+    assert models.rstrip().endswith("(default): the model used without --model")
+    assert re.search(r"^zh-sentiment +\(default\) ", tasks, re.M) and re.search(r"^zh-idiom +解释", tasks, re.M)
+    assert re.search(r"^lora +\(default\) ", out, re.M) and re.search(r"^vera +shared", out, re.M)
+
+
+def test_list_marks_what_the_default_shootout_runs(registry):
+    from suite.cli import defaults_of
+    from suite.config import build_config
+
+    config = build_config({}).fill_defaults(registry)
+    assert defaults_of(registry, "methods") == set(config.methods)
+    assert defaults_of(registry, "tasks") == set(config.tasks)
+    for kind, chosen in [("models", config.model), ("executors", config.executor), ("side_corpora", config.side_corpus)]:
+        assert defaults_of(registry, kind) == {chosen}
+    assert defaults_of(registry, "commands") == set()

@@ -101,6 +101,13 @@ def test_guard_fails_cheating_methods_while_the_rest_finish(shootout):
         "differ from the base model's by up to ")
     assert set(results.index[results.status == "failed"]) == {"leaky", "hollow", "liar"}
     assert list(results.index[results.status == "ok"]) == ["bottleneck"]
+    # the core counted before the guard failed the cell, and results.csv keeps the count
+    total = results.loc["bottleneck", "total_params"]
+    assert (results.loc[["leaky", "hollow", "liar"], "total_params"] == total).all()
+    assert results.loc["leaky", "trainable_params"] == total and results.loc["leaky", "trainable_pct"] == 100.0
+    assert results.loc["hollow", "trainable_params"] == 0 and results.loc["hollow", "trainable_pct"] == 0.0
+    liar = results.loc["liar"]  # LoRA with B initialised away from zero: LoRA's trainable count
+    assert 0 < liar.trainable_params < total and liar.trainable_pct == pytest.approx(100 * liar.trainable_params / total)
 
 
 def test_new_plugin_package_is_listed_with_its_package(scaffold):
