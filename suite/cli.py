@@ -182,7 +182,7 @@ def defaults_of(reg, kind: str) -> set[str]:
     marked ``default`` (a method is unless it says otherwise), the one model, executor and side
     corpus :meth:`~suite.plugins.Registry.default` picks; commands have none."""
     if kind in ("methods", "tasks"):
-        return {n for n, obj in getattr(reg, kind).items() if getattr(obj, "default", kind == "methods")}
+        return set(reg.in_default_run(kind))
     if kind in DEFAULT_MEANS:
         return {reg.default(kind, none="")} - {""}
     return set()

@@ -40,9 +40,6 @@ HELPERS = {
 #: what to say about an entry that has no docstring of its own (its docstring wins once it has one)
 NOTES = {
     "suite.hookimpl": 'pluggy\'s `HookimplMarker("leitai")`: decorate each hook implementation with `@hookimpl`.',
-    "suite.models.resolve": "The `ModelSpec` that `--model name` means: the registered model of that name, else a "
-                            "`suite.models.HubModel` (a Hugging Face id or local path, loaded through transformers' "
-                            "Auto classes). Its `load()` returns `(model, tokenizer)`.",
 }
 
 # ------------------------------------------------------------------ the columns of results.csv

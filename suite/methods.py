@@ -61,7 +61,7 @@ class Method:
         return an object with ``.loss`` and ``.logits`` (logits for the given ``input_ids``
         positions, or with extra leading positions the method prepends, like PEFT's prompt
         methods), and must offer ``generate(input_ids=..., attention_mask=...,
-        max_new_tokens=..., do_sample=False)`` the way transformers models do.
+        generation_config=...)`` the way transformers models do.
         """
         raise NotImplementedError
 

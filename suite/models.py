@@ -107,6 +107,9 @@ def check_model_dir(path: Path, what: str = "the directory") -> Path:
 
 
 def resolve(name: str, registry, trust_remote_code: bool = False) -> ModelSpec:
+    """The ``ModelSpec`` that ``--model name`` means: the registered model of that name, else a
+    :class:`HubModel` (a Hugging Face id or local path, loaded through transformers' Auto
+    classes). Its ``load()`` returns ``(model, tokenizer)``."""
     if name in registry.models:
         return registry.models[name]
     return HubModel(name, trust_remote_code)

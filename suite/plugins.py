@@ -57,6 +57,11 @@ class Registry:
             raise unknown(SINGULAR[kind], name, table, hint)
         return table[name]
 
+    def in_default_run(self, kind: str) -> list[str]:
+        """The ``methods`` or ``tasks`` ``leitai run`` uses when none are named, sorted: every
+        method unless it says ``default = False`` (one per family), the tasks marked ``default = True``."""
+        return sorted(n for n, obj in getattr(self, kind).items() if getattr(obj, "default", kind == "methods"))
+
     def default(self, kind: str, none: str | None = None) -> str:
         """The name of the ``kind`` a plugin marks ``default = True`` (the first by name if
         several do); ``none`` when there is none, or a one-line UsageError if ``none`` is None."""

@@ -96,11 +96,11 @@ class ShootoutConfig(RunSettings):
     def fill_defaults(self, registry) -> ShootoutConfig:
         """Resolve the empty fields against what the plugins registered."""
         if not self.methods:  # the default shootout: the methods marked for it (Method.default)
-            self.methods = sorted(n for n, m in registry.methods.items() if getattr(m, "default", True))
+            self.methods = registry.in_default_run("methods")
         elif self.methods == ["all"]:
             self.methods = sorted(registry.methods)
         if not self.tasks:
-            self.tasks = sorted(n for n, t in registry.tasks.items() if getattr(t, "default", False))
+            self.tasks = registry.in_default_run("tasks")
         self.model = self.model or registry.default("models")
         self.executor = self.executor or registry.default("executors")
         registry.get("executors", self.executor)
