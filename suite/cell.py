@@ -90,7 +90,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
     from .inference import inference_costs
     from .measure import PeakMemory, count_parameters
-    from .methods import resolve_method, run_info
+    from .methods import run_info
     from .plugins import registry
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
@@ -145,7 +145,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         record["status"] = "ok"
         return True
 
-    method = resolve_method(cell.method, reg, cell.params)
+    method = reg.method(cell.method, cell.params)
     tuning = cell.phase == TUNE  # scored on dev only; no forgetting, inference timing or adapter
     if cell.gradient_checkpointing:
         enable_gradient_checkpointing(base)

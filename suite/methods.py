@@ -359,24 +359,3 @@ def check_params(method: Method, params: dict, overrides: dict | None = None, st
                 blame = f"{method.name}.{key}={value!r}"
                 break
     raise ValueError(f"{blame}: {reason}")
-
-
-def resolve_method(name: str, registry, settings: dict | None = None) -> Method:
-    """The method called ``name``: a registered one, or a user's PEFT config for
-    ``peft:PATH`` (or for a name whose ``settings`` hold ``peft_config = "PATH"``, as a TOML
-    ``[method.NAME]`` table does). ``settings`` are the user's overrides in the shootout, or a
-    cell's params in the cell's process.
-
-    Raises :class:`suite.errors.UsageError` with a one-line reason for an unknown name or an
-    unusable config file.
-    """
-    from .errors import UsageError
-
-    path = (settings or {}).get("peft_config")
-    if name.startswith("peft:") or path is not None:
-        from .peft_file import PeftFileMethod
-
-        if name in registry.methods:
-            raise UsageError(f"method {name!r} is installed; give your PEFT config another name")
-        return PeftFileMethod.from_name(name, path)
-    return registry.get("methods", name, hint="or peft:PATH for a PEFT config")

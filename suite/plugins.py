@@ -57,6 +57,21 @@ class Registry:
             raise unknown(SINGULAR[kind], name, table, hint)
         return table[name]
 
+    def method(self, name: str, settings: dict | None = None):
+        """The method called ``name``: a registered one, or a user's PEFT config for
+        ``peft:PATH`` (or for a name whose ``settings`` hold ``peft_config = "PATH"``, as a TOML
+        ``[method.NAME]`` table does). ``settings`` are the user's overrides in the shootout, or
+        a cell's params in the cell's process. A one-line :class:`~suite.errors.UsageError` for
+        an unknown name or an unusable config file."""
+        path = (settings or {}).get("peft_config")
+        if name.startswith("peft:") or path is not None:
+            from .peft_file import PeftFileMethod
+
+            if name in self.methods:
+                raise UsageError(f"method {name!r} is installed; give your PEFT config another name")
+            return PeftFileMethod.from_name(name, path)
+        return self.get("methods", name, hint="or peft:PATH for a PEFT config")
+
     def in_default_run(self, kind: str) -> list[str]:
         """The ``methods`` or ``tasks`` ``leitai run`` uses when none are named, sorted: every
         method unless it says ``default = False`` (one per family), the tasks marked ``default = True``."""

@@ -46,12 +46,12 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     method's own :meth:`~suite.methods.Method.check_params` on a weightless stand-in of the
     model.
     """
-    from .methods import check_params, method_params, resolve_method
+    from .methods import check_params, method_params
     from .models import model_config, stand_in
     from .userdata import resolve_task
 
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
-    methods = {name: resolve_method(name, registry, config.method_overrides.get(name)) for name in config.methods}
+    methods = {name: registry.method(name, config.method_overrides.get(name)) for name in config.methods}
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:
         raise UsageError(f"settings given for method(s) not in this shootout: {', '.join(sorted(unknown))}")

@@ -50,7 +50,7 @@ from .data import Encoded, collate
 from .generate import greedy_by_forward, greedy_generate
 from .guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
 from .measure import count_parameters, unique_parameters
-from .methods import Method, method_params, resolve_method
+from .methods import Method, method_params
 from .train import TrainSettings, make_optimizer
 
 #: the kit's default architectures: small and fast, for plugin authors' own tests
@@ -235,7 +235,7 @@ def _resolve(method_or_name) -> Method:
         return method_or_name
     from .plugins import registry
 
-    return resolve_method(method_or_name, registry())
+    return registry().method(method_or_name)
 
 
 def fixed_batch(generator_seed: int = 1) -> dict:

@@ -93,12 +93,13 @@ class LST(Method):
         return build(model, params)
 
     def check_params(self, params, model=None):
-        """The side network is built beside the stand-in (``side_shape`` checks every setting
-        against the backbone's width and depth); without one, the settings alone are checked."""
+        """Every setting, against the backbone's width and depth when a stand-in gives them
+        (``side_shape``); the side network is not built: pruning reads weights, which the
+        weightless stand-in has not."""
         if model is None:
             check_settings(params)
         else:
-            build(model, params)
+            side_shape(model.config, params, gated=False, act="gelu")
 
     def run_info(self, model, params):
         """Which initialisation ran: ``{"init": "prune"}``, or ``"random"``; with ``"fallback"``
