@@ -107,3 +107,8 @@ class LinearTuner(PeftMethod):
     def load(self, base_model, directory, params):
         conv1d_as_linear(base_model, self.peft_config(base_model, params))
         return super().load(base_model, directory, params)
+
+    def check_params(self, params, model=None):
+        if model is not None:
+            conv1d_as_linear(model, self.peft_config(model, params))
+        super().check_params(params, model)

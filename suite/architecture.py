@@ -419,8 +419,11 @@ def kv_cache_shape(model, tokens: int = 3) -> tuple[int, int, int] | None:
     """``(layers, heads, head_dim)`` of the keys ``model`` caches for generation, measured
     with one forward pass: what a prefix of keys and values must look like. It is not always
     the weights' key/value heads: Falcon-40B's code caches one key per query head. None when
-    the model returns no cache of transformers' shape."""
+    the model returns no cache of transformers' shape, or has no weights to run (a stand-in
+    on the meta device)."""
     param = next(model.parameters())
+    if param.is_meta:
+        return None
     was_training = model.training
     model.eval()
     try:

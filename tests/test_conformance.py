@@ -57,7 +57,7 @@ BROKEN = [
     (Ungrouped, "llama", {"loss"},
      "conformance: ungrouped: loss: raised GuardError: method 'ungrouped': param_groups leaves 4 trainable tensors "
      "out of every group (e.g. base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight) on llama"),
-    (Meddler, "qwen2", {"frozen", "base-view"},
+    (Meddler, "qwen2", {"frozen", "save-load", "base-view"},  # the nudged weight is not in the saved adapter
      "conformance: meddler: frozen: 1 base tensors declared frozen changed after one step (e.g. model.norm.weight) on qwen2"),
 ]
 
