@@ -45,8 +45,7 @@ def mixed_precision(dtype: torch.dtype, device: torch.device) -> str:
 def precision_label(dtype: torch.dtype, amp: str) -> str:
     """What the record's ``env.dtype`` says: the base weights' dtype and the autocast, e.g.
     ``float32``, ``float32 + bf16 autocast`` or ``bfloat16 + bf16 autocast``."""
-    name = dtype_name([torch.empty(0, dtype=dtype)])
-    return name if amp == "no" else f"{name} + {amp} autocast"
+    return _name(dtype) if amp == "no" else f"{_name(dtype)} + {amp} autocast"
 
 
 def dtype_name(tensors) -> str | None:
@@ -54,9 +53,12 @@ def dtype_name(tensors) -> str | None:
     the most bytes first; None when there are none."""
     size: dict[str, int] = {}
     for t in tensors:
-        name = str(t.dtype).removeprefix("torch.")
-        size[name] = size.get(name, 0) + t.numel() * t.element_size()
+        size[_name(t.dtype)] = size.get(_name(t.dtype), 0) + t.numel() * t.element_size()
     return "+".join(sorted(size, key=lambda n: (-size[n], n))) or None
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def cast_weights(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
