@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a CUDA machine: every built-in method (LST included) on a randomly initialised Qwen2-0.5B-shaped model,
-# bf16 autocast, a fixed number of steps; prints tokens/s and peak allocated/reserved memory
-# per method; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
+# float32 weights under bf16 autocast, a fixed number of steps, then LoRA again on the same base in bf16
+# (--dtype bfloat16, CUDA's default; what trains stays float32); prints tokens/s, peak
+# allocated/reserved memory and weight bytes per run; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
 # and against HF Trainer + PEFT (ratios a/b, a/c) with model FLOPs utilisation (MFU, PaLM's
 # formula, in that script's docstring). Under 8 minutes on one H100. Run from the repository root:
 #     bash benchmarks/gpu_shootout.sh [extra leitai run flags]
@@ -15,19 +16,23 @@ fi
 export LEITAI_PLUGINS="benchmarks.random_models${LEITAI_PLUGINS:+,$LEITAI_PLUGINS}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 OUT=${OUT:-/tmp/leitai-gpu-shootout}
-rm -rf "$OUT"
-python -m suite.cli run --model random-qwen2-0.5b --device cuda --tasks zh-sentiment \
-    --max-steps "${STEPS:-40}" --batch-size 16 --task-size 1024 --out "$OUT" -q "$@"
-python - "$OUT" <<'PY'
+rm -rf "$OUT" "$OUT-bf16"
+SHOOTOUT=(--model random-qwen2-0.5b --device cuda --tasks zh-sentiment --max-steps "${STEPS:-40}" --batch-size 16
+          --task-size 1024 -q)
+python -m suite.cli run "${SHOOTOUT[@]}" --dtype float32 --out "$OUT" "$@"
+# the bf16 row: LoRA (or the methods given) with the base's weights in bf16
+python -m suite.cli run "${SHOOTOUT[@]}" --methods lora --out "$OUT-bf16" "$@" --dtype bfloat16
+python - "$OUT" "$OUT-bf16" <<'PY'
 import sys
 import pandas as pd
-r = pd.read_csv(f"{sys.argv[1]}/results.csv")
-cols = ["method", "status", "trainable_params", "tokens_per_second", "peak_memory_bytes",
-        "peak_memory_reserved_bytes", "train_seconds", "final_train_loss"]
+r = pd.concat([pd.read_csv(f"{d}/results.csv") for d in sys.argv[1:]], ignore_index=True)
+cols = ["method", "weights_dtype", "status", "trainable_params", "tokens_per_second", "peak_memory_bytes",
+        "peak_memory_reserved_bytes", "weights_bytes", "train_seconds", "final_train_loss"]
 t = r[cols].copy()
-for c in ("peak_memory_bytes", "peak_memory_reserved_bytes"):
+for c in ("peak_memory_bytes", "peak_memory_reserved_bytes", "weights_bytes"):
     t[c] = (t[c] / 2**30).round(2)
-t = t.rename(columns={"peak_memory_bytes": "alloc GiB", "peak_memory_reserved_bytes": "reserved GiB"})
+t = t.rename(columns={"weights_dtype": "weights", "peak_memory_bytes": "alloc GiB",
+                      "peak_memory_reserved_bytes": "reserved GiB", "weights_bytes": "weights GiB"})
 print(t.to_markdown(index=False, floatfmt=",.1f"))
 PY
 

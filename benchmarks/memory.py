@@ -1,4 +1,5 @@
-"""Training memory of full fine-tuning, LoRA, prefix tuning and LST where activations dominate.
+"""Training memory of full fine-tuning, LoRA, prefix tuning and LST where activations dominate,
+and what a bfloat16 base saves (``--dtypes float32,bfloat16``).
 
 A randomly initialised LLaMA config (hidden 512, 8 layers, tiny-zh's vocabulary by default),
 batches of 8 unpadded sequences of 256 tokens (the last quarter of each is the answer that
@@ -12,6 +13,8 @@ shootout's results:
 - ``activation_bytes``: bytes autograd saves for backward in one step (unique storages,
   parameters excluded), with ``grads_bytes`` and ``optimizer_bytes`` beside it;
 - ``trainable_params``: counted by the core;
+- ``weights_bytes``: the model's parameters (tied ones once), in the dtypes they train in: the
+  base in ``--dtypes``' dtype, what trains in float32 (cast by the core, as in a shootout);
 - ``seconds_per_step``: the training loop's wall time over its steps (the first step also
   counts the bytes saved for backward); ``cpu_seconds_per_step``, the process's CPU time over
   the whole ``train`` call (its one-off answer-head check and the memory sampler included) per
@@ -20,8 +23,10 @@ shootout's results:
 Run from the repository root::
 
     python benchmarks/memory.py --json memory.json
+    python benchmarks/memory.py --methods lora --dtypes float32,bfloat16
 
-It prints a table with each method's peak as a fraction of full fine-tuning's.
+It prints a table with each method's peak as a fraction of full fine-tuning's (at the same
+dtype) and, with several ``--dtypes``, as a fraction of the same method's on a float32 base.
 """
 from __future__ import annotations
 
@@ -49,6 +54,11 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="training steps per method (the first sets up AdamW)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtypes", default="float32",
+                   help="comma-separated dtypes the base loads in, each method run on each (float32, bfloat16, "
+                        "float16; default: %(default)s); as in a shootout, a half-precision base trains under "
+                        "autocast in its dtype and what trains is float32")
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # the child's one
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -64,9 +74,12 @@ def child(args) -> dict:
     from suite.guards import check_method_output, trained_base_names
     from suite.methods import method_params
     from suite.plugins import load_registry
+    from suite.precision import DTYPES, cast_weights, dtype_name, mixed_precision, upcast_trainable
     from suite.train import TrainSettings, train
 
+    dtype = DTYPES[args.dtype]
     base, tokenizer = random_llama(args.hidden, args.layers, args.heads, args.ffn, args.seq)
+    cast_weights(base, dtype)  # the same random weights, rounded
     total = measure.count_parameters(base)
     base_named = list(base.named_parameters())
     # the built-ins by module too, for a checkout that is not pip-installed (no entry points)
@@ -76,13 +89,14 @@ def child(args) -> dict:
     trained = trained_base_names(method, base, params)
     model = method.apply(base, params)
     trainable = check_method_output(method, base_named, model, trained)
+    upcast_trainable(model)  # as the cell does: what trains is float32
 
     g = torch.Generator().manual_seed(1)
     answer = args.seq // 4
     items = [data.Encoded(str(i), torch.randint(3, len(tokenizer), (args.seq - answer,), generator=g).tolist(),
                           torch.randint(3, len(tokenizer), (answer - 1,), generator=g).tolist() + [tokenizer.eos_token_id])
              for i in range(args.batch)]
-    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision="no" if args.device == "cpu" else "bf16")
+    accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=mixed_precision(dtype, torch.device(args.device)))
     settings = TrainSettings(lr=float(params["lr"]), warmup=0.0, log_every=1)
     weights = measure.tensor_bytes(measure.unique_parameters(model))
     cpu_start = time.process_time()
@@ -91,7 +105,10 @@ def child(args) -> dict:
                        method=method, params=params)
     cpu_seconds = time.process_time() - cpu_start
     return {
-        "method": args.child, "peak_memory_bytes": peak.peak, "peak_memory_reserved_bytes": peak.reserved,
+        "method": args.child, "dtype": args.dtype, "weights_dtype": dtype_name(p for p in model.parameters()
+                                                                               if not p.requires_grad),
+        "trainable_dtype": dtype_name(measure.unique_parameters(model, trainable_only=True)),
+        "peak_memory_bytes": peak.peak, "peak_memory_reserved_bytes": peak.reserved,
         "memory_kind": peak.kind, "weights_bytes": weights, **result.breakdown,
         "trainable_params": trainable, "total_params": total, "seconds_per_step": result.seconds / len(result.losses),
         "cpu_seconds_per_step": cpu_seconds / len(result.losses),
@@ -104,12 +121,18 @@ def run_all(args) -> dict:
     import torch
 
     from suite.env import environment
+    from suite.precision import DTYPES, mixed_precision, precision_label
 
+    dtypes = args.dtypes.split(",")
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown:
+        raise SystemExit(f"--dtypes takes {', '.join(DTYPES)}, not {unknown[0]!r}")
     figures = {}
-    for name in args.methods.split(","):
+    for name, dtype in ((n, d) for n in args.methods.split(",") for d in dtypes):
+        key = name if dtypes == ["float32"] else f"{name} {dtype}"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--hidden", str(args.hidden),
                "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq),
-               "--steps", str(args.steps), "--device", args.device]
+               "--steps", str(args.steps), "--device", args.device, "--dtype", dtype]
         for flag in ("heads", "ffn"):
             if getattr(args, flag):
                 cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -117,35 +140,47 @@ def run_all(args) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
         if proc.returncode != 0:
-            figures[name] = {"method": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-            print(f"{name}: failed: {figures[name]['error']}", file=sys.stderr)
+            figures[key] = {"method": name, "dtype": dtype, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+            print(f"{key}: failed: {figures[key]['error']}", file=sys.stderr)
             continue
-        figures[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    setup = {k: getattr(args, k) for k in ("hidden", "layers", "heads", "ffn", "batch", "seq", "steps", "device")}
-    return {"setup": setup, "env": environment(torch.device(args.device), "float32"), "methods": figures}
+        figures[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{key}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    setup = {k: getattr(args, k) for k in ("hidden", "layers", "heads", "ffn", "batch", "seq", "steps", "device", "dtypes")}
+    device = torch.device(args.device)
+    precision = " / ".join(precision_label(DTYPES[d], mixed_precision(DTYPES[d], device)) for d in dtypes)
+    return {"setup": setup, "env": environment(device, precision), "methods": figures}
 
 
 def table(doc: dict) -> str:
     import pandas as pd
 
-    rows = [m for m in doc["methods"].values() if "error" not in m]
+    rows = [{"dtype": "float32", **m} for m in doc["methods"].values() if "error" not in m]
     if not rows:
         return "no method finished"
-    t = pd.DataFrame(rows).set_index("method")
-    full = t["peak_memory_bytes"].get("full")
+    t = pd.DataFrame(rows)
+    peak = t.set_index(["method", "dtype"])["peak_memory_bytes"]
+    full = [peak.get(("full", d)) for d in t["dtype"]]  # full fine-tuning's peak at the same dtype
+    on_float32 = [peak.get((m, "float32")) for m in t["method"]]  # the same method's on a float32 base
+    several = t["dtype"].nunique() > 1
+    t = t.set_index(["method", "dtype"] if several else "method")
     mib = 2 ** 20
     out = pd.DataFrame({
         "trainable params": t["trainable_params"].map("{:,}".format),
         "peak MiB": (t["peak_memory_bytes"] / mib).round(1),
-        "x full": (t["peak_memory_bytes"] / full).round(3) if full else None,
+        "x full": (t["peak_memory_bytes"] / pd.Series(full, index=t.index, dtype=float)).round(3),
+    })
+    if several:
+        out["x float32"] = (t["peak_memory_bytes"] / pd.Series(on_float32, index=t.index, dtype=float)).round(3)
+        out["weights MiB"] = (t["weights_bytes"] / mib).round(1)
+    out = out.assign(**{
         "saved for backward MiB": (t["activation_bytes"] / mib).round(1),
         "grads MiB": (t["grads_bytes"] / mib).round(1),
         "AdamW state MiB": (t["optimizer_bytes"] / mib).round(1),
         "s / step": t["seconds_per_step"].round(2),
         "CPU s / step": t["cpu_seconds_per_step"].round(2),
     })
-    return out.to_markdown()
+    out = out.dropna(axis=1, how="all")  # "x full" without full fine-tuning in the run
+    return out.reset_index().to_markdown(index=False) if several else out.to_markdown()
 
 
 def main(argv=None) -> int:

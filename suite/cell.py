@@ -92,6 +92,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .measure import PeakMemory, count_parameters
     from .methods import run_info
     from .plugins import registry
+    from .precision import dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, tail_mean, train
@@ -104,11 +105,15 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     use_cpu = cell.device == "cpu" or (cell.device == "auto" and not torch.cuda.is_available())
     if cell.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision="no" if use_cpu else "bf16")
+    device_type = torch.device("cpu" if use_cpu else "cuda")
+    dtype = resolve_dtype(cell.dtype, device_type)  # the base's weights; what trains is float32
+    amp = mixed_precision(dtype, device_type)
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=amp)
     device = accelerator.device
-    record["env"] = environment(device, "float32" if use_cpu else "bf16-autocast")
+    record["env"] = environment(device, precision_label(dtype, amp))
+    exact = dtype == torch.float32 and amp == "no"  # no rounding to half precision anywhere
 
-    base, tokenizer = spec.load()
+    base, tokenizer = models.load_base(spec, dtype)
     tokenizer = models.prepare_tokenizer(tokenizer)
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
@@ -116,6 +121,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         train_set = [e.last_turn_only() for e in train_set]
     max_new_tokens = prepared.max_new_tokens
     m = record["metrics"]
+    m["weights_dtype"] = dtype_name(base.parameters())  # measured: what the base loaded in
     m.update(data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
              train_examples=len(train_set), dev_examples=len(dev_set), test_examples=len(test_examples),
              max_new_tokens=max_new_tokens, truncated_examples=prepared.truncated,
@@ -153,7 +159,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     if cell.side_corpus != "none" and cell.side_corpus_size and not tuning:
         texts = reg.get("side_corpora", cell.side_corpus).texts(cell.side_corpus_size)
         side = side_batches(tokenizer, texts, SIDE_MAX_TOKENS, SIDE_BATCH)
-    forgetting = Forgetting(method, side, rtol=1e-5 if use_cpu else 1e-3)
+    forgetting = Forgetting(method, side, rtol=1e-5 if exact else 1e-3)
     base.to(device)
     with accelerator.autocast():
         forgetting.measure_base(base)  # the untouched base model, before the method touches it
@@ -171,9 +177,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     m.update(trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total)
     check_method_output(method, base_named, model, trained)
     if method.starts_from_base:
-        error = starts_from_base_error(model, probe, base_logits)
+        # a half-precision base: a few units in the last place of the largest logit (bf16: 2^-8)
+        error = starts_from_base_error(model, probe, base_logits, rtol=1e-4 if dtype == torch.float32 else 1e-2)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
+    upcast_trainable(model)  # after the guards, which hold the method to what apply returned
+    m["trainable_dtype"] = dtype_name(measure.unique_parameters(model, trainable_only=True))
     record["method_info"] = run_info(method, model, dict(cell.params))  # what ran: targets, init, fallbacks
     with accelerator.autocast():
         view_before = forgetting.view_loss(model, "before training")
@@ -241,8 +250,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         m.update(forgetting.after(model), forgetting_view_before=view_before)
     m.update(inference_costs(
-        method, model, lambda: spec.load()[0].to(device), prepared.test_prompts[: cell.infer_prompts],
-        cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if use_cpu else 2e-2,
+        method, model, lambda: models.load_base(spec, dtype)[0].to(device), prepared.test_prompts[: cell.infer_prompts],
+        cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if exact else 2e-2,
     ))
     record["status"] = "ok"
     return True

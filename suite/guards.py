@@ -110,8 +110,8 @@ def checked_param_groups(method, model: torch.nn.Module, params: dict) -> list[d
 def probe_batch(examples: list, pad_id: int, count: int = 2, max_tokens: int = 32) -> dict:
     """A small batch to compare outputs on: the first ``count`` examples, cut to ``max_tokens``.
 
-    Small on purpose: the base model is still on the CPU in float32 when the guard runs, and
-    may be a large one.
+    Small on purpose: the base model is still on the CPU (in ``--dtype``, float32 by default)
+    when the guard runs, and may be a large one.
     """
     from .data import Encoded, collate
 
@@ -140,8 +140,11 @@ def real_logits(model, batch: dict) -> torch.Tensor:
     return logits[batch["attention_mask"].to(device).bool()].float()
 
 
-def starts_from_base_error(model, batch: dict, base: torch.Tensor, atol: float = 1e-4) -> str | None:
-    """Why ``model`` does not compute the base model's logits ``base`` on ``batch``, or None.
+def starts_from_base_error(model, batch: dict, base: torch.Tensor, atol: float = 1e-4, rtol: float = 1e-4) -> str | None:
+    """Why ``model`` does not compute the base model's logits ``base`` on ``batch``, or None:
+    they may differ by ``atol`` plus ``rtol`` of the largest logit (on a half-precision base,
+    where a method's no-op, DoRA's norm ratio, rounds to a unit in the last place, the cell
+    passes a larger ``rtol``).
 
     ``base`` is :func:`real_logits` of the base model, taken before the method was applied.
     Used only for methods that claim :attr:`suite.Method.starts_from_base`.
@@ -151,7 +154,7 @@ def starts_from_base_error(model, batch: dict, base: torch.Tensor, atol: float =
     except ValueError as e:
         return f"claims to start from the base model, but its forward returns {e}"
     diff = (after - base.to(after.device)).abs().max().item()
-    if not diff <= atol + 1e-4 * base.abs().max().item():
+    if not diff <= atol + rtol * base.abs().max().item():
         return (
             "claims to start from the base model, but before training its "
             f"logits differ from the base model's by up to {diff:.3g}"

@@ -21,11 +21,14 @@ class ModelSpec:
     #: the model used when no ``--model`` is given (one registered model sets this)
     default: bool = False
 
-    def load(self):
-        """Return ``(model, tokenizer)``: a causal LM in float32 on the CPU, and its tokenizer.
+    def load(self, dtype=None):
+        """Return ``(model, tokenizer)``: a causal LM on the CPU with its floating-point weights
+        in ``dtype`` (a ``torch.dtype``, the run's ``--dtype``; None: float32), and its tokenizer.
 
         Must work offline where the model ships with a package, and must give the same
         weights in every process (every method of a shootout starts from the same base).
+        A ``load()`` without the ``dtype`` argument (written before there was one) still works:
+        the core casts what it returns (:func:`load_base`).
         """
         raise NotImplementedError
 
@@ -49,13 +52,13 @@ class HubModel(ModelSpec):
         self.trust_remote_code = trust_remote_code
         self.description = f"{name} (transformers Auto classes)"
 
-    def load(self):
+    def load(self, dtype=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.name, trust_remote_code=self.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            self.name, trust_remote_code=self.trust_remote_code, dtype=torch.float32
+            self.name, trust_remote_code=self.trust_remote_code, dtype=dtype or torch.float32
         )
         return model, tokenizer
 
@@ -113,6 +116,20 @@ def resolve(name: str, registry, trust_remote_code: bool = False) -> ModelSpec:
     if name in registry.models:
         return registry.models[name]
     return HubModel(name, trust_remote_code)
+
+
+def load_base(spec: ModelSpec, dtype) -> tuple:
+    """``(model, tokenizer)`` of ``spec`` with its weights in ``dtype`` (a ``torch.dtype``): the
+    spec loads them so where its ``load`` takes a ``dtype``; else what it returns is cast
+    (floating-point parameters only, :func:`suite.precision.cast_weights`)."""
+    import inspect
+
+    from .precision import cast_weights
+
+    if "dtype" in inspect.signature(spec.load).parameters:
+        return spec.load(dtype=dtype)
+    model, tokenizer = spec.load()
+    return cast_weights(model, dtype), tokenizer
 
 
 def model_config(name: str, registry, trust_remote_code: bool = False):

@@ -50,6 +50,9 @@ class RunSettings:
     gradient_checkpointing: bool = setting(
         False, "recompute activations in backward: less memory, about a third more time per step", fair=True)
     device: str = setting("auto", "where cells train", choices=("auto", "cpu", "cuda"))
+    dtype: str = setting("auto", "the dtype the base model's weights load in (auto: float32 on the CPU, bfloat16 on "
+                         "CUDA); trainable parameters stay float32", fair=True,
+                         choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = setting(False, "allow a hub model's own code to run")
     log_every: int = setting(10, "steps between reading the loss back from the device", minimum=1)
     eval_batch_size: int = setting(32, "examples per batch for dev loss and generation", minimum=1)

@@ -34,7 +34,7 @@ class TinyZh(ModelSpec):
         _weights()
         return AutoConfig.from_pretrained(str(HERE))
 
-    def load(self):
+    def load(self, dtype=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,7 +45,7 @@ class TinyZh(ModelSpec):
         if file_sha256(weights) != expected:
             raise ValueError(f"{weights} does not match its recorded checksum {CHECKSUM}: corrupted or replaced")
         tokenizer = AutoTokenizer.from_pretrained(str(HERE))
-        model = AutoModelForCausalLM.from_pretrained(str(HERE), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(HERE), dtype=dtype or torch.float32)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
 
@@ -59,13 +59,18 @@ class TinyZhRandom(ModelSpec):
 
         return AutoConfig.from_pretrained(str(HERE))
 
-    def load(self):
+    def load(self, dtype=None):
+        """Initialised in float32 (the same weights whatever ``dtype``), then cast to ``dtype``."""
         from transformers import AutoConfig, AutoTokenizer
+
+        from suite.precision import cast_weights
 
         from .pretrain import init_model
 
         tokenizer = AutoTokenizer.from_pretrained(str(HERE))
         model = init_model(AutoConfig.from_pretrained(str(HERE)), INIT_SEED)
+        if dtype is not None:
+            cast_weights(model, dtype)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
 

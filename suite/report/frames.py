@@ -20,10 +20,10 @@ EXTRA_COLUMNS = (
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
-    "device device_name dtype method_info"
+    "device device_name dtype weights_dtype trainable_dtype method_info"
 ).split()
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype", "phase", "method_info")
+                "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
 
