@@ -98,7 +98,9 @@ COLUMNS = {
     "infer_overhead_merged": "infer_ms_per_token_merged / infer_ms_per_token_base",
     "device": "`cpu` or `cuda`",
     "device_name": "the CPU's or GPU's name",
-    "dtype": "`float32` on CPU, `bf16-autocast` on CUDA",
+    "dtype": "the base weights' dtype and any autocast, e.g. `float32`, `bfloat16 + bf16 autocast` (`--dtype`)",
+    "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several)",
+    "trainable_dtype": "the dtype of what trains, measured after the core's cast to float32",
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
     # further measurements, passed through by name
     "answer_head": "whether the output head ran only at the answer positions (else on full logits)",
