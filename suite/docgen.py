@@ -25,6 +25,7 @@ from pathlib import Path
 
 #: the guide, when leitai runs from its source tree (``pip install -e``)
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+README = GUIDE.parent.parent / "README.md"
 COMMAND = "python -m suite.docgen"
 
 #: the helpers of the plugin API beyond what :mod:`suite` exports, by module, as the guide names them
@@ -404,7 +405,27 @@ def known_signatures() -> dict[str, set[str]]:
     return found
 
 
+def methods_region() -> str:
+    """The README's table of every method leitai ships: what trains, its defaults, whether the
+    default shootout runs it, and where its settings come from (the ``paper`` text's source)."""
+    from .plugins import load_registry
+
+    reg = load_registry()
+    rows = ["| method | what trains | defaults | default run | source |", "|---|---|---|---|---|"]
+    for name in sorted(reg.methods):
+        if not reg.plugins[reg.origin[("methods", name)]].source.startswith("leitai "):
+            continue  # a method some other installed package adds
+        m = reg.methods[name]
+        defaults = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.defaults.items()
+                             if v is not None)
+        source = m.paper.split(": ", 1)[0] if ": " in m.paper else m.paper.split(". ", 1)[0]
+        rows.append(f"| `{name}` | {m.description} | {defaults} | {'yes' if m.default else 'no'} | {source} |")
+    return "\n".join(rows)
+
+
 REGIONS = {"hooks": hooks_region, "api": api_region, "scorers": scorers_region, "columns": columns_region}
+#: the generated regions of each file :data:`COMMAND` keeps
+FILES = {GUIDE: REGIONS, README: {"methods": methods_region}}
 
 
 def _pattern(name: str) -> re.Pattern:
@@ -421,10 +442,10 @@ def marker(name: str) -> str:
     return f"<!-- begin generated: {name} ({COMMAND}; edit the code, not this) -->"
 
 
-def update(text: str) -> str:
-    """``text`` (the guide) with every generated region rendered anew from the code; a region
-    whose markers are missing is a ``KeyError``."""
-    for name, render in REGIONS.items():
+def update(text: str, regions: dict = REGIONS) -> str:
+    """``text`` (the guide, or another file with its ``regions``) with every generated region
+    rendered anew from the code; a region whose markers are missing is a ``KeyError``."""
+    for name, render in regions.items():
         pattern = _pattern(name)
         if not pattern.search(text):
             raise KeyError(f"the guide has no region {name!r} ({marker(name)} ... <!-- end generated: {name} -->)")
@@ -433,30 +454,30 @@ def update(text: str) -> str:
     return text
 
 
-def stale_regions(text: str) -> list[str]:
-    """The names of the regions of ``text`` that differ from what the code gives."""
-    new = update(text)
-    return [name for name in REGIONS if _pattern(name).search(text).group(0) != _pattern(name).search(new).group(0)]
+def stale_regions(text: str, regions: dict = REGIONS) -> list[str]:
+    """The names of the ``regions`` of ``text`` that differ from what the code gives."""
+    new = update(text, regions)
+    return [name for name in regions if _pattern(name).search(text).group(0) != _pattern(name).search(new).group(0)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=COMMAND, description="Regenerate the reference parts of docs/plugins.md.")
-    parser.add_argument("path", nargs="?", default=str(GUIDE), help="the guide (default: %(default)s)")
-    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when the guide is out of date")
+    parser = argparse.ArgumentParser(prog=COMMAND, description="Regenerate the reference parts of docs/plugins.md "
+                                     "and the README's methods table.")
+    parser.add_argument("path", nargs="?", help="one file, with the guide's regions (default: the guide and the README)")
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a file is out of date")
     args = parser.parse_args(argv)
-    path = Path(args.path)
-    text = path.read_text(encoding="utf-8")
-    if args.check:
-        stale = stale_regions(text)
-        if stale:
+    files = {Path(args.path): FILES.get(Path(args.path).resolve(), REGIONS)} if args.path else FILES
+    status = 0
+    for path, regions in files.items():
+        text = path.read_text(encoding="utf-8")
+        stale = stale_regions(text, regions)
+        if stale and args.check:
             print(f"{path} is out of date ({', '.join(stale)}): run {COMMAND}", file=sys.stderr)
-            return 1
-        return 0
-    new = update(text)
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-        print(f"{path}: regenerated {', '.join(stale_regions(text))}")
-    return 0
+            status = 1
+        elif stale:
+            path.write_text(update(text, regions), encoding="utf-8")
+            print(f"{path}: regenerated {', '.join(stale)}")
+    return status
 
 
 if __name__ == "__main__":

@@ -121,3 +121,11 @@ def test_the_guides_task_example_splits_as_documented():
     where = {(e.input, e.output): split for split, examples in full.items() for e in examples}
     assert all(where[(a, b)] == where[(b, a)] for a, b in where)
     assert task.score(["小", "矮"], ["小", "高"]) == 0.5
+
+
+def test_the_readme_methods_table_is_generated_from_the_plugins():
+    text = README.read_text(encoding="utf-8")
+    assert docgen.stale_regions(text, docgen.FILES[docgen.README]) == [], "README.md is out of date: run python -m suite.docgen"
+    table = docgen.region(text, "methods")
+    for name in ("lora", "dora", "lst", "full", "bitfit"):
+        assert f"| `{name}` |" in table
