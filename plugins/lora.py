@@ -27,8 +27,10 @@ class LoRA(PeftMethod):
     paper = (
         "Hu et al., 2021, LoRA: Low-Rank Adaptation of Large Language Models (ICLR 2022): "
         "W_q and W_v adapted (Sec. 7.1), B initialised to zero, update scaled by alpha/r; "
-        "r, alpha and dropout from the paper's GPT-2 setting (Table 11). lr raised from the "
-        "paper's 2e-4 for the arena's short default budget."
+        "r, alpha and dropout from the paper's GPT-2 setting (Table 11). lr 1e-3 (the paper's 2e-4 "
+        "is for far longer runs), the best of the arena's sweep "
+        "(README, Tuning: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, seed 0, 64 dev examples): "
+        "dev accuracy 0.797 (3e-3: 0.781, 3e-4: 0.438)."
     )
     mergeable = True  # W + (alpha/r)·B·A is one matrix again: no extra inference cost
     defaults = {
