@@ -30,7 +30,8 @@ def test_sweep_specs_toml_and_grids(tmp_path, registry):
     assert cfg.sweep == {"keys": ["lr"], "grids": {"lora": {"r": [2, 3]}}}
     lora, prompt = registry.methods["lora"], registry.methods["prompt-tuning"]
     # --sweep lr: the declared grid, by default the default lr times 0.1 .. 10
-    assert sweep.method_grid(prompt, cfg.sweep) == {"lr": [0.003, 0.009, 0.03, 0.09, 0.3]}
+    lr = prompt.defaults["lr"]
+    assert sweep.method_grid(prompt, cfg.sweep) == {"lr": [float(f"{lr * f:.3g}") for f in (0.1, 0.3, 1, 3, 10)]}
     assert sweep.method_grid(lora, cfg.sweep) == {"lr": [0.0001, 0.0003, 0.001, 0.003, 0.01], "r": [2, 3]}
     assert len(sweep.combinations(sweep.method_grid(lora, cfg.sweep))) == 10
     assert sweep.method_grid(lora, sweep.empty()) is None
