@@ -228,10 +228,10 @@ class PeftMethod(Method):
 
         if prefix:
             shape = architecture.kv_cache_shape(model)
-            if shape is None:
-                return {}
-            layers, heads, head_dim = shape
-            return {"num_layers": layers, "num_attention_heads": heads, "token_dim": heads * head_dim}
+            if shape is not None:
+                layers, heads, head_dim = shape
+                return {"num_layers": layers, "num_attention_heads": heads, "token_dim": heads * head_dim}
+            # no cache to measure (the weightless stand-in of a settings check): the sizes by role
         try:
             g = architecture.find(model).geometry
         except architecture.ArchitectureError:
