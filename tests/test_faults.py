@@ -266,7 +266,7 @@ def interrupted(finished, tmp_path_factory):
     steps["ctrl_c_cell"] = wait_for(pid, first)
     steps["second"] = leitai(*args, env=env)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
-    _, steps["ctrl_c_stderr"] = first.communicate(timeout=300)
+    _, steps["ctrl_c_stderr"] = first.communicate(timeout=600)  # a loaded machine stops slowly
     steps["ctrl_c"], steps["ctrl_c_pid"] = first.returncode, first.pid
     steps["ctrl_c_records"] = records(out)
     steps["ctrl_c_reported"] = set(pd.read_csv(out / "results.csv").method)
