@@ -1,6 +1,7 @@
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,3 +40,10 @@ def registry():
     from suite.plugins import load_registry
 
     return load_registry()
+
+
+def catch_ctrl_c() -> None:
+    """In the child before exec: SIGINT handled by default, as in a terminal. A shell runs a
+    background job (``cmd &``, as some CI runners do) with SIGINT ignored, which its children
+    inherit, and Python then installs no KeyboardInterrupt for it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

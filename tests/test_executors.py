@@ -9,7 +9,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import MISBEHAVING, leitai
+from conftest import MISBEHAVING, catch_ctrl_c, leitai
 
 # no baseline cell: these shootouts are about where cells run (tests/test_sweep.py covers baselines)
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--no-baselines", "-q"]
@@ -79,7 +79,7 @@ def test_interrupted_ray_shootout_resumes_without_redoing(tmp_path, unruly):
     out = tmp_path / "int"
     cmd = [sys.executable, "-m", "suite.cli", "run", "--executor", "ray", "--methods", "lora,hangs", "--out", str(out), *SMALL]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True, preexec_fn=catch_ctrl_c)
     deadline = time.time() + 300
     lora = out / "runs" / "zh-sentiment__lora__s0" / "record.json"
     while not (lora.exists() and (markers / "hangs").exists()) and time.time() < deadline:

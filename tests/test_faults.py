@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MISBEHAVING, ROOT, leitai
+from conftest import MISBEHAVING, ROOT, catch_ctrl_c, leitai
 
 from suite.cli import main
 from suite.records import DamagedRecord, load_record, set_aside
@@ -66,7 +66,9 @@ def unruly(tmp_path):
 def start(*args, env: dict) -> subprocess.Popen:
     """``leitai ARGS`` in the background, in a process group of its own (as a shell runs it)."""
     return subprocess.Popen([sys.executable, "-m", "suite.cli", *map(str, args)], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=catch_ctrl_c)
+
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> int:
