@@ -1,5 +1,6 @@
 """(IA)³: learned vectors that rescale keys, values and feed-forward activations (through peft)."""
 from suite import PeftMethod, architecture, hookimpl
+from suite.methods import peft_default
 
 from .targets import split_names
 
@@ -28,21 +29,13 @@ class IA3(PeftMethod):
 
     def peft_config(self, model, params):
         from peft import IA3Config, TaskType
+        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as IA3_DEFAULTS
 
         targets, feedforward = split_names(params["targets"]), split_names(params["feedforward"])
-        if targets is None and model is not None and not self._peft_knows(model):
+        if targets is None and model is not None and not peft_default(model, IA3_DEFAULTS):
             # peft has no default for this model type: keys, values and the MLP's down map by role
             targets, feedforward = architecture.find(model).key_value_targets()
         return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=targets, feedforward_modules=feedforward)
-
-    @staticmethod
-    def _peft_knows(model) -> bool:
-        """Whether peft's (IA)³ default for the model type names modules the model has."""
-        from peft.utils import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as defaults
-
-        default = defaults.get(getattr(model.config, "model_type", None)) or []
-        names = [n for n, _ in model.named_modules()]
-        return any(n == t or n.endswith("." + t) for n in names for t in default)
 
 
 @hookimpl

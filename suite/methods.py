@@ -201,13 +201,9 @@ class PeftMethod(Method):
             return None, "peft default"
         if mapping is None:
             from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as mapping
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
-        default = mapping.get(model_type)
-        if isinstance(default, str):
-            default = [default]
-        names = [n for n, _ in model.named_modules()]
-        if default and any(n == t or n.endswith("." + t) for n in names for t in default):
-            return list(default), f"peft default for {model_type}"
+        default = peft_default(model, mapping)
+        if default:
+            return default, f"peft default for {getattr(model.config, 'model_type', None)}"
         from .architecture import ArchitectureError, attention_targets
 
         try:
@@ -286,6 +282,15 @@ class PeftMethod(Method):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base_model, str(directory))
+
+
+def peft_default(model: torch.nn.Module, mapping: dict) -> list[str] | None:
+    """peft's default target modules for ``model``'s type in ``mapping`` (a tuner's
+    ``TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING``), when they name modules the model has."""
+    default = mapping.get(getattr(getattr(model, "config", None), "model_type", None))
+    default = [default] if isinstance(default, str) else list(default or [])
+    names = [n for n, _ in model.named_modules()]
+    return default if any(n == t or n.endswith("." + t) for n in names for t in default) else None
 
 
 def run_info(method: Method, model: torch.nn.Module, params: dict) -> dict:
