@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from conftest import MISBEHAVING, catch_ctrl_c, leitai
 
-# no baseline cell: these shootouts are about where cells run (tests/test_sweep.py covers baselines)
-SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--no-baselines", "-q"]
+# no baseline cell, no forgetting or inference timing: these shootouts are about where cells run
+# (tests/test_sweep.py covers baselines, tests/test_forgetting_inference.py the measurements)
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--no-baselines", "--side-corpus", "none",
+         "--infer-prompts", "0", "-q"]
 
 
 @pytest.fixture(scope="module")

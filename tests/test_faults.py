@@ -22,8 +22,9 @@ from conftest import MISBEHAVING, ROOT, catch_ctrl_c, leitai
 from suite.cli import main
 from suite.records import DamagedRecord, load_record, set_aside
 
+# no baseline cell, no forgetting: what a fault leaves does not depend on them (and each is a process more)
 SMALL = ["--max-steps", "6", "--batch-size", "4", "--task-size", "16", "--infer-prompts", "0",
-         "--side-corpus-size", "8", "-q"]
+         "--side-corpus", "none", "--no-baselines", "-q"]
 #: the shared shootout: full fine-tuning, and a LoRA whose lr makes it diverge
 BASE = ["--methods", "full,lora", "--set", "lora.lr=1e6", *SMALL]
 

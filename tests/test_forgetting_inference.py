@@ -14,7 +14,7 @@ MODEL = "tiny-zh"
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("after") / "out"
     proc = leitai("run", "--methods", METHODS, "--model", MODEL, "--max-steps", "4", "--task-size", "16",
-                  "--side-corpus-size", SIDE, "--infer-prompts", "2", "-q", "--out", out)
+                  "--side-corpus-size", SIDE, "--infer-prompts", "2", "--no-baselines", "--workers", "2", "-q", "--out", out)
     assert proc.returncode == 0, proc.stderr
     df = pd.read_csv(out / "results.csv").set_index("method")
     assert (df.status == "ok").all(), df.error.to_dict()
@@ -78,7 +78,7 @@ def test_side_corpus_shares_no_text_with_tasks_or_pretraining(registry):
 
 def test_a_base_view_that_is_not_the_base_fails_the_cell(tmp_path):
     proc = leitai("run", "--methods", "peeker", "--model", MODEL, "--max-steps", "3", "--task-size", "16",
-                  "--side-corpus-size", "8", "--infer-prompts", "0", "-q", "--out", tmp_path / "o",
+                  "--side-corpus-size", "8", "--infer-prompts", "0", "--no-baselines", "-q", "--out", tmp_path / "o",
                   env=MISBEHAVING)
     assert proc.returncode == 0, proc.stderr
     row = pd.read_csv(tmp_path / "o" / "results.csv").iloc[0]

@@ -10,7 +10,7 @@ from suite.peft_file import load_peft_config
 from conftest import leitai
 
 SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "16", "--side-corpus", "none", "--infer-prompts", "0",
-         "-q"]
+         "--no-baselines", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def shootout(lora_config, tmp_path_factory):
     toml.write_text(f'[method.prod-lora]\npeft_config = "{lora_config / "adapter_config.json"}"\nlr = 2e-3\n')
     out = root / "out"
     proc = leitai("run", "--config", toml, "--methods", f"lora,peft:{lora_config},prod-lora", "--out", out,
-                  "--set", "lora.lr=2e-3", "--set", f"peft:{lora_config}.lr=2e-3", *SMALL)
+                  "--set", "lora.lr=2e-3", "--set", f"peft:{lora_config}.lr=2e-3", "--workers", "2", *SMALL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, pd.read_csv(out / "results.csv").set_index("method")
 

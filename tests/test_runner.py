@@ -10,7 +10,7 @@ from conftest import MISBEHAVING, ROOT, leitai
 from suite import docgen
 from suite.report import RESULT_COLUMNS
 
-SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "-q"]
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--side-corpus-size", "8", "-q"]
 
 @pytest.fixture(scope="module")
 def shootout(tmp_path_factory):
@@ -129,7 +129,7 @@ def test_gradient_checkpointing_keeps_less_for_backward(shootout, tmp_path):
     """A cell with ``--gradient-checkpointing`` trains and saves fewer bytes for backward than
     the same cell without it."""
     out, _ = shootout
-    proc = leitai("run", "--methods", "lora", "--gradient-checkpointing", "--out", tmp_path / "gc", *SMALL)
+    proc = leitai("run", "--methods", "lora", "--gradient-checkpointing", "--no-baselines", "--out", tmp_path / "gc", *SMALL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     gc = pd.read_csv(tmp_path / "gc" / "results.csv").iloc[0]
     results = pd.read_csv(out / "results.csv")

@@ -15,7 +15,7 @@ from suite.errors import UsageError
 from suite.report import significance
 
 SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "32", "--infer-prompts", "0",
-         "--side-corpus-size", "8", "-q"]
+         "--side-corpus", "none", "-q"]
 
 
 # ---------------------------------------------------------------- grids and choices
@@ -137,7 +137,7 @@ def sweeps(tmp_path_factory, registry):
         data = sentiment_file(d / f"reviews-{flip}.jsonl", registry, flip)
         out = d / f"out-{flip}"
         proc = leitai("run", "--methods", "lora", "--tasks", f"file:{data}?score=accuracy", "--sweep",
-                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--task-size", "full")  # every test record: the same ones on both files
+                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--task-size", "full", "--workers", "2")  # every test record: the same ones on both files
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "1 runs (1 ok), 0 already done, 2 tuning runs, 1 baseline runs" in proc.stdout
         outs[flip] = out

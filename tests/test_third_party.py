@@ -62,7 +62,7 @@ def shootout(tmp_path_factory, doc_example):
     env = {**MISBEHAVING, "PYTHONPATH": f"{doc_example[1]}:{MISBEHAVING['PYTHONPATH']}"}
     out = tmp_path_factory.mktemp("shootout") / "out"
     proc = leitai("run", "--methods", "bottleneck,leaky,hollow,liar", "--out", out, "--max-steps", "3", "--batch-size", "4",
-                  "--task-size", "16", "-q", env=env)
+                  "--task-size", "16", "--side-corpus-size", "8", "--infer-prompts", "0", "--no-baselines", "--workers", "2", "-q", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out, pd.read_csv(out / "results.csv").set_index("method")
 
