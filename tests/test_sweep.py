@@ -137,7 +137,8 @@ def sweeps(tmp_path_factory, registry):
         data = sentiment_file(d / f"reviews-{flip}.jsonl", registry, flip)
         out = d / f"out-{flip}"
         proc = leitai("run", "--methods", "lora", "--tasks", f"file:{data}?score=accuracy", "--sweep",
-                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--task-size", "full", "--workers", "2")  # every test record: the same ones on both files
+                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--workers", "2",
+                      "--task-size", "full")  # every test record: the same ones on both files
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "1 runs (1 ok), 0 already done, 2 tuning runs, 1 baseline runs" in proc.stdout
         outs[flip] = out
