@@ -10,14 +10,13 @@ import json
 import pandas as pd
 import pytest
 import torch
+from conftest import leitai
+from test_conformance import built_in_methods
 
 from suite import architecture as A
 from suite import layout as L
 from suite.methods import method_params, run_info
 from suite.testing import ALL_ARCHITECTURES, ARCHITECTURES, check_method, fixed_batch, tiny_config, tiny_model
-
-from conftest import leitai
-from test_conformance import built_in_methods
 
 #: the default three run in test_conformance already
 MORE = tuple(a for a in ALL_ARCHITECTURES if a not in ARCHITECTURES)

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 from safetensors import safe_open
+from test_conformance import built_in_methods
 
 from suite import Method
 from suite.guards import GuardError, check_method_output, checked_param_groups, trained_base_names
@@ -13,8 +14,6 @@ from suite.measure import count_parameters
 from suite.methods import LR_FACTORS, PeftMethod, method_params, tuning_grid
 from suite.testing import ARCHITECTURES, fixed_batch, tiny_model
 from suite.train import TrainSettings, make_optimizer
-
-from test_conformance import built_in_methods
 
 #: the six methods of the default shootout (one per family); the rest of the catalogue is opt-in
 DEFAULT_SHOOTOUT = {"lora", "prefix-tuning", "p-tuning", "prompt-tuning", "lst", "full"}
@@ -313,6 +312,7 @@ def test_the_guides_peft_tuner_in_30_lines_conforms():
     import types
 
     from conftest import ROOT
+
     from suite.testing import check_method
 
     guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")

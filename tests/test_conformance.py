@@ -1,8 +1,22 @@
 """The conformance kit: every built-in method passes it, and each kind of broken method fails
 it with its own one-line message."""
 import pytest
-from misbehaving import (CacheBlind, DeadWeight, FakeMerge, Liar, Lossy, Meddler, Miscount, NothingTrains, Peeker, Picky,
-                         Sneaky, Ungrouped, Unfrozen, Unseeded)
+from misbehaving import (
+    CacheBlind,
+    DeadWeight,
+    FakeMerge,
+    Liar,
+    Lossy,
+    Meddler,
+    Miscount,
+    NothingTrains,
+    Peeker,
+    Picky,
+    Sneaky,
+    Unfrozen,
+    Ungrouped,
+    Unseeded,
+)
 
 from suite import Method
 from suite.plugins import load_registry
@@ -66,8 +80,8 @@ BROKEN = [
 def test_broken_method_fails_with_one_line(cls, arch, failing, line):
     report = check_method(cls(), architectures=(arch,), raise_on_failure=False)
     assert {r.check for r in report.failures} == failing, report.lines
-    assert any(l.startswith(line) for l in report.lines), report.lines
-    assert all("\n" not in l and f" on {arch}" in l for l in report.lines)
+    assert any(text.startswith(line) for text in report.lines), report.lines
+    assert all("\n" not in text and f" on {arch}" in text for text in report.lines)
 
 
 def test_failure_raises_with_every_line():

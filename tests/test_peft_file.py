@@ -3,11 +3,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import leitai
 
 from suite.errors import UsageError
 from suite.peft_file import load_peft_config
-
-from conftest import leitai
 
 SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "16", "--side-corpus", "none", "--infer-prompts", "0",
          "--no-baselines", "-q"]

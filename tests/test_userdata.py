@@ -110,7 +110,8 @@ BAD = {
                          "nonstring.jsonl: line 8: field 'output' must be a string, not a number"),
     "null input": ("\n".join(GOOD[:2] + ['{"instruction": "x", "input": null, "output": "y"}'] + GOOD[2:]),
                    "null.jsonl: line 3: field 'input' must be a string, not null"),
-    "non-string target": ("\n".join([json.dumps(chatglm(r), ensure_ascii=False) for r in RECORDS[:9]] + ['{"context": "Instruction: x\\nAnswer: ", "target": ["y"]}']),
+    "non-string target": ("\n".join([json.dumps(chatglm(r), ensure_ascii=False) for r in RECORDS[:9]]
+                                    + ['{"context": "Instruction: x\\nAnswer: ", "target": ["y"]}']),
                           "target.jsonl: line 10: field 'target' must be a string, not an array"),
     "no known fields": ('{"question": "x", "answer": "y"}\n', "fields.jsonl: line 1: a record needs the fields instruction, input, output"),
     "not an object": ("\n".join(GOOD[:1] + ['["x", "y"]']), "object.jsonl: line 2: a record must be a JSON object, not an array"),
