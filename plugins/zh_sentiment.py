@@ -27,6 +27,10 @@ class ZhSentiment(Task):
     instruction = "判断这条评论的情感倾向，回答“正面”或“负面”。"
     max_chars = 60
     choices = tuple(LABELS.values())
+    # 256 test examples, not 64: on one seed's 64 answers the paired test cannot tell a method
+    # at 0.64 from the majority label at 0.5 (README, "What the default run does"); answers are a
+    # word each, so four times the test prompts add little to a cell
+    default_sizes = {"train": 512, "dev": 64, "test": 256}
 
     @cached_property
     def _reviews(self) -> dict[str, tuple[str, str]]:

@@ -41,7 +41,7 @@ def test_shootout_writes_the_output_contract(shootout):
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves.split) == {"train", "dev"}
     gens = pd.read_csv(out / "generations.csv")
-    assert set(gens.run_id) == set(ok.run_id) and len(gens) == 2 * 2
+    assert set(gens.run_id) == set(ok.run_id) and len(gens) == ok.test_examples.sum() > 0
     assert (out / "runs" / ok.loc["lora", "run_id"] / "adapter" / "adapter_config.json").exists()
     record = json.loads((out / "runs" / ok.loc["lora", "run_id"] / "record.json").read_text())
     assert record["env"]["versions"]["transformers"] and record["env"]["device"] == "cpu"
