@@ -16,6 +16,10 @@ os.environ["LEITAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="leitai-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LEITAI_CACHE_DIR"], ignore_errors=True)
 
 
+#: a shootout of the cells alone: no baseline cell, no forgetting, no inference timing (each costs
+#: a process or seconds per cell; tests/test_sweep.py and test_forgetting_inference.py check them)
+CELLS_ONLY = ["--no-baselines", "--side-corpus", "none", "--infer-prompts", "0"]
+
 #: the environment that loads tests/misbehaving.py as a plugin in a subprocess
 MISBEHAVING = {"LEITAI_PLUGINS": "misbehaving", "PYTHONPATH": str(ROOT / "tests")}
 
@@ -33,6 +37,14 @@ def leitai(*args, env=None, cwd=None, timeout=600):
         [sys.executable, "-m", "suite.cli", *map(str, args)], capture_output=True, text=True,
         env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout,
     )
+
+
+def start(*args, env: dict) -> subprocess.Popen:
+    """``leitai ARGS`` in the background, in a process group of its own (as a shell runs it),
+    with Ctrl-C handled as in a terminal (:func:`catch_ctrl_c`)."""
+    return subprocess.Popen([sys.executable, "-m", "suite.cli", *map(str, args)], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=catch_ctrl_c)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import leitai
+from conftest import CELLS_ONLY, leitai
 from test_conformance import built_in_methods
 
 from suite import architecture as A
@@ -248,8 +248,8 @@ def test_a_shootout_on_glm4_records_what_ran(tmp_path):
     tokenizer.save_pretrained(tmp_path / "glm4")
     out = tmp_path / "out"
     proc = leitai("run", "--model", tmp_path / "glm4", "--methods", "lora,lst", "--max-steps", "2",
-                  "--batch-size", "4", "--task-size", "16", "--infer-prompts", "0", "--side-corpus", "none",
-                  "--no-baselines", "--out", out, "-q", env={"LEITAI_THREADS": "1"})  # tiny models: one thread is fastest
+                  "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "--out", out, "-q",
+                  env={"LEITAI_THREADS": "1"})  # tiny models: one thread is fastest
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = pd.read_csv(out / "results.csv").set_index("method")
     assert list(results.status) == ["ok", "ok"], results.error.tolist()

@@ -3,18 +3,14 @@ workers that die mid-cell, cells that keep failing, and an interrupted shootout 
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
-from conftest import MISBEHAVING, catch_ctrl_c, leitai
+from conftest import CELLS_ONLY, MISBEHAVING, leitai, start
 
-# no baseline cell, no forgetting or inference timing: these shootouts are about where cells run
-# (tests/test_sweep.py covers baselines, tests/test_forgetting_inference.py the measurements)
-SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--no-baselines", "--side-corpus", "none",
-         "--infer-prompts", "0", "-q"]
+# these shootouts are about where cells run, not what a cell measures
+SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +75,7 @@ def test_ray_retries_a_dead_worker_and_records_failures_once(tmp_path, unruly):
 def test_interrupted_ray_shootout_resumes_without_redoing(tmp_path, unruly):
     env, markers = unruly
     out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "suite.cli", "run", "--executor", "ray", "--methods", "lora,hangs", "--out", str(out), *SMALL]
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, text=True, preexec_fn=catch_ctrl_c)
+    proc = start("run", "--executor", "ray", "--methods", "lora,hangs", "--out", out, *SMALL, env=env)
     deadline = time.time() + 300
     lora = out / "runs" / "zh-sentiment__lora__s0" / "record.json"
     while not (lora.exists() and (markers / "hangs").exists()) and time.time() < deadline:

@@ -11,20 +11,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import MISBEHAVING, ROOT, catch_ctrl_c, leitai
+from conftest import CELLS_ONLY, MISBEHAVING, ROOT, leitai, start
 
 from suite.cli import main
 from suite.records import DamagedRecord, load_record, set_aside
 
-# no baseline cell, no forgetting: what a fault leaves does not depend on them (and each is a process more)
-SMALL = ["--max-steps", "6", "--batch-size", "4", "--task-size", "16", "--infer-prompts", "0",
-         "--side-corpus", "none", "--no-baselines", "-q"]
+SMALL = ["--max-steps", "6", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]
 #: the shared shootout: full fine-tuning, and a LoRA whose lr makes it diverge
 BASE = ["--methods", "full,lora", "--set", "lora.lr=1e6", *SMALL]
 
@@ -62,14 +59,6 @@ def unruly(tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
     return {**MISBEHAVING, "UNRULY_DIR": str(markers)}, markers
-
-
-def start(*args, env: dict) -> subprocess.Popen:
-    """``leitai ARGS`` in the background, in a process group of its own (as a shell runs it)."""
-    return subprocess.Popen([sys.executable, "-m", "suite.cli", *map(str, args)], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=catch_ctrl_c)
-
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> int:

@@ -3,13 +3,12 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import leitai
+from conftest import CELLS_ONLY, leitai
 
 from suite.errors import UsageError
 from suite.peft_file import load_peft_config
 
-SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "16", "--side-corpus", "none", "--infer-prompts", "0",
-         "--no-baselines", "-q"]
+SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]
 
 
 @pytest.fixture(scope="module")

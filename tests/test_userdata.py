@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import leitai
+from conftest import CELLS_ONLY, leitai
 
 from suite.errors import UsageError
 from suite.userdata import resolve_task
@@ -161,8 +161,7 @@ def test_a_file_task_runs_and_long_records_are_reported(tmp_path):
     (tmp_path / "long.json").write_text(json.dumps(RECORDS + [long], ensure_ascii=False), encoding="utf-8")
     name, out = f"file:{tmp_path / 'long.json'}", tmp_path / "out"
     proc = leitai("run", "--tasks", name, "--methods", "lora", "--task-size", "full", "--max-steps", "1",
-                  "--batch-size", "4", "--max-len", "64", "--side-corpus", "none", "--infer-prompts", "0", "--no-baselines",
-                  "--out", out, "-q")
+                  "--batch-size", "4", "--max-len", "64", *CELLS_ONLY, "--out", out, "-q")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = pd.read_csv(out / "results.csv").iloc[0]
     assert run.status == "ok" and run.task == name and run.score_name == "rouge_l_f1" and 0 <= run.score <= 1
