@@ -189,6 +189,28 @@ def test_pareto_front():
     assert pareto_front([("x", 1, 1.0), ("y", 1, 1.0)]) == ["x", "y"]  # ties dominate nobody
 
 
+def test_a_tie_at_the_same_score_is_not_given_a_p_value(tmp_path):
+    """Every answer wrong: the methods tie at 0 and the sign-flip test's p is 1 by construction,
+    so the verdict says why they tie instead of printing "p ≥ 1"; a tie with different scores
+    still gives its p-value."""
+    def scored(method, per_example):
+        r = fx.record("zh-demo", method, 0, score=sum(per_example) / len(per_example), dev=2.0)
+        for g, value in zip(r["generations"], per_example):
+            g["example_score"] = value
+        return r
+
+    zero = fx.write(tmp_path / "zero", [scored("lora", [0] * 10), scored("full", [0] * 10)])
+    write_report([zero], zero)
+    md = (zero / "summary.md").read_text(encoding="utf-8")
+    assert "are tied for best (accuracy 0, 0; the same mean score on the same test examples" in md
+    assert "p ≥ 1" not in md
+    for name, full, says in (("two", [1] * 4 + [1, 0] * 3, r"0\.700, 0\.500; no difference at 95% confidence, paired test p ≥ 0\.\d+\)"),
+                             ("one", [1, 1] + [1, 0] * 4, r"0\.600, 0\.500; no difference at 95% confidence, paired test p = 1\)")):
+        out = fx.write(tmp_path / name, [scored("lora", [1, 0] * 5), scored("full", full)])
+        write_report([out], out)
+        assert re.search(r"full and lora are tied for best \(accuracy " + says, (out / "summary.md").read_text(encoding="utf-8"))
+
+
 def test_rebuilding_gives_identical_files(report, tmp_path):
     before = {f: (report / f).read_bytes() for f in FILES}
     write_report([report], report)
