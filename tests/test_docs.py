@@ -140,3 +140,28 @@ def test_the_methods_table_is_generated_from_the_plugins():
     table = docgen.region(read(DOCS / "methods.md"), "methods")
     for name in ("lora", "dora", "lst", "full", "bitfit"):
         assert f"| `{name}` |" in table
+
+
+def _block(text: str, opening: str) -> str:
+    """The fenced block or table of ``text`` that starts at the line ``opening``."""
+    start = text.index(opening)
+    end = text.index("\n\n", start)
+    return text[start:end]
+
+
+def test_the_readme_is_a_short_front_page_that_quotes_the_docs():
+    """Under 200 lines; its set-up commands, the reference table and the verdict are the docs'
+    own, word for word (one home for each figure: the docs; the README quotes); every link
+    into the repository resolves."""
+    text = read(README)
+    assert len(text.splitlines()) < 200
+    setup = _block(text, "```bash\n# the default shootout")
+    assert setup == _block(read(DOCS / "getting-started.md"), "```bash\n# the default shootout")
+    assert ".venv/bin/pip install torch==2.13.0 -e . && .venv/bin/leitai run" in setup
+    reference = read(DOCS / "reference-run.md")
+    for opening in ("| method | accuracy | choice accuracy", "- Full fine-tuning is best"):
+        assert _block(text, opening) == _block(reference, opening)
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert len(local) > 10 and all((ROOT / link).exists() for link in local), [x for x in local if not (ROOT / x).exists()]
+    assert (DOCS / "images" / "report.png").stat().st_size > 10_000
