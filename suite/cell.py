@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .cellspec import Cell
 
-# Known noise of peft with recent transformers (README, "Pinned versions, and why").
+# Known noise of peft with recent transformers (docs/getting-started.md, "Pinned versions, and why").
 SILENCED = (
     "Position ids are not supported for parameter efficient tuning",
     ".*is_gradient_checkpointing.* is deprecated",
