@@ -39,8 +39,9 @@ HELPERS = {
     "suite.plugins": ["registry", "Registry"],
     "suite.testing": ["check_method", "ConformanceReport", "CheckResult", "ConformanceError", "tiny_model",
                       "tiny_config", "ARCHITECTURES", "ALL_ARCHITECTURES"],
-    "suite.architecture": ["find", "attention_targets", "linear_modules", "kv_cache_shape", "ArchitectureError"],
-    "suite.layout": ["probe", "layer_weights"],
+    "suite.architecture": ["find", "Architecture", "Geometry", "LayerMaps", "attention_targets", "linear_modules",
+                           "linear_shape", "weight_matrix", "kv_cache_shape", "ArchitectureError"],
+    "suite.layout": ["probe", "Layout", "layer_weights"],
 }
 #: what to say about an entry that has no docstring of its own (its docstring wins once it has one)
 NOTES = {

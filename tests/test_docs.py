@@ -165,3 +165,33 @@ def test_the_readme_is_a_short_front_page_that_quotes_the_docs():
     local = [link for link in links if not link.startswith(("http://", "https://"))]
     assert len(local) > 10 and all((ROOT / link).exists() for link in local), [x for x in local if not (ROOT / x).exists()]
     assert (DOCS / "images" / "report.png").stat().st_size > 10_000
+
+
+def test_the_fused_map_example_acts_on_the_value_rows_only():
+    """docs/plugins/architectures.md's "Part of a fused map", run as written: on separate,
+    fused-QKV (GPT-2, Conv1D) and multi-query fused (Falcon) layouts the untrained update leaves
+    the logits alone, and a trained one changes exactly the value rows of the map's output."""
+    import torch
+
+    from suite import architecture
+    from suite.testing import tiny_model
+
+    text = read(DOCS / "plugins" / "architectures.md")
+    code = re.search(r"^```python\n(import torch\n.*?def add_value_deltas.*?)^```$", text, flags=re.S | re.M).group(1)
+    module = types.ModuleType("guide_value_deltas")
+    exec(compile(code, "docs/plugins/architectures.md", "exec"), module.__dict__)
+    for kind in ("llama", "gpt2", "falcon"):
+        model = tiny_model(kind).eval()
+        ids = torch.randint(0, 100, (1, 6))
+        before = model(input_ids=ids).logits
+        arch = architecture.find(model)
+        maps, layer = arch.maps[0], arch.layers[0]
+        module.add_value_deltas(model)
+        assert torch.allclose(model(input_ids=ids).logits, before), kind
+        name = maps.qkv or maps.kv or maps.v
+        fused = layer.get_submodule(name)
+        x = torch.randn(1, 3, architecture.linear_shape(fused)[0])
+        plain = fused(x)
+        fused.value_delta.b.weight.data.normal_()
+        changed = (fused(x) - plain).abs().amax(dim=(0, 1)) > 0
+        assert changed.nonzero().flatten().tolist() == sorted(fused.value_delta.rows.tolist()), kind
