@@ -85,7 +85,7 @@ def test_every_quoted_signature_is_the_codes():
     assert sum(n for doc, n in checked.items() if doc.parent.name == "plugins") >= 15
 
 
-def test_the_readme_task_table_gives_the_sizes_leitai_list_prints(registry):
+def test_the_task_table_gives_the_sizes_leitai_list_prints(registry):
     """The full train/dev/test sizes of every built-in task, as `leitai list tasks` computes and
     caches them (the test session's cache: test_plugins' `leitai list tasks` fills the same)."""
     from suite.cli import cached_split_sizes
