@@ -8,7 +8,7 @@ code: the method plugin's ``apply``, ``suite.train.train`` (AdamW, the same step
 shootout) inside ``suite.measure.PeakMemory``, so every figure means what it means in a
 shootout's results:
 
-- ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (README, "How the arena measures");
+- ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (docs/measures.md);
   on CUDA ``max_memory_allocated``;
 - ``activation_bytes``: bytes autograd saves for backward in one step (unique storages,
   parameters excluded), with ``grads_bytes`` and ``optimizer_bytes`` beside it;

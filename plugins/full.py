@@ -9,7 +9,7 @@ class Full(Method):
     description = "every base weight trainable (the baseline)"
     paper = (
         "Baseline: every weight trains with the arena's AdamW. lr 1e-3, the best of the arena's sweep "
-        "(README, Tuning: `leitai run --sweep lr`, 150 steps, seed 0, dev split): on zh-sentiment dev accuracy "
+        "(docs/benchmarks.md, the defaults sweep: `leitai run --sweep lr`, 150 steps, seed 0, dev split): on zh-sentiment dev accuracy "
         "0.781 (1e-4: 0.703, 3e-4: 0.719), on zh-numbers dev loss 1.62 (1e-4: 2.48). High for large models; "
         "tiny-zh has 5.7M parameters and 150 steps."
     )

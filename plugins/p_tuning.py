@@ -10,7 +10,7 @@ class PTuning(PeftMethod):
         "LSTM followed by an MLP (Sec. 3.2); peft prepends them to the input. Virtual tokens "
         "and encoder width chosen for the embedded model. lr 3e-2, the lowest dev loss of "
         "the arena's sweep "
-        "(README, Tuning: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, seed 0, 64 dev examples): "
+        "(docs/benchmarks.md, the defaults sweep: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, seed 0, 64 dev examples): "
         "2.63 (3e-3: 2.81); no lr of the grid (3e-4 to 3e-2) made it answer "
         "a label within 150 steps (dev accuracy 0 at every one)."
     )

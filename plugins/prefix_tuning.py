@@ -9,7 +9,7 @@ class PrefixTuning(PeftMethod):
         "Li & Liang, 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (ACL 2021): "
         "prefix length 10 (their table-to-text setting), prefix trained through an MLP "
         "reparametrisation (Sec. 4.3) that is dropped after training. lr 1e-2 (the paper's 5e-5 is for "
-        "epochs of data): the arena's sweep (README, Tuning: `leitai run --tasks zh-sentiment --sweep lr`, 150 "
+        "epochs of data): the arena's sweep (docs/benchmarks.md, the defaults sweep: `leitai run --tasks zh-sentiment --sweep lr`, 150 "
         "steps, 64 dev examples) found no lr from 1e-3 to 1e-1 that lifts it above the majority label "
         "(dev accuracy 0.50-0.55, dev loss 0.25-0.32 against the class-prior 0.23), so the default stays."
     )

@@ -10,8 +10,8 @@ class PromptTuning(PeftMethod):
         "Tuning (EMNLP 2021): prompt initialised from sampled vocabulary embeddings, and 20 "
         "tokens, past which longer prompts gained little (Sec. 3.2, Fig. 3). lr 0.3, the paper's "
         "(there with Adafactor), is also the best of the arena's sweep "
-        "(README, Tuning: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, seed 0, 64 dev examples): dev accuracy 0.672 "
-        "where 0.09 scored 0.531 and the earlier default 0.03 scored 0.406."
+        "(docs/benchmarks.md, the defaults sweep: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, seed 0, "
+        "64 dev examples): dev accuracy 0.672 where 0.09 scored 0.531 and the earlier default 0.03 scored 0.406."
     )
     defaults = {"lr": 3e-1, "virtual_tokens": 20, "init": "SAMPLE_VOCAB"}
     starts_from_base = False  # the virtual tokens are prepended to the input

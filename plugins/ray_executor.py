@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from suite import Executor, UsageError, hookimpl
-from suite.cell import Cell
+from suite.cellspec import Cell
 from suite.executors import run_cell_process, thread_env
 from suite.records import failed_record, run_dir, write_json_atomic
 

@@ -28,7 +28,7 @@ class ZhSentiment(Task):
     max_chars = 60
     choices = tuple(LABELS.values())
     # 256 test examples, not 64: on one seed's 64 answers the paired test cannot tell a method
-    # at 0.64 from the majority label at 0.5 (README, "What the default run does"); answers are a
+    # at 0.64 from the majority label at 0.5 (docs/reference-run.md); answers are a
     # word each, so four times the test prompts add little to a cell
     default_sizes = {"train": 512, "dev": 64, "test": 256}
 

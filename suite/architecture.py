@@ -217,20 +217,20 @@ class LayerMaps:
     """
 
     attention: str  # the attention block ("" when it is the layer itself)
-    inputs: tuple[str, ...]
-    o: str
-    kv_heads: int
-    q: str | None = None
-    k: str | None = None
-    v: str | None = None
-    kv: str | None = None
-    qkv: str | None = None
+    inputs: tuple[str, ...]  # the attention's input projections, in the order forward calls them
+    o: str  # the attention's output projection
+    kv_heads: int  # key/value heads (fewer than the query heads under grouped- or multi-query attention)
+    q: str | None = None  # the query projection, when not fused into qkv
+    k: str | None = None  # the key projection, when separate
+    v: str | None = None  # the value projection, when separate
+    kv: str | None = None  # a fused key/value projection beside a separate q
+    qkv: str | None = None  # one fused query/key/value projection
     mlp: str | None = None  # the MLP block (the common parent of its maps; "" = the layer)
-    up: str | None = None
-    gate: str | None = None
-    gate_up: str | None = None
-    down: str | None = None
-    ffn: int | None = None  # the MLP's width (the down projection's input)
+    up: str | None = None  # reads the hidden size, writes ffn
+    gate: str | None = None  # a gated MLP's gate: reads the hidden size, writes ffn
+    gate_up: str | None = None  # gate and up fused in one map (writes 2 x ffn)
+    down: str | None = None  # reads ffn, writes the hidden size
+    ffn: int | None = None  # the MLP's inner width (the down projection's input)
 
     @property
     def gated(self) -> bool:

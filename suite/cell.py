@@ -7,47 +7,20 @@ of the shootout.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .settings import RunSettings
+from .cellspec import Cell
 
-# Known noise of peft with recent transformers (README, "Pinned versions, and why").
+# Known noise of peft with recent transformers (docs/getting-started.md, "Pinned versions, and why").
 SILENCED = (
     "Position ids are not supported for parameter efficient tuning",
     ".*is_gradient_checkpointing.* is deprecated",
 )
-
-
-@dataclass(kw_only=True)
-class Cell(RunSettings):
-    """One (method, task, seed) of a shootout, with every run setting (:class:`RunSettings`)."""
-
-    run_id: str
-    method: str
-    task: str
-    seed: int
-    params: dict  # the method's hyper-parameters, defaults merged with overrides
-    task_sizes: dict | None  # per-split caps for the task (None: all of it)
-    #: "final" (scored on test), "tune" (a sweep's setting, scored on dev) or "baseline" (the
-    #: untrained base model and the task's trivial answers; no method)
-    phase: str = "final"
-    #: for a final run of a swept method: the setting its tuning chose, how many it tried and
-    #: the dev figures of each (see :func:`suite.runner.choose_settings`)
-    tuning: dict | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> Cell:
-        return cls(**json.loads(text))
 
 
 def _silence_known_warnings():

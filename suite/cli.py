@@ -8,8 +8,8 @@ from pathlib import Path
 from .errors import UsageError
 
 EPILOG = (
-    "Writing a plugin: docs/plugins.md (start with 'leitai new-plugin NAME'). "
-    "What a shootout writes (results.csv, summary.md, report.html, runs/): README.md, section 'Reports'."
+    "Writing a plugin: docs/plugins/index.md (start with 'leitai new-plugin NAME'). "
+    "What a shootout writes (results.csv, summary.md, report.html, runs/): docs/reading-a-report.md and docs/records.md."
 )
 
 
@@ -160,7 +160,7 @@ def cmd_list(args) -> int:
         from .testing import ALL_ARCHITECTURES
 
         print(f"{'(any)':<16} a Hugging Face causal LM id or path; every built-in method is tested on tiny models "
-              f"of {', '.join(ALL_ARCHITECTURES)} (README: Architectures)")
+              f"of {', '.join(ALL_ARCHITECTURES)} (docs/real-models.md, Architectures)")
     if marked:
         print(f"(default): {DEFAULT_MEANS[kind]}")
     _warn_failures(reg)

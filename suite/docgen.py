@@ -1,17 +1,22 @@
-"""The reference parts of ``docs/plugins.md``, generated from the code so they cannot drift.
+"""The reference parts of the docs (``docs/``), generated from the code so they cannot drift.
 
-``python -m suite.docgen`` rewrites every region of the guide that sits between
+``python -m suite.docgen`` rewrites every region of the docs that sits between
 ``<!-- begin generated: NAME ... -->`` and ``<!-- end generated: NAME -->``;
-``python -m suite.docgen --check`` changes nothing and exits 1, naming the regions, when the
+``python -m suite.docgen --check`` changes nothing and exits 1, naming the regions, when a
 file differs from what the code gives (``tests/test_docs.py`` runs the same comparison). The
-prose around the regions is written by hand. The regions:
+prose around the regions is written by hand. The regions, and the page each lives in
+(:data:`FILES`):
 
-``hooks``      every hook in :mod:`suite.hookspecs`, with its docstring
+``hooks``      every hook in :mod:`suite.hookspecs`, with its docstring (``docs/plugins/index.md``)
 ``api``        the plugin-facing API: what :mod:`suite` exports, and the helpers the guide names
                (:data:`HELPERS`), with signatures, attributes and the docstrings' first paragraphs
+               (``docs/api.md``)
 ``scorers``    :data:`suite.scoring.SCORERS` and the other scorers of :mod:`suite.scoring`
+               (``docs/plugins/tasks.md``)
 ``columns``    the columns of ``results.csv``: the output contract's, the known extras, and the
                further measurements a run may add, each described in :data:`COLUMNS`
+               (``docs/records.md``)
+``methods``    every method leitai ships, with its defaults (``docs/methods.md``)
 """
 from __future__ import annotations
 
@@ -23,9 +28,8 @@ import re
 import sys
 from pathlib import Path
 
-#: the guide, when leitai runs from its source tree (``pip install -e``)
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
-README = GUIDE.parent.parent / "README.md"
+#: the docs, when leitai runs from its source tree (``pip install -e``)
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 COMMAND = "python -m suite.docgen"
 
 #: the helpers of the plugin API beyond what :mod:`suite` exports, by module, as the guide names them
@@ -35,8 +39,9 @@ HELPERS = {
     "suite.plugins": ["registry", "Registry"],
     "suite.testing": ["check_method", "ConformanceReport", "CheckResult", "ConformanceError", "tiny_model",
                       "tiny_config", "ARCHITECTURES", "ALL_ARCHITECTURES"],
-    "suite.architecture": ["find", "attention_targets", "linear_modules", "kv_cache_shape", "ArchitectureError"],
-    "suite.layout": ["probe", "layer_weights"],
+    "suite.architecture": ["find", "Architecture", "Geometry", "LayerMaps", "attention_targets", "linear_modules",
+                           "linear_shape", "weight_matrix", "kv_cache_shape", "ArchitectureError"],
+    "suite.layout": ["probe", "Layout", "layer_weights"],
 }
 #: what to say about an entry that has no docstring of its own (its docstring wins once it has one)
 NOTES = {
@@ -406,7 +411,7 @@ def known_signatures() -> dict[str, set[str]]:
 
 
 def methods_region() -> str:
-    """The README's table of every method leitai ships: what trains, its defaults, whether the
+    """The table (docs/methods.md) of every method leitai ships: what trains, its defaults, whether the
     default shootout runs it, and where its settings come from (the ``paper`` text's source)."""
     from .plugins import load_registry
 
@@ -423,9 +428,26 @@ def methods_region() -> str:
     return "\n".join(rows)
 
 
-REGIONS = {"hooks": hooks_region, "api": api_region, "scorers": scorers_region, "columns": columns_region}
-#: the generated regions of each file :data:`COMMAND` keeps
-FILES = {GUIDE: REGIONS, README: {"methods": methods_region}}
+REGIONS = {"hooks": hooks_region, "api": api_region, "scorers": scorers_region, "columns": columns_region,
+           "methods": methods_region}
+#: the generated regions of each page :data:`COMMAND` keeps
+FILES = {
+    DOCS / "plugins" / "index.md": {"hooks": hooks_region},
+    DOCS / "plugins" / "tasks.md": {"scorers": scorers_region},
+    DOCS / "records.md": {"columns": columns_region},
+    DOCS / "api.md": {"api": api_region},
+    DOCS / "methods.md": {"methods": methods_region},
+}
+
+
+def page_of(name: str) -> Path:
+    """The page that holds region ``name``."""
+    return next(path for path, regions in FILES.items() if name in regions)
+
+
+def regions_in(text: str) -> dict:
+    """The :data:`REGIONS` whose opening marker ``text`` has."""
+    return {name: render for name, render in REGIONS.items() if f"<!-- begin generated: {name} " in text}
 
 
 def _pattern(name: str) -> re.Pattern:
@@ -433,40 +455,44 @@ def _pattern(name: str) -> re.Pattern:
 
 
 def region(text: str, name: str) -> str:
-    """The body of region ``name`` of ``text`` (the guide), as it stands."""
+    """The body of region ``name`` of ``text`` (a page), as it stands."""
     return _pattern(name).search(text).group(2)
 
 
 def marker(name: str) -> str:
-    """The line that opens region ``name`` in the guide."""
+    """The line that opens region ``name`` in its page."""
     return f"<!-- begin generated: {name} ({COMMAND}; edit the code, not this) -->"
 
 
-def update(text: str, regions: dict = REGIONS) -> str:
-    """``text`` (the guide, or another file with its ``regions``) with every generated region
-    rendered anew from the code; a region whose markers are missing is a ``KeyError``."""
+def update(text: str, regions: dict) -> str:
+    """``text`` (a page with its ``regions``) with every generated region rendered anew from the
+    code; a region whose markers are missing is a ``KeyError``."""
     for name, render in regions.items():
         pattern = _pattern(name)
         if not pattern.search(text):
-            raise KeyError(f"the guide has no region {name!r} ({marker(name)} ... <!-- end generated: {name} -->)")
+            raise KeyError(f"the page has no region {name!r} ({marker(name)} ... <!-- end generated: {name} -->)")
         region = f"{marker(name)}\n{render()}\n<!-- end generated: {name} -->"
         text = pattern.sub(lambda m, region=region: region, text, count=1)
     return text
 
 
-def stale_regions(text: str, regions: dict = REGIONS) -> list[str]:
+def stale_regions(text: str, regions: dict) -> list[str]:
     """The names of the ``regions`` of ``text`` that differ from what the code gives."""
     new = update(text, regions)
     return [name for name in regions if _pattern(name).search(text).group(0) != _pattern(name).search(new).group(0)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=COMMAND, description="Regenerate the reference parts of docs/plugins.md "
-                                     "and the README's methods table.")
-    parser.add_argument("path", nargs="?", help="one file, with the guide's regions (default: the guide and the README)")
+    parser = argparse.ArgumentParser(prog=COMMAND, description="Regenerate the reference parts of the docs "
+                                     "(hooks, API, scorers, results.csv columns, methods).")
+    parser.add_argument("path", nargs="?", help="one file: the regions it has markers for (default: every page "
+                        "that holds one)")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 when a file is out of date")
     args = parser.parse_args(argv)
-    files = {Path(args.path): FILES.get(Path(args.path).resolve(), REGIONS)} if args.path else FILES
+    if args.path:
+        files = {Path(args.path): regions_in(Path(args.path).read_text(encoding="utf-8"))}
+    else:
+        files = FILES
     status = 0
     for path, regions in files.items():
         text = path.read_text(encoding="utf-8")

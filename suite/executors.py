@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cell import Cell
+from .cellspec import Cell
 from .errors import UsageError
 from .records import failed_record, read_json, write_json_atomic
 

@@ -27,7 +27,7 @@ def register_methods(register):
     (for a PEFT-backed method, :class:`suite.methods.PeftMethod`). ``method.name`` is the
     name users type after ``--methods``; it must be unique across all plugins.
 
-    What a method must do is in ``docs/plugins.md``; ``suite.testing.check_method(name)``
+    What a method must do is in ``docs/plugins/methods.md``; ``suite.testing.check_method(name)``
     checks it on tiny models, and the core checks the arena's rules again in every run.
     """
 

@@ -37,14 +37,14 @@ class Layout:
     MLP's input; None where there is none (or it has no weight).
     """
 
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    group: torch.Tensor
-    up: torch.Tensor | None = None
-    gate: torch.Tensor | None = None
-    attn_norm: str | None = None
-    mlp_norm: str | None = None
+    q: torch.Tensor  # (heads, head_dim) row indices: query head h is rows q[h]
+    k: torch.Tensor  # (kv_heads, head_dim) row indices of each key head
+    v: torch.Tensor  # (kv_heads, head_dim) row indices of each value head
+    group: torch.Tensor  # (heads,): the key/value head each query head reads
+    up: torch.Tensor | None = None  # the MLP's up rows (of the mlp_inputs' outputs, concatenated)
+    gate: torch.Tensor | None = None  # a gated MLP's gate rows
+    attn_norm: str | None = None  # the norm whose output is the attention's input
+    mlp_norm: str | None = None  # the norm whose output is the MLP's input
 
 
 def _run(model, ids, target=None, edits=None, record=None):

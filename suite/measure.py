@@ -72,7 +72,7 @@ def _status_kib(field: str) -> int | None:
 
 
 class PeakMemory:
-    """Peak memory of the training loop, as the README's "How the arena measures" defines it.
+    """Peak memory of the training loop, as docs/measures.md ("How the arena measures") defines it.
 
     CUDA: ``max_memory_allocated`` (and ``max_memory_reserved``) after a reset. CPU: the
     process's peak resident set during the block minus its resident set just before it.

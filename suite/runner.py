@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import sweep
-from .cell import Cell
+from .cellspec import Cell
 from .errors import UsageError
 from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
@@ -48,9 +48,13 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     """
     from .methods import check_params, method_params
     from .models import model_config, stand_in
-    from .userdata import resolve_task
+    from .tasks import check_splits
+    from .userdata import FileTask, resolve_task
 
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
+    for name, task in tasks.items():  # leitai's own tasks are big; a file: task checked its splits when read
+        if not isinstance(task, FileTask) and not _shipped(registry, name):
+            check_splits(task, config.sizes_for(task))
     methods = {name: registry.method(name, config.method_overrides.get(name)) for name in config.methods}
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:
@@ -70,6 +74,12 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     except ValueError as e:
         raise UsageError(str(e)) from None
     return Plan(tasks, methods, params, grids)
+
+
+def _shipped(registry, task: str) -> bool:
+    """Whether leitai itself registers ``task`` (rather than a plugin)."""
+    plugin = registry.plugins.get(registry.origin.get(("tasks", task)))
+    return plugin is not None and plugin.source.startswith("leitai ")
 
 
 def _cell(config: ShootoutConfig, plan: Plan, **identity) -> Cell:

@@ -4,7 +4,7 @@
 shootout as a whole needs (which methods, tasks and seeds, where to write, where cells run).
 Everything else is derived from these two definitions: the ``leitai run`` flags and their help
 (:func:`add_arguments`), the names a TOML config accepts, the checks on values
-(:func:`check`), the fields of a :class:`suite.cell.Cell` (which extends ``RunSettings``), the
+(:func:`check`), the fields of a :class:`suite.cellspec.Cell` (which extends ``RunSettings``), the
 record's ``config`` and :data:`FAIR_SETTINGS`, the list that both ``--resume`` and the report
 compare. Adding a setting is one field here, with its help, and its use.
 """

@@ -169,6 +169,28 @@ def assign_splits(
     return {s: stable_order(exs) for s, exs in out.items()}
 
 
+def check_splits(task, sizes: dict | None) -> None:
+    """Refuse, before any cell runs, a task that leaves a split empty at the run's ``sizes``
+    (a cell needs a training example, a dev loss and a test score): one-line
+    :class:`~suite.errors.UsageError` giving the sizes it got. :func:`assign_splits` sends about
+    10% of the distinct split keys to each of dev and test, so a small task can come out with
+    none (20 keys leave dev empty one time in eight); ``file:`` tasks are checked the same way."""
+    from .errors import UsageError
+
+    try:
+        got = task.split_sizes(sizes)
+    except Exception as e:  # a broken plugin is the user's input too: one line, not a traceback
+        raise UsageError(f"task {task.name}: building its splits failed: {type(e).__name__}: {e}") from None
+    empty = [s for s in SPLITS if not got.get(s)]
+    if empty:
+        held = ", ".join(f"{s} {got.get(s, 0)}" for s in SPLITS)
+        raise UsageError(
+            f"task {task.name}: its splits hold {held} examples, leaving the {' and '.join(empty)} split(s) empty "
+            "(assign_splits sends about 10% of the distinct split keys to each of dev and test); give the task "
+            "more examples, or a larger --task-size"
+        )
+
+
 def take(
     splits: dict[str, list[Example]], sizes: dict | None, keep: Callable[[Example], bool] | None = None,
 ) -> dict[str, list[Example]]:

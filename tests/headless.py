@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 FLAGS = (
@@ -139,9 +140,10 @@ class Browser:
                 return ev
 
 
-def inspect(executable: str, page: Path, script: str, width: int = 1200, height: int = 900) -> dict:
-    """Load ``page`` and return what happened: the value of ``script`` (an async JS function
-    body, evaluated after the load event), console errors, exceptions, log errors and requests."""
+@contextmanager
+def open_page(executable: str, page: Path, width: int = 1200, height: int = 900):
+    """A browser with ``page`` loaded in a ``width`` × ``height`` viewport: yields the
+    :class:`Browser` and the page's DevTools session id."""
     with Browser(executable) as b:
         target = b.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         s = b.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -151,14 +153,27 @@ def inspect(executable: str, page: Path, script: str, width: int = 1200, height:
                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=s)
         b.send("Page.navigate", {"url": page.resolve().as_uri()}, session=s)
         b.wait_for("Page.loadEventFired")
-        value = b.send("Runtime.evaluate", {
-            "expression": f"(async () => {{ {script} }})()", "awaitPromise": True, "returnByValue": True,
-        }, session=s)
-        if "exceptionDetails" in value:
-            raise RuntimeError(f"check script failed: {value['exceptionDetails']}")
+        yield b, s
+
+
+def evaluate(b: Browser, session: str, script: str):
+    """The value of ``script`` (an async JS function body) in the page."""
+    value = b.send("Runtime.evaluate", {
+        "expression": f"(async () => {{ {script} }})()", "awaitPromise": True, "returnByValue": True,
+    }, session=session)
+    if "exceptionDetails" in value:
+        raise RuntimeError(f"check script failed: {value['exceptionDetails']}")
+    return value["result"].get("value")
+
+
+def inspect(executable: str, page: Path, script: str, width: int = 1200, height: int = 900) -> dict:
+    """Load ``page`` and return what happened: the value of ``script`` (an async JS function
+    body, evaluated after the load event), console errors, exceptions, log errors and requests."""
+    with open_page(executable, page, width, height) as (b, s):
+        value = evaluate(b, s, script)
         events = b.events
     return {
-        "value": value["result"].get("value"),
+        "value": value,
         "console_errors": [e["params"] for e in events if e.get("method") == "Runtime.consoleAPICalled"
                            and e["params"].get("type") in ("error", "assert")],
         "exceptions": [e["params"] for e in events if e.get("method") == "Runtime.exceptionThrown"],
@@ -166,3 +181,13 @@ def inspect(executable: str, page: Path, script: str, width: int = 1200, height:
                        and e["params"]["entry"].get("level") == "error"],
         "requests": [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"],
     }
+
+
+def screenshot(b: Browser, session: str, clip: dict | None = None) -> bytes:
+    """A PNG of the page's viewport, or of ``clip`` (``{x, y, width, height}`` in CSS pixels)."""
+    import base64
+
+    params = {"format": "png", "captureBeyondViewport": bool(clip)}
+    if clip:
+        params["clip"] = {**clip, "scale": 1}
+    return base64.b64decode(b.send("Page.captureScreenshot", params, session=session)["data"])

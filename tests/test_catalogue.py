@@ -307,7 +307,7 @@ def test_the_default_shootout_and_all(registry):
 
 
 def test_the_guides_peft_tuner_in_30_lines_conforms():
-    """docs/plugins.md's "A PEFT tuner in about 30 lines", run as written: it passes the kit."""
+    """docs/plugins/examples.md's "A PEFT tuner in about 30 lines", run as written: it passes the kit."""
     import re
     import types
 
@@ -315,12 +315,12 @@ def test_the_guides_peft_tuner_in_30_lines_conforms():
 
     from suite.testing import check_method
 
-    guide = (ROOT / "docs" / "plugins.md").read_text(encoding="utf-8")
+    guide = (ROOT / "docs" / "plugins" / "examples.md").read_text(encoding="utf-8")
     section = guide.split("## A PEFT tuner in about 30 lines", 1)[1]
     code = re.search(r"^```python\n(.*?)^```$", section, flags=re.S | re.M).group(1)
     assert len(code.strip().splitlines()) <= 35
     module = types.ModuleType("guide_randlora")
-    exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    exec(compile(code, "docs/plugins/examples.md", "exec"), module.__dict__)
     report = check_method(module.RandLoRA())
     assert report.ok and not {r.check for r in report.results if r.status == "skipped"}
 

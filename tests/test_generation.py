@@ -3,7 +3,7 @@
 For each method on tiny Llama and Qwen2 configs, after a few training steps, the arena's
 cached, batched ``generate`` must equal greedy decoding by full forward passes. This is the
 test that fails if transformers is upgraded past the version where peft's prompt-learning
-generation silently breaks (transformers 5.24 with peft <= 0.21.2: README, "Pinned versions, and why").
+generation silently breaks (transformers 5.24 with peft <= 0.21.2: docs/getting-started.md, "Pinned versions, and why").
 """
 import pytest
 import torch

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import report_fixture as fx
 from conftest import ROOT, leitai
-from headless import find_chromium, inspect
+from headless import evaluate, find_chromium, inspect, open_page
 
 from suite.cli import main
 from suite.report import write_report
@@ -189,6 +189,28 @@ def test_pareto_front():
     assert pareto_front([("x", 1, 1.0), ("y", 1, 1.0)]) == ["x", "y"]  # ties dominate nobody
 
 
+def test_a_tie_at_the_same_score_is_not_given_a_p_value(tmp_path):
+    """Every answer wrong: the methods tie at 0 and the sign-flip test's p is 1 by construction,
+    so the verdict says why they tie instead of printing "p ≥ 1"; a tie with different scores
+    still gives its p-value."""
+    def scored(method, per_example):
+        r = fx.record("zh-demo", method, 0, score=sum(per_example) / len(per_example), dev=2.0)
+        for g, value in zip(r["generations"], per_example):
+            g["example_score"] = value
+        return r
+
+    zero = fx.write(tmp_path / "zero", [scored("lora", [0] * 10), scored("full", [0] * 10)])
+    write_report([zero], zero)
+    md = (zero / "summary.md").read_text(encoding="utf-8")
+    assert "are tied for best (accuracy 0, 0; the same mean score on the same test examples" in md
+    assert "p ≥ 1" not in md
+    for name, full, says in (("two", [1] * 4 + [1, 0] * 3, r"0\.700, 0\.500; no difference at 95% confidence, paired test p ≥ 0\.\d+\)"),
+                             ("one", [1, 1] + [1, 0] * 4, r"0\.600, 0\.500; no difference at 95% confidence, paired test p = 1\)")):
+        out = fx.write(tmp_path / name, [scored("lora", [1, 0] * 5), scored("full", full)])
+        write_report([out], out)
+        assert re.search(r"full and lora are tied for best \(accuracy " + says, (out / "summary.md").read_text(encoding="utf-8"))
+
+
 def test_rebuilding_gives_identical_files(report, tmp_path):
     before = {f: (report / f).read_bytes() for f in FILES}
     write_report([report], report)
@@ -309,3 +331,52 @@ def test_report_in_a_headless_browser(report):
     assert v["tofu"] == [], (
         "Chinese drawn as boxes: the browser has no CJK font (install fonts-wqy-zenhei or fonts-noto-cjk)"
     )
+
+
+FITS_CHECK = r"""
+const page = document.documentElement.clientWidth;
+const scrolls = el => { for (let p = el.parentElement; p; p = p.parentElement) {
+  const o = getComputedStyle(p).overflowX; if (o === "auto" || o === "scroll") return true; } return false; };
+const out = {page, scrollWidth: document.documentElement.scrollWidth, wide: [], cut: [], texts: 0, scrolling: 0};
+for (const el of document.body.querySelectorAll("*")) {
+  if (el.closest("svg")) continue;
+  const r = el.getBoundingClientRect();
+  if (r.width && (r.right > page + 1 || r.left < -1) && !scrolls(el))
+    out.wide.push(`${el.tagName}.${el.className} ${Math.round(r.left)}..${Math.round(r.right)}`);
+}
+for (const box of document.querySelectorAll(".scroll")) out.scrolling += box.scrollWidth > box.clientWidth;
+for (const svg of document.querySelectorAll("figure svg")) {
+  const s = svg.getBoundingClientRect();
+  for (const t of svg.querySelectorAll("text")) {
+    const r = t.getBoundingClientRect();
+    if (!r.width) continue;
+    out.texts++;
+    if (r.left < s.left - 1 || r.right > s.right + 1 || r.top < s.top - 1 || r.bottom > s.bottom + 1)
+      out.cut.push(`${svg.getAttribute("aria-label")}: ${t.textContent}`);
+  }
+}
+return out;
+"""
+
+
+def test_the_report_fits_its_page_at_two_widths(report, tmp_path):
+    """At 1,000 and 1,400 px nothing is wider than the page outside a scroll box (a wide table
+    scrolls in its own), and no text of a figure (a legend entry, a label) reaches past the
+    figure's edge, also with long method names that fill a legend."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium fonts-wqy-zenhei)")
+    names = [f"{kind}-with-a-rather-long-name" for kind in ("lora", "prefix-tuning", "prompt-tuning", "p-tuning",
+                                                            "bottleneck", "full")]
+    long = fx.write(tmp_path / "long", [fx.record("zh-demo", m, 0, score=0.1 * i, dev=2.0, params=1000 * (i + 1),
+                                                   memory=(i + 1) * 40e6) for i, m in enumerate(names)])
+    write_report([long], long)
+    for page in (report / "report.html", long / "report.html"):
+        for width in (1000, 1400):
+            with open_page(chromium, page, width, 900) as (b, s):
+                v = evaluate(b, s, FITS_CHECK)
+            assert v["page"] == width and v["scrollWidth"] == width, v
+            assert v["wide"] == [] and v["cut"] == [], (page, width, v)
+            assert v["texts"] > 50, v  # the check saw the figures' text
+            if width == 1000 and page.parent == report:
+                assert v["scrolling"] >= 1, v  # the main table is wider than the page: its box scrolls

@@ -138,3 +138,24 @@ def test_gradient_checkpointing_keeps_less_for_backward(shootout, tmp_path):
     assert gc.activation_bytes < plain.activation_bytes
     record = json.loads(next((tmp_path / "gc" / "runs").glob("*/record.json")).read_text())
     assert record["config"]["gradient_checkpointing"] is True
+
+
+def test_the_docs_recipe_reloads_a_runs_adapter_and_gives_its_answer(shootout, tmp_path):
+    """docs/records.md's "Reloading a trained adapter", run as written on this shootout's LoRA
+    run: the reloaded model gives the run's own greedy answer to the first test prompt."""
+    import re
+    import subprocess
+
+    out, _ = shootout
+    text = (ROOT / "docs" / "records.md").read_text(encoding="utf-8")
+    code = re.search(r"^```python\n(import json\n.*?)^```$", text, flags=re.S | re.M).group(1)
+    run = next((out / "runs").glob("*__lora__s0"))
+    assert 'Path("reports/mine/runs/zh-sentiment__lora__s0")' in code
+    script = tmp_path / "reload.py"
+    script.write_text(code.replace('"reports/mine/runs/zh-sentiment__lora__s0"', repr(str(run))), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    example_id, _, answer = done.stdout.splitlines()[-1].partition(" ")
+    record = json.loads((run / "record.json").read_text(encoding="utf-8"))
+    ran = {g["example_id"]: g["output"] for g in record["generations"]}
+    assert answer.strip() == ran[example_id].strip()

@@ -76,3 +76,16 @@ def test_the_core_has_no_import_circle():
 
 def test_cycle_finder_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_running_a_cell_module_does_not_warn_that_it_was_imported_first(tmp_path):
+    """``python -m suite.cell`` (every cell's process): importing the package must not import
+    ``suite.cell`` itself, or runpy warns "'suite.cell' found in sys.modules ..." in every cell."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "suite.cell", str(tmp_path / "no-cell.json")], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert "FileNotFoundError" in done.stderr  # it ran, and stopped at the missing spec
+    assert "found in sys.modules" not in done.stderr, done.stderr

@@ -266,3 +266,49 @@ def test_extra_metrics_are_checked_and_recorded(tasks):
         extra_metrics(tasks["zh-idiom"], preds, refs, {"bleu4": 1.0})
     train = [Encoded("a", [1, 2], [5, 6, 2]), Encoded("b", [1], [7, 2])]
     assert generation_budget(32, train) == 3 and generation_budget(2, train) == 2
+
+
+TINY_TASK = '''
+from suite import Example, Task, hookimpl
+from suite.scoring import exact_match
+from suite.tasks import assign_splits, take
+
+
+class Tiny(Task):
+    name = "zh-tiny"
+    description = "eight words, repeated"
+    source = "the test"
+    score_name = "exact_match"
+    default_sizes = {"train": 8, "dev": 2, "test": 2}
+
+    def splits(self, sizes=None):
+        words = [Example("", "重复这个词。", f"词{i}", f"词{i}") for i in range(COUNT)]
+        return take(assign_splits(words), sizes)
+
+    def score(self, predictions, references):
+        return exact_match(predictions, references)
+
+
+@hookimpl
+def register_tasks(register):
+    register(Tiny())
+'''
+
+
+def test_a_plugin_task_with_an_empty_split_is_refused_before_anything_runs(tmp_path):
+    """Eight keys leave the test split empty (assign_splits' hash): one line, exit status 2,
+    no output directory; with enough keys the same task passes the check (--methods names an
+    unknown method there, so nothing trains and the next check is what stops it)."""
+    from conftest import leitai, plugin_env
+
+    env = plugin_env(tmp_path, "tiny_task", "COUNT = 8\n" + TINY_TASK, ROOT)
+    out = tmp_path / "out"
+    done = leitai("run", "--tasks", "zh-tiny", "--methods", "lora", "--out", out, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == ("leitai: error: task zh-tiny: its splits hold train 7, dev 1, test 0 examples, leaving the "
+                           "test split(s) empty (assign_splits sends about 10% of the distinct split keys to each of "
+                           "dev and test); give the task more examples, or a larger --task-size\n")
+    assert not out.exists()
+    env = plugin_env(tmp_path, "tiny_task", "COUNT = 100\n" + TINY_TASK, ROOT)
+    done = leitai("run", "--tasks", "zh-tiny", "--methods", "no-such-method", "--out", out, env=env)
+    assert done.returncode == 2 and "no-such-method" in done.stderr and "zh-tiny" not in done.stderr, done.stderr

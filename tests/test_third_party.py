@@ -1,6 +1,6 @@
 """Third-party method packages, as their authors would use them.
 
-One shootout runs the guide's worked example (extracted from docs/plugins.md and installed)
+One shootout runs the guide's worked example (extracted from docs/plugins/examples.md and installed)
 and three methods that cheat (tests/misbehaving.py): the core's guard fails the cheaters' cells and the rest finish.
 The package ``leitai new-plugin`` writes is installed with ``pip install -e``, listed, and
 passes its own generated test.
@@ -32,7 +32,7 @@ def doc_example(tmp_path_factory):
     """The guide's worked example, written to a fresh directory and installed (into a target
     directory that only this module's subprocesses see)."""
     root = tmp_path_factory.mktemp("doc-example")
-    files = documented_files((ROOT / "docs" / "plugins.md").read_text(encoding="utf-8"))
+    files = documented_files((ROOT / "docs" / "plugins" / "examples.md").read_text(encoding="utf-8"))
     assert set(files) == {"pyproject.toml", "leitai_bottleneck.py", "test_leitai_bottleneck.py"}
     package = root / "leitai-bottleneck"
     package.mkdir()

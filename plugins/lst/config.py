@@ -30,7 +30,7 @@ PAPER = (
     "state before the frozen LM head, the upsampler initialised to zero so the untrained model "
     "equals the backbone. Layer dropping is off by default (keep_every=1: one side block per "
     "backbone layer; set keep_every=2 to keep every other one). lr 1e-2: the arena's sweep "
-    "(README, Tuning: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, 64 dev examples) found "
+    "(docs/benchmarks.md, the defaults sweep: `leitai run --tasks zh-sentiment --sweep lr`, 150 steps, 64 dev examples) found "
     "no lr from 1e-3 to 1e-1 that lifts it above the majority label (dev accuracy 0.45-0.50, dev "
     "loss 0.238 at 1e-2, the class-prior loss): it learns the answer format, not the task, in 150 steps."
 )

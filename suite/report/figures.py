@@ -76,7 +76,8 @@ def _svg(fig, name: str) -> str:
     with warnings.catch_warnings():
         # no CJK font for the layout: text is still written as text, the browser draws it
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        # tight: whatever reaches past the figure's edge (a long legend, a title) widens the picture, never cut
+        fig.savefig(buf, format="svg", metadata={"Date": None}, bbox_inches="tight", pad_inches=0.1)
     svg = buf.getvalue()
     svg = svg[svg.index("<svg"):]
     prefix = re.sub(r"[^A-Za-z0-9_-]", "-", name) + "-"
@@ -124,6 +125,18 @@ def _legend_rows(count: int, columns: int = LEGEND_COLUMNS) -> int:
     return math.ceil(count / columns)
 
 
+def legend_columns(labels: list[str], most: int, width: float = 7, fontsize: float = 8) -> int:
+    """How many legend columns of ``labels`` fit across a figure ``width`` inches wide (at most
+    ``most``): a legend wider than its figure is cut at both edges. A character is counted at
+    0.62 em (DejaVu Sans's mean; a CJK character, 1 em, as two), plus 0.45 in of marker and gap
+    per column."""
+    def inches(label: str) -> float:
+        return sum(2 if ord(ch) > 0x2E80 else 1 for ch in label) * 0.62 * fontsize / 72 + 0.45
+
+    widest = max((inches(label) for label in labels), default=1)
+    return max(1, min(most, len(labels) or 1, int(width * 0.95 // widest)))
+
+
 def _hex(rgb) -> str:
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgb[:3])
 
@@ -146,8 +159,9 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
         return None
     methods = [m for m in order if m in set(ok.method)]
     below = len(methods) > LEGEND_INSIDE
+    columns = legend_columns([f"{m} (n=10)" for m in methods], LOSS_LEGEND_COLUMNS)
     with _style():
-        fig = _figure(7, 3.6 + (0.2 * _legend_rows(len(methods), LOSS_LEGEND_COLUMNS) if below else 0))
+        fig = _figure(7, 3.6 + (0.2 * _legend_rows(len(methods), columns) if below else 0))
         ax = fig.add_subplot()
         window = 1
         for method in order:
@@ -180,7 +194,7 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
         smooth = f"moving average of {window} steps" if window > 1 else "per step"
         ax.set_title(f"{task}: training loss ({smooth}; ● dev loss at the end)", loc="left")
         if below:  # many methods: a legend in columns under the plot, not over the curves
-            fig.legend(loc="outside lower center", ncols=LOSS_LEGEND_COLUMNS, fontsize=8)
+            fig.legend(loc="outside lower center", ncols=columns, fontsize=8)
         else:
             ax.legend(loc="upper right", fontsize=8)
         return _svg(fig, f"loss-{task}")
@@ -206,8 +220,13 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
     from matplotlib.ticker import EngFormatter
 
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
+    below = set(verdict.not_above()) if verdict is not None else set()
+    labels = [f"{m} (not above baseline)" if m in below else m for m in order]
+    if verdict is not None and verdict.baseline:
+        labels.append(f"best baseline: {verdict.baseline[0]}")
+    columns = legend_columns(labels, LEGEND_COLUMNS)
     with _style():
-        fig = _figure(7, 3.4 + 0.2 * _legend_rows(len(order)))
+        fig = _figure(7, 3.4 + 0.2 * _legend_rows(len(labels), columns))
         axes = fig.subplots(1, 2, sharey=True)
         drawn = False
         for ax, (metric, label) in zip(axes, panels):
@@ -254,7 +273,7 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
         if verdict is not None and verdict.baseline:
             handles.append(Line2D([], [], color="0.35", lw=1, ls=":"))
             labels.append(f"best baseline: {verdict.baseline[0]}")
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), LEGEND_COLUMNS), fontsize=8)
+        fig.legend(handles, labels, loc="outside lower center", ncols=legend_columns(labels, LEGEND_COLUMNS), fontsize=8)
         fig.suptitle(f"{task}: {score_label} against cost (filled, dashed: Pareto front; bars: ±1 std; "
                      "✕: not above the best baseline)", x=0.01, ha="left", fontsize=9)
         return _svg(fig, f"pareto-{task}")

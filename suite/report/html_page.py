@@ -24,7 +24,7 @@ FIGURE_FONTS = ", ".join(["'DejaVu Sans'", "Verdana"] + [f"'{f}'" for f in CJK_F
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--zebra:#f6f7f9;--warn:#fff4d6;--warnline:#e0b020;--bad:#b42318}
 *{box-sizing:border-box}
-body{font-family:%(fonts)s;color:var(--fg);margin:0 auto;max-width:1320px;padding:1.5rem 1.25rem 3rem;line-height:1.45}
+body{font-family:%(fonts)s;color:var(--fg);margin:0 auto;max-width:1320px;padding:1.5rem 1rem 3rem;line-height:1.45}
 h1{font-size:1.6rem;margin:.2rem 0 .6rem}
 h2{font-size:1.25rem;margin:2.2rem 0 .6rem;padding-bottom:.25rem;border-bottom:2px solid var(--line)}
 h3{font-size:1.02rem;margin:1.4rem 0 .5rem}
@@ -34,17 +34,19 @@ h3{font-size:1.02rem;margin:1.4rem 0 .5rem}
 nav{font-size:.92rem;margin:.8rem 0}
 nav a{margin-right:1rem}
 .scroll{overflow-x:auto;margin:.4rem 0 .6rem}
-table{border-collapse:collapse;font-size:.88rem}
-th,td{border-bottom:1px solid var(--line);padding:.3rem .5rem;vertical-align:top;text-align:left}
-th{background:#eef1f5;font-weight:600;min-width:4.2rem}
+table{border-collapse:collapse;font-size:.82rem}
+th,td{border-bottom:1px solid var(--line);padding:.3rem .4rem;vertical-align:top;text-align:left}
+th{background:#eef1f5;font-weight:600;min-width:3.2rem}
 tbody tr:nth-child(even){background:var(--zebra)}
-td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num span{white-space:nowrap}
 th.num{text-align:right}
 td.text{white-space:pre-wrap;min-width:6rem;max-width:26rem}
 td.empty{color:var(--muted);font-style:italic}
 td.bad{color:var(--bad);font-weight:600}
 td.runs{white-space:nowrap}
-tbody th{background:none;white-space:nowrap}
+tbody th{background:none}
+tbody th span{white-space:nowrap}
 figure{margin:1rem 0}
 figure svg{width:100%%;max-width:860px;height:auto;display:block}
 figure svg text{font-family:%(figure_fonts)s !important}
@@ -89,10 +91,25 @@ def table(df: pd.DataFrame, index: bool = True, text_columns: tuple = (), bad_co
             if cls == "text" and e(v).strip() == "":
                 out.append("<td class='empty'>empty</td>")  # an empty answer is an answer
                 continue
-            out.append(f"<{tag} class='{cls.strip()}'>{e(v)}</{tag}>")
+            text = _wrappable(e(v)) if cls == "num" else _words(e(v)) if tag == "th" else e(v)
+            out.append(f"<{tag} class='{cls.strip()}'>{text}</{tag}>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def _wrappable(text: str) -> str:
+    """A number cell that may wrap only between its parts ("0.690 | ± 0.019", "5,120 |
+    (0.09%)"), so a wide table narrows to its page before it needs its scroll box."""
+    parts = re.split(r" (?=[±(\[])", text)
+    return " ".join(f"<span>{part}</span>" for part in parts) if len(parts) > 1 else text
+
+
+def _words(text: str) -> str:
+    """A row's name that may wrap at its spaces only, never inside a method's name at a hyphen
+    ("baseline: | majority | label", "prefix-tuning")."""
+    words = text.split(" ")
+    return " ".join(f"<span>{w}</span>" for w in words) if len(words) > 1 else f"<span>{text}</span>"
 
 
 def render(report: Report) -> str:

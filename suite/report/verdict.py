@@ -87,8 +87,12 @@ def _sentences(v: TaskVerdict, stats: pd.DataFrame, means: dict[str, float]) -> 
                    if runner else ")"))
     else:
         ps = [v.against_best[m].p_two_sided for m in v.best[1:]]
+        if all(v.against_best[m].diff == 0 for m in v.best[1:]):  # p is 1 by construction: nothing was tested
+            why = "the same mean score on the same test examples, so no test can tell them apart"
+        else:
+            why = f"no difference at 95% confidence, paired test p {'= 1' if min(ps) >= 1 else f'≥ {min(ps):.2g}'}"
         head = (f"{v.task}: {', '.join(v.best[:-1])} and {v.best[-1]} are tied for best ({v.score_name} "
-                f"{', '.join(score(m) for m in v.best)}; no difference at 95% confidence, paired test p ≥ {min(ps):.2g})")
+                f"{', '.join(score(m) for m in v.best)}; {why})")
     out = [head + "."]
     costs = [f"{m}: {_cost(stats, v.task, m)}" for m in v.best if _cost(stats, v.task, m)]
     if costs:
