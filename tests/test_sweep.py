@@ -64,6 +64,78 @@ def test_choose_by_dev_score_then_dev_loss():
     assert sweep.choose([tuning_record(1e-3, None, None, status="failed")], ["lr"])[0] is None
 
 
+def test_grid_steps_and_edges():
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # log-spaced: the next value by the grid's mean ratio (√10)
+    assert sweep.step_beyond(lrs, True, 1.0) == 0.0316 and sweep.step_beyond(lrs, False, 1e-6) == 3.16e-5
+    assert sweep.step_beyond([4, 8, 12], True, 100) == 16 and sweep.step_beyond([4, 8, 16], True, 100) == 32
+    assert sweep.step_beyond([0.3, 0.6], True, 1.0) == 1.0  # one step overshoots: held at the bound
+    assert sweep.step_beyond([0.3, 1.0], True, 1.0) is None  # at the bound already
+    # an extended grid continues the declared grid's step, without compounding its rounding
+    assert sweep.step_beyond([0.01, 0.0316, 0.1, 0.316], True, 10.0, [0.01, 0.0316, 0.1]) == 1.0
+    grid = {"lr": [1e-3, 1e-2], "r": [4, 8], "targets": ["q", "v"]}
+    assert sweep.edges(grid, {"lr": 1e-2, "r": 4, "targets": "v"}) == ["lr", "r"]  # only numeric grids have edges
+    assert sweep.extend(grid, {"lr": 1e-2, "r": 4, "targets": "v"}, {"lr": (1e-6, 1.0)}) == {"lr": [0.1]}
+    assert sweep.extend({"lr": lrs}, {"lr": 1e-3}, {"lr": (1e-6, 1.0)}) == {}  # the best is inside
+    # constructed tuning records whose best is the grid's top value: the choice says so
+    records = [tuning_record(lr, score, 1.0) for lr, score in ((1e-3, 0.5), (3e-3, 0.6), (1e-2, 0.7))]
+    setting, _ = sweep.choose(records, ["lr"])
+    assert sweep.extend({"lr": [1e-3, 3e-3, 1e-2]}, setting, {"lr": (1e-6, 1.0)}) == {"lr": [0.0316]}
+
+
+class Scripted:
+    """An executor whose tuning runs score by a known function of their setting (no training):
+    the dev score falls with the distance of log10(lr) from ``best``'s, and rises with ``r``."""
+
+    def __init__(self, best: float):
+        self.best, self.ran = best, []
+
+    def map(self, cells, out):
+        import math
+
+        from suite.records import new_record, record_path, write_json_atomic
+
+        for cell in cells:
+            score = -abs(math.log10(cell.params["lr"] / self.best)) + cell.params["r"] / 100
+            record = {**new_record(cell), "status": "ok", "metrics": {"dev_score": score, "eval_loss": -score}}
+            write_json_atomic(record_path(out, cell.run_id), record)
+            self.ran.append(cell.run_id)
+            yield cell, record
+
+
+@pytest.mark.parametrize("best", [0.3, 10.0, 1e-5])
+def test_sweeps_extend_a_grid_whose_best_is_at_its_edge(tmp_path, registry, best):
+    from tqdm import tqdm
+
+    from suite import runner
+
+    config = build_config({"methods": ["lora"], "tasks": ["zh-sentiment"], "out": str(tmp_path),
+                           "sweep": ["lora.lr=1e-3,3e-3,1e-2", "lora.r=4,8"], "baselines": False}).fill_defaults(registry)
+
+    def bracket():
+        plan = runner.resolve(config, registry)
+        plan.methods["lora"].bounds = {"r": (1, 16)}  # this shootout's instance: r may grow to 16
+        executor = Scripted(best)
+        runner._execute(executor, runner.tuning_cells(config, plan), tmp_path, tqdm(disable=True),
+                        runner.Outcome(tmp_path, 0, 0, {}))
+        runner.bracket(executor, config, plan, tmp_path, tqdm(disable=True), runner.Outcome(tmp_path, 0, 0, {}))
+        return executor.ran, runner.choose_settings(tmp_path, config, plan)[("lora", "zh-sentiment")]
+
+    ran, tuning = bracket()
+    lrs = sorted({json.loads(p.read_text())["config"]["params"]["lr"] for p in tmp_path.glob("runs/*/record.json")})
+    assert tuning["setting"]["r"] == 16 and tuning["extended"]["r"] == [16]  # r doubled once, to its bound
+    if best == 0.3:  # up by √10 until 0.316 is inside: 0.0316, 0.1, 0.316, 1
+        assert lrs == [1e-3, 3e-3, 1e-2, 0.0316, 0.1, 0.316, 1.0]
+        assert tuning["setting"]["lr"] == 0.316 and tuning["edge"] == ["r"]
+    elif best == 10.0:  # up to the default bound, 1: still at the edge, marked
+        assert lrs[-1] == 1.0 and tuning["setting"]["lr"] == 1.0 and tuning["edge"] == ["lr", "r"]
+    else:  # down: 3.16e-4, 1e-4, 3.16e-5, 1e-5, 3.16e-6
+        assert lrs[:2] == [3.16e-6, 1e-5] and tuning["setting"]["lr"] == 1e-5 and tuning["edge"] == ["r"]
+    assert tuning["tried"] == len(lrs) * 3 == len(ran)  # r: 4, 8 and 16 at every lr
+    assert len(ran) == len(set(ran))  # no cell ran twice
+    again, same = bracket()  # the same shootout again on the same directory (--resume): nothing runs, the same choice
+    assert again == [] and same == tuning
+
+
 # ---------------------------------------------------------------- paired tests
 
 
