@@ -85,3 +85,80 @@ def test_answer_format_share():
     assert diagnostics.answer_format(["", "", "正面", "好"], choices) == {"format_share": 0.25, "format_learned": False}
     assert diagnostics.answer_format(["任何", "", ""], None)["format_share"] == pytest.approx(1 / 3)
     assert diagnostics.answer_format([], choices) == {}
+
+
+def test_report_names_the_reasons_and_marks_the_edge(tmp_path):
+    """Constructed records of a task with a probe baseline: a method that learned, and one with
+    every symptom (loss at the class prior, still learning, answers outside the format, below the
+    probe) whose sweep chose the top of its grid at the bound. The report's files say each."""
+    import pandas as pd
+    import report_fixture as fx
+
+    from suite.report import write_report
+
+    task, ids = "zh-diag", [f"ex{i}" for i in range(1, 21)]
+    reference = {i: "正面" if int(i[2:]) % 2 else "负面" for i in ids}
+
+    def generations(answers):
+        return [{"example_id": i, "prompt": f"评论{i}", "reference": reference[i], "output": answers[i],
+                 "example_score": float(answers[i] == reference[i])} for i in ids]
+
+    def run(method, seed, answers, loss, flags):
+        r = fx.record(task, method, seed, score=sum(answers[i] == reference[i] for i in ids) / len(ids), dev=loss,
+                      extra={"class_prior_loss": 0.35, "choice_accuracy": 0.5, **flags})
+        r["generations"] = generations(answers)
+        return r
+
+    majority = {i: "正面" for i in ids}
+    probe = {i: reference[i] if i != "ex2" else "正面" for i in ids}  # 19 of 20 right
+    baseline = {"run_id": f"{task}__baseline__s0", "method": "base model", "task": task, "seed": 0, "phase": "baseline",
+                "status": "ok", "model": "tiny-zh", "config": {}, "env": fx.env(),
+                "metrics": {"score": 0.0, "score_name": "accuracy", "eval_loss": 3.0, "choice_accuracy": 0.5},
+                "generations": generations({i: "" for i in ids}),
+                "trivial": {"kind": "majority", "score": 0.5, "generations": generations(majority)},
+                "probe": {"kind": "probe", "score": 0.95, "choice_accuracy": 0.95, "generations": generations(probe)}}
+    stuck = {i: "" if int(i[2:]) % 4 else "正面" for i in ids}  # 5 of 20 well-formed
+    tuning = {"setting": {"lr": 1.0}, "keys": ["lr"], "tried": 3, "edge": ["lr"], "extended": {"lr": [1.0]},
+              "by": "dev score", "settings": [{"setting": {"lr": lr}, "dev_score": s, "dev_loss": 1.0, "runs": 1, "ok": 1}
+                                              for lr, s in ((0.1, 0.1), (0.316, 0.2), (1.0, 0.3))]}
+    records = [baseline]
+    for seed in (0, 1):
+        records.append(run("good", seed, dict(reference), 0.1, {"format_share": 1.0, "format_learned": True,
+                                                                "still_learning": False, "tail_slope": 0.0}))
+        r = run("stuck", seed, stuck, 0.36, {"format_share": 0.25, "format_learned": False,
+                                             "still_learning": seed == 0, "tail_slope": -0.01})
+        r["config"]["tuning"] = tuning
+        records.append(r)
+    for lr, s in ((0.1, 0.1), (0.316, 0.2), (1.0, 0.3)):
+        t = fx.record(task, "stuck", 0, score=None, dev=1.0)
+        t.update(run_id=f"{task}__stuck__tune-lr{lr:g}__s0", phase="tune")
+        t["config"]["params"] = {"lr": lr}
+        t["metrics"]["dev_score"] = s
+        records.append(t)
+    out = fx.write(tmp_path, records)
+    write_report([out], out)
+
+    baselines = pd.read_csv(out / "baselines.csv").set_index("baseline")
+    assert baselines.loc["linear probe", "score"] == 0.95 and baselines.loc["linear probe", "choice_accuracy"] == 0.95
+    results = pd.read_csv(out / "results.csv")
+    final = results[results.phase == "final"].set_index(["method", "seed"])
+    assert (final.probe_score == 0.95).all()
+    assert final.loc[("stuck", 0), "still_learning"] and not final.loc[("stuck", 1), "still_learning"]
+    assert final.loc[("stuck", 0), "format_share"] == 0.25
+    md = (out / "summary.md").read_text(encoding="utf-8")
+    # the verdict: the majority label is the best baseline (the probe is a yardstick, not a baseline to beat)
+    assert ("Not above the best baseline (majority label, 0.500) at 95% confidence: stuck (dev loss 0.360 at the "
+            "class prior 0.350; training loss still falling (1 of 2 seeds); answers outside the format (25% "
+            "well-formed); below the linear probe (0.950)).") in md
+    lines = md.split("\n| method", 1)[1].split("\n\n")[0].splitlines()  # the task's table
+    header = [c.strip() for c in ("| method" + lines[0]).split("|")]
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")] for line in lines[2:]}
+    stuck_row, good_row = dict(zip(header, rows["stuck"])), dict(zip(header, rows["good"]))
+    assert stuck_row["vs probe"] == "below" and good_row["vs probe"] == "not below"
+    assert stuck_row["answer format"] == "0.250 not learned" and good_row["answer format"] == "1.00"
+    assert stuck_row["still learning"] == "yes (1/2)" and good_row["still learning"] == "no"
+    assert stuck_row["setting"] == "lr 1 (edge)" and stuck_row["choice accuracy"] == "0.500"
+    assert "baseline: linear probe" in rows
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "still learning: 1" in html  # the loss curve's legend
+    assert "stuck [edge: lr]" in html  # the sensitivity figure's legend, and its label at the choice
