@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import report_fixture as fx
-from conftest import leitai
+from conftest import ROOT, leitai, plugin_env
 
 from suite import sweep
 from suite.config import build_config, parse_sweep, sweep_from_toml
@@ -136,6 +136,25 @@ def test_sweeps_extend_a_grid_whose_best_is_at_its_edge(tmp_path, registry, best
     assert again == [] and same == tuning
 
 
+#: LoRA with a narrow lr bound: a sweep of lr 1e-3, 2e-3 (whose best is at an edge whatever the
+#: runs say) is one step from the bound on either side, so it grows by exactly one value
+BOUNDED = """
+from plugins.lora import LoRA
+from suite import hookimpl
+
+
+class Bounded(LoRA):
+    name = "lora-bounded"
+    default = False
+    bounds = {"lr": (5e-4, 4e-3)}
+
+
+@hookimpl
+def register_methods(register):
+    register(Bounded())
+"""
+
+
 # ---------------------------------------------------------------- paired tests
 
 
@@ -204,15 +223,16 @@ def sentiment_file(path, registry, flip_test: bool):
 def sweeps(tmp_path_factory, registry):
     """The same sweep on a file and on the file with its test labels permuted."""
     d = tmp_path_factory.mktemp("sweep")
+    env = plugin_env(d, "bounded", BOUNDED, ROOT)
     outs = {}
     for flip in (False, True):
         data = sentiment_file(d / f"reviews-{flip}.jsonl", registry, flip)
         out = d / f"out-{flip}"
-        proc = leitai("run", "--methods", "lora", "--tasks", f"file:{data}?score=accuracy", "--sweep",
-                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--workers", "2",
-                      "--task-size", "full")  # every test record: the same ones on both files
+        proc = leitai("run", "--methods", "lora-bounded", "--tasks", f"file:{data}?score=accuracy", "--sweep",
+                      "lora-bounded.lr=1e-3,2e-3", "--out", out, *SMALL, "--workers", "2",
+                      "--task-size", "full", env=env)  # every test record: the same ones on both files
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "1 runs (1 ok), 0 already done, 2 tuning runs, 1 baseline runs" in proc.stdout
+        assert "1 runs (1 ok), 0 already done, 3 tuning runs, 1 baseline runs" in proc.stdout
         outs[flip] = out
     return outs
 
@@ -225,7 +245,7 @@ def test_permuting_test_references_changes_no_choice(sweeps):
                       for r in records if r["phase"] == "tune")
         final = next(r for r in records if r["phase"] == "final")
         tuned[flip] = tune, final["config"]["tuning"]["setting"], final["config"]["params"]["lr"]
-        assert final["config"]["tuning"]["tried"] == 2
+        assert final["config"]["tuning"]["tried"] == 3  # the grid grew by one value
     assert tuned[False] == tuned[True]  # same dev figures, same choice: test labels were never read
     # the test labels did change: the same model's choices are right on one file where wrong on the other
     choice = {flip: pd.read_csv(out / "results.csv").query("phase == 'final'").choice_accuracy.iloc[0]
@@ -236,13 +256,21 @@ def test_permuting_test_references_changes_no_choice(sweeps):
 def test_report_shows_the_tuning(sweeps):
     out = sweeps[False]
     md = (out / "summary.md").read_text(encoding="utf-8")
-    assert "## Verdict" in md and "lora is best" in md
+    assert "## Verdict" in md and "lora-bounded is best" in md
+    # the grid's best was at an edge: one value added beyond it, up to the bound; marked if still at an edge
+    records = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json")]
+    lrs = sorted(r["config"]["params"]["lr"] for r in records if r["phase"] == "tune")
+    tuning = next(r for r in records if r["phase"] == "final")["config"]["tuning"]
+    assert tuning["extended"]["lr"] in ([5e-4], [4e-3]) and lrs == sorted([1e-3, 2e-3] + tuning["extended"]["lr"])
+    chosen = tuning["setting"]["lr"]
+    assert tuning["edge"] == (["lr"] if chosen in (lrs[0], lrs[-1]) else [])
+    assert (f"lr {chosen:g} (edge)" in md) == bool(tuning["edge"])
     header = next(line for line in md.splitlines() if line.startswith("| method"))
     assert "setting" in header and "tried" in header and "tuning train s" in header and "vs baseline" in header
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Sensitivity to the swept settings" in html and "<svg" in html
     results = pd.read_csv(out / "results.csv")
-    assert sorted(results.phase) == ["final", "tune", "tune"]
+    assert sorted(results.phase) == ["final", "tune", "tune", "tune"]
     assert results[results.phase == "tune"].score.isna().all() and results[results.phase == "tune"].dev_score.notna().all()
 
 

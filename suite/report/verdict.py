@@ -154,5 +154,6 @@ NOTE = (f"Verdicts and ties: per task, every pair of methods is compared on the 
         f"task's trivial answer) at 95% confidence, one-sided; 'vs probe' whether it is below the linear probe "
         f"(the same test the other way), which is a yardstick, not a baseline to beat. For a method not above the "
         f"best baseline the verdict names what the diagnostics found: dev loss at or above the class prior (within "
-        f"10%, or more), training loss still falling, answers outside the format, below the linear probe. The pairwise table gives row minus column, * where "
-        f"the difference is significant. With many methods some differences pass by chance; read them with that in mind.")
+        f"10%, or more), training loss still falling, answers outside the format, below the linear probe. The "
+        f"pairwise table gives row minus column, * where the difference is significant. With many methods some "
+        f"differences pass by chance; read them with that in mind.")
