@@ -57,6 +57,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from transformers import set_seed
 
     from . import data, measure, models, taskdata
+    from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
     from .evaluation import choice_accuracy, class_prior_loss, greedy_answers, scored
     from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
@@ -121,6 +122,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         kind, trivial = trivial_answers(task, prepared.train_answers, test_examples)
         scores, generations = scored(task, trivial, test_examples, prepared.test_texts)
         record["trivial"] = {"kind": kind, "score": scores["score"], "generations": generations}
+        if task.choices:  # what a linear map reads from the frozen base at the answer position
+            record["probe"] = probe_baseline(task, base, prepared, tokenizer.pad_token_id, device, cell.eval_batch_size)
         record["status"] = "ok"
         return True
 
@@ -189,6 +192,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         steps=len(result.losses), lr=settings.lr, first_train_loss=result.losses[0] if result.losses else None,
         final_train_loss=tail_mean(result.losses), answer_head=result.answer_head, **result.breakdown,
     )
+    m.update(learning_tail(result.losses))  # was the loss still falling at the end?
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
     if result.diverged:
         record["status"] = "diverged"
@@ -209,6 +213,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     scores, record["generations"] = scored(task, texts, test_examples, prepared.test_texts)
     m.update(scores)  # and per turn, for conversations
     m.update(extra_metrics(task, texts, [ex.output for ex in test_examples], m))
+    m.update(answer_format(texts, task.choices))  # empty answers, or outside the answer set
 
     adapter = run_dir / "adapter"
     tmp = run_dir / "adapter.tmp"

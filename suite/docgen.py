@@ -86,6 +86,16 @@ COLUMNS = {
                        "choice the model gives the highest likelihood",
     "class_prior_loss": "classification tasks: the loss per answer token of a model that knows the answer format "
                         "and each label's training frequency but not the input (compare with `eval_loss`)",
+    "probe_score": "classification tasks: the linear-probe baseline's score on the task's test split (a logistic "
+                   "regression on the frozen base's last hidden state at the answer position, fitted on the train "
+                   "split; `baselines.csv` row `linear probe`), beside the run's own `score`",
+    "format_share": "the share of the run's greedy test answers that are non-empty and, for a task with a closed "
+                    "answer set, one of its answers",
+    "format_learned": "`format_share` ≥ 0.5: the run learned the answer format",
+    "still_learning": "the training loss was still falling over the last 20% of the steps: `tail_slope` < 0 at "
+                      "one-sided p < 0.05, and a fitted fall over that tail of at least 2% of its mean loss",
+    "tail_slope": "least-squares slope of the training loss against the step over the last 20% of the steps",
+    "tail_slope_p": "one-sided p-value (Student's t) that `tail_slope` is negative",
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
     "weights_bytes": "bytes of the model's parameters (unique storages)",
     "grads_bytes": "bytes of the gradients of one step",

@@ -53,6 +53,10 @@ class Method:
     #: 1e-3, 3e-3, 1e-2], "r": [4, 16]}``; a method that declares no ``lr`` grid gets its default
     #: lr times 0.1, 0.3, 1, 3 and 10 (:func:`tuning_grid`)
     grid: dict = {}
+    #: how far a sweep may extend a grid whose best value lies at its edge: ``{setting: (low,
+    #: high)}``, e.g. ``{"lr": (1e-5, 0.3)}``; ``lr`` defaults to :data:`LR_BOUNDS`, and a setting
+    #: without bounds is not extended (:func:`sweep_bounds`, :func:`suite.sweep.extend`)
+    bounds: dict = {}
 
     def apply(self, model: torch.nn.Module, params: dict) -> torch.nn.Module:
         """Return the model to train, built around ``model`` (a fresh base model).
@@ -334,6 +338,16 @@ def tuning_grid(method: Method) -> dict[str, list]:
     if "lr" not in grid and "lr" in method.defaults:
         grid["lr"] = [float(f"{method.defaults['lr'] * f:.3g}") for f in LR_FACTORS]
     return grid
+
+
+#: how far a sweep extends an lr grid whose best value is at its edge, unless the method says
+LR_BOUNDS = (1e-6, 1.0)
+
+
+def sweep_bounds(method: Method) -> dict[str, tuple]:
+    """``{setting: (low, high)}``: how far a sweep may extend each of ``method``'s grids
+    (:attr:`Method.bounds`, with :data:`LR_BOUNDS` for ``lr`` unless declared)."""
+    return {"lr": LR_BOUNDS, **{k: tuple(v) for k, v in (method.bounds or {}).items()}}
 
 
 def check_params(method: Method, params: dict, overrides: dict | None = None, stand_in=None) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sweep
@@ -34,6 +34,15 @@ class Plan:
     methods: dict  # name -> Method
     params: dict  # method -> its defaults with the user's overrides
     grids: dict  # method -> what its sweep tries ({setting: values}), or None
+    #: (method, task) -> {setting: values} added beyond a grid's edge (:func:`bracket`)
+    extended: dict = field(default_factory=dict)
+
+    def grid(self, method: str, task: str) -> dict | None:
+        """What ``method``'s sweep tries on ``task``: its grid and the values added to it there."""
+        if not self.grids[method]:
+            return None
+        more = self.extended.get((method, task), {})
+        return {k: list(v) + more.get(k, []) for k, v in self.grids[method].items()}
 
 
 def resolve(config: ShootoutConfig, registry) -> Plan:
@@ -100,7 +109,7 @@ def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
         _cell(config, plan, run_id=run_id(name, task, seed, sweep.label(setting)), method=name, task=task, seed=seed,
               params={**plan.params[name], **setting}, phase=sweep.TUNE)
         for task in config.tasks for name in config.methods if plan.grids[name]
-        for setting in sweep.combinations(plan.grids[name]) for seed in config.tune_seeds
+        for setting in sweep.combinations(plan.grid(name, task)) for seed in config.tune_seeds
     ]
 
 
@@ -124,7 +133,9 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
 
 def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
     """``{(method, task): tuning}`` for every swept method: the setting its tuning runs chose on
-    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records."""
+    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records;
+    ``edge`` lists the settings whose choice lies at an edge of the grid tried, ``extended`` the
+    values added beyond the declared grid (:func:`bracket`)."""
     chosen = {}
     by_key: dict[tuple, list] = {}
     for record in read_records(out):
@@ -132,13 +143,38 @@ def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
             by_key.setdefault((record["method"], record["task"]), []).append(record)
     for task in config.tasks:
         for name in config.methods:
-            grid = plan.grids[name]
+            grid = plan.grid(name, task)
             if not grid:
                 continue
             setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
             chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
-                                    **evidence}
+                                    "edge": sweep.edges(grid, setting), **evidence}
+            if plan.extended.get((name, task)):
+                chosen[(name, task)]["extended"] = plan.extended[(name, task)]
     return chosen
+
+
+def bracket(executor, config: ShootoutConfig, plan: Plan, out: Path, bar, outcome: Outcome) -> None:
+    """Sweeps that bracket their optimum: while a (method, task)'s best setting lies at an edge
+    of a numeric grid, add the next value beyond it (:func:`suite.sweep.extend`, up to the
+    method's bound) and run the new tuning cells. They are ordinary cells whose run ids name
+    their settings, and the choices are read from the records alone: ``--resume`` and every
+    executor take the same steps and redo nothing."""
+    from .methods import sweep_bounds
+
+    if not any(plan.grids.values()):
+        return
+    for _ in range(sweep.MAX_ROUNDS):
+        before = {cell.run_id for cell in tuning_cells(config, plan)}
+        for (name, task), tuning in choose_settings(out, config, plan).items():
+            more = sweep.extend(plan.grid(name, task), tuning["setting"], sweep_bounds(plan.methods[name]), plan.grids[name])
+            for key, values in more.items():
+                plan.extended.setdefault((name, task), {}).setdefault(key, []).extend(values)
+        new = [cell for cell in tuning_cells(config, plan) if cell.run_id not in before]
+        if not new:
+            return
+        bar.total = (bar.total or 0) + len(new)
+        _execute(executor, new, out, bar, outcome)
 
 
 @dataclass
@@ -180,6 +216,7 @@ def _run_locked(config: ShootoutConfig, resolved: Plan, executor, out: Path, pro
     bar = tqdm(total=len(first) + len(finals), desc="shootout", unit="cell", disable=not progress)
     try:
         _execute(executor, first, out, bar, outcome)
+        bracket(executor, config, resolved, out, bar, outcome)  # grids whose best lies at an edge grow
         cells = final_cells(config, resolved, choose_settings(out, config, resolved))
         _execute(executor, cells, out, bar, outcome)
     finally:

@@ -10,6 +10,13 @@ scored on the dev split only. Per (method, task) :func:`choose` keeps the settin
 mean dev score (the lower dev loss breaks ties, and decides alone for a task without a dev
 score); the final cells then run it with every seed and are scored on test. Nothing here reads
 test data.
+
+A sweep brackets its optimum: where the best value of a numeric grid lies at the grid's first or
+last value, :func:`extend` adds the next value beyond it by the grid's own step (times the grid's
+ratio for a log-spaced grid, plus its difference for a linear one), up to the bound the method
+declares (:func:`suite.methods.sweep_bounds`); the runner runs those tuning cells and chooses
+again, until the best is inside the grid or the bound is reached. A choice still at an edge is
+marked (:func:`edges`).
 """
 from __future__ import annotations
 
@@ -103,6 +110,71 @@ def describe(setting: dict) -> str:
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     return ", ".join(f"{k} {value(v)}" for k, v in sorted(setting.items()))
+
+
+#: at most this many rounds of extension per shootout (a bound of 0 for a log-spaced grid is never reached)
+MAX_ROUNDS = 10
+
+
+def _numeric(values) -> bool:
+    return len(set(values)) >= 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _spread(xs: list[float]) -> float:
+    """How unequal ``xs`` are: their standard deviation over the mean of their sizes."""
+    mean = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) / (sum(abs(x) for x in xs) / len(xs) or 1)
+
+
+def step_beyond(values: list, high: bool, bound: float, declared: list | None = None):
+    """The next value beyond a grid's highest (``high``) or lowest value, held at ``bound``;
+    None when that edge is at or past the bound already. ``values`` is the grid tried so far,
+    ``declared`` the grid as given (default: ``values``), whose own step continues: its mean
+    ratio where its values are positive and more evenly spaced in ratio than in difference (a
+    log-spaced lr grid), else its mean difference. 3 significant figures; whole numbers for a
+    grid of whole numbers."""
+    xs, given = sorted(set(values)), sorted(set(declared or values))
+    edge, origin = (xs[-1], given[-1]) if high else (xs[0], given[0])
+    if (edge >= bound) if high else (edge <= bound):
+        return None
+    k = 1 + sum((x > origin) if high else (x < origin) for x in xs)  # steps beyond the declared grid
+    if given[0] > 0 and _spread([b / a for a, b in zip(given, given[1:])]) <= _spread([b - a for a, b in zip(given, given[1:])]):
+        ratio = (given[-1] / given[0]) ** (1 / (len(given) - 1))
+        new = origin * ratio**k if high else origin / ratio**k
+    else:
+        diff = (given[-1] - given[0]) / (len(given) - 1)
+        new = origin + k * diff if high else origin - k * diff
+    new = min(new, bound) if high else max(new, bound)
+    new = round(new) if all(isinstance(v, int) for v in given) else float(f"{new:.3g}")
+    return new if (new > edge if high else new < edge) else None
+
+
+def _side(values: list, chosen) -> str | None:
+    """``"high"`` or ``"low"`` when ``chosen`` lies at (or beyond) that edge of a numeric grid."""
+    if not _numeric(values) or not isinstance(chosen, (int, float)):
+        return None
+    return "high" if chosen >= max(values) else "low" if chosen <= min(values) else None
+
+
+def edges(grid: dict[str, list], setting: dict | None) -> list[str]:
+    """The swept settings whose chosen value lies at an edge of their (numeric) grid."""
+    return sorted(k for k, values in grid.items() if setting and _side(values, setting.get(k)))
+
+
+def extend(grid: dict[str, list], setting: dict | None, bounds: dict[str, tuple],
+           declared: dict[str, list] | None = None) -> dict[str, list]:
+    """``{setting: [the value to add]}`` for each numeric setting whose chosen value lies at
+    an edge of its grid (``grid``: what was tried; ``declared``: the grid as given, whose step
+    continues) and has room before its bound (``bounds[key] = (low, high)``; a setting without
+    bounds is not extended); empty when the choice is inside every grid."""
+    out = {}
+    for key in edges(grid, setting):
+        if key in bounds:
+            high = _side(grid[key], setting[key]) == "high"
+            new = step_beyond(grid[key], high, bounds[key][1] if high else bounds[key][0], (declared or grid).get(key))
+            if new is not None:
+                out[key] = [new]
+    return out
 
 
 def choose(records: list[dict], keys: list[str]) -> tuple[dict | None, dict]:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import report_fixture as fx
-from conftest import leitai
+from conftest import ROOT, leitai, plugin_env
 
 from suite import sweep
 from suite.config import build_config, parse_sweep, sweep_from_toml
@@ -62,6 +62,97 @@ def test_choose_by_dev_score_then_dev_loss():
     records = [tuning_record(1e-3, float("nan"), 1.0), tuning_record(1e-2, float("nan"), 0.5)]
     assert sweep.choose(records, ["lr"])[0] == {"lr": 1e-2}
     assert sweep.choose([tuning_record(1e-3, None, None, status="failed")], ["lr"])[0] is None
+
+
+def test_grid_steps_and_edges():
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]  # log-spaced: the next value by the grid's mean ratio (√10)
+    assert sweep.step_beyond(lrs, True, 1.0) == 0.0316 and sweep.step_beyond(lrs, False, 1e-6) == 3.16e-5
+    assert sweep.step_beyond([4, 8, 12], True, 100) == 16 and sweep.step_beyond([4, 8, 16], True, 100) == 32
+    assert sweep.step_beyond([0.3, 0.6], True, 1.0) == 1.0  # one step overshoots: held at the bound
+    assert sweep.step_beyond([0.3, 1.0], True, 1.0) is None  # at the bound already
+    # an extended grid continues the declared grid's step, without compounding its rounding
+    assert sweep.step_beyond([0.01, 0.0316, 0.1, 0.316], True, 10.0, [0.01, 0.0316, 0.1]) == 1.0
+    grid = {"lr": [1e-3, 1e-2], "r": [4, 8], "targets": ["q", "v"]}
+    assert sweep.edges(grid, {"lr": 1e-2, "r": 4, "targets": "v"}) == ["lr", "r"]  # only numeric grids have edges
+    assert sweep.extend(grid, {"lr": 1e-2, "r": 4, "targets": "v"}, {"lr": (1e-6, 1.0)}) == {"lr": [0.1]}
+    assert sweep.extend({"lr": lrs}, {"lr": 1e-3}, {"lr": (1e-6, 1.0)}) == {}  # the best is inside
+    # constructed tuning records whose best is the grid's top value: the choice says so
+    records = [tuning_record(lr, score, 1.0) for lr, score in ((1e-3, 0.5), (3e-3, 0.6), (1e-2, 0.7))]
+    setting, _ = sweep.choose(records, ["lr"])
+    assert sweep.extend({"lr": [1e-3, 3e-3, 1e-2]}, setting, {"lr": (1e-6, 1.0)}) == {"lr": [0.0316]}
+
+
+class Scripted:
+    """An executor whose tuning runs score by a known function of their setting (no training):
+    the dev score falls with the distance of log10(lr) from ``best``'s, and rises with ``r``."""
+
+    def __init__(self, best: float):
+        self.best, self.ran = best, []
+
+    def map(self, cells, out):
+        import math
+
+        from suite.records import new_record, record_path, write_json_atomic
+
+        for cell in cells:
+            score = -abs(math.log10(cell.params["lr"] / self.best)) + cell.params["r"] / 100
+            record = {**new_record(cell), "status": "ok", "metrics": {"dev_score": score, "eval_loss": -score}}
+            write_json_atomic(record_path(out, cell.run_id), record)
+            self.ran.append(cell.run_id)
+            yield cell, record
+
+
+@pytest.mark.parametrize("best", [0.3, 10.0, 1e-5])
+def test_sweeps_extend_a_grid_whose_best_is_at_its_edge(tmp_path, registry, best):
+    from tqdm import tqdm
+
+    from suite import runner
+
+    config = build_config({"methods": ["lora"], "tasks": ["zh-sentiment"], "out": str(tmp_path),
+                           "sweep": ["lora.lr=1e-3,3e-3,1e-2", "lora.r=4,8"], "baselines": False}).fill_defaults(registry)
+
+    def bracket():
+        plan = runner.resolve(config, registry)
+        plan.methods["lora"].bounds = {"r": (1, 16)}  # this shootout's instance: r may grow to 16
+        executor = Scripted(best)
+        runner._execute(executor, runner.tuning_cells(config, plan), tmp_path, tqdm(disable=True),
+                        runner.Outcome(tmp_path, 0, 0, {}))
+        runner.bracket(executor, config, plan, tmp_path, tqdm(disable=True), runner.Outcome(tmp_path, 0, 0, {}))
+        return executor.ran, runner.choose_settings(tmp_path, config, plan)[("lora", "zh-sentiment")]
+
+    ran, tuning = bracket()
+    lrs = sorted({json.loads(p.read_text())["config"]["params"]["lr"] for p in tmp_path.glob("runs/*/record.json")})
+    assert tuning["setting"]["r"] == 16 and tuning["extended"]["r"] == [16]  # r doubled once, to its bound
+    if best == 0.3:  # up by √10 until 0.316 is inside: 0.0316, 0.1, 0.316, 1
+        assert lrs == [1e-3, 3e-3, 1e-2, 0.0316, 0.1, 0.316, 1.0]
+        assert tuning["setting"]["lr"] == 0.316 and tuning["edge"] == ["r"]
+    elif best == 10.0:  # up to the default bound, 1: still at the edge, marked
+        assert lrs[-1] == 1.0 and tuning["setting"]["lr"] == 1.0 and tuning["edge"] == ["lr", "r"]
+    else:  # down: 3.16e-4, 1e-4, 3.16e-5, 1e-5, 3.16e-6
+        assert lrs[:2] == [3.16e-6, 1e-5] and tuning["setting"]["lr"] == 1e-5 and tuning["edge"] == ["r"]
+    assert tuning["tried"] == len(lrs) * 3 == len(ran)  # r: 4, 8 and 16 at every lr
+    assert len(ran) == len(set(ran))  # no cell ran twice
+    again, same = bracket()  # the same shootout again on the same directory (--resume): nothing runs, the same choice
+    assert again == [] and same == tuning
+
+
+#: LoRA with a narrow lr bound: a sweep of lr 1e-3, 2e-3 (whose best is at an edge whatever the
+#: runs say) is one step from the bound on either side, so it grows by exactly one value
+BOUNDED = """
+from plugins.lora import LoRA
+from suite import hookimpl
+
+
+class Bounded(LoRA):
+    name = "lora-bounded"
+    default = False
+    bounds = {"lr": (5e-4, 4e-3)}
+
+
+@hookimpl
+def register_methods(register):
+    register(Bounded())
+"""
 
 
 # ---------------------------------------------------------------- paired tests
@@ -132,15 +223,16 @@ def sentiment_file(path, registry, flip_test: bool):
 def sweeps(tmp_path_factory, registry):
     """The same sweep on a file and on the file with its test labels permuted."""
     d = tmp_path_factory.mktemp("sweep")
+    env = plugin_env(d, "bounded", BOUNDED, ROOT)
     outs = {}
     for flip in (False, True):
         data = sentiment_file(d / f"reviews-{flip}.jsonl", registry, flip)
         out = d / f"out-{flip}"
-        proc = leitai("run", "--methods", "lora", "--tasks", f"file:{data}?score=accuracy", "--sweep",
-                      "lora.lr=1e-3,3e-2", "--out", out, *SMALL, "--workers", "2",
-                      "--task-size", "full")  # every test record: the same ones on both files
+        proc = leitai("run", "--methods", "lora-bounded", "--tasks", f"file:{data}?score=accuracy", "--sweep",
+                      "lora-bounded.lr=1e-3,2e-3", "--out", out, *SMALL, "--workers", "2",
+                      "--task-size", "full", env=env)  # every test record: the same ones on both files
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "1 runs (1 ok), 0 already done, 2 tuning runs, 1 baseline runs" in proc.stdout
+        assert "1 runs (1 ok), 0 already done, 3 tuning runs, 1 baseline runs" in proc.stdout
         outs[flip] = out
     return outs
 
@@ -153,7 +245,7 @@ def test_permuting_test_references_changes_no_choice(sweeps):
                       for r in records if r["phase"] == "tune")
         final = next(r for r in records if r["phase"] == "final")
         tuned[flip] = tune, final["config"]["tuning"]["setting"], final["config"]["params"]["lr"]
-        assert final["config"]["tuning"]["tried"] == 2
+        assert final["config"]["tuning"]["tried"] == 3  # the grid grew by one value
     assert tuned[False] == tuned[True]  # same dev figures, same choice: test labels were never read
     # the test labels did change: the same model's choices are right on one file where wrong on the other
     choice = {flip: pd.read_csv(out / "results.csv").query("phase == 'final'").choice_accuracy.iloc[0]
@@ -164,13 +256,21 @@ def test_permuting_test_references_changes_no_choice(sweeps):
 def test_report_shows_the_tuning(sweeps):
     out = sweeps[False]
     md = (out / "summary.md").read_text(encoding="utf-8")
-    assert "## Verdict" in md and "lora is best" in md
+    assert "## Verdict" in md and "lora-bounded is best" in md
+    # the grid's best was at an edge: one value added beyond it, up to the bound; marked if still at an edge
+    records = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json")]
+    lrs = sorted(r["config"]["params"]["lr"] for r in records if r["phase"] == "tune")
+    tuning = next(r for r in records if r["phase"] == "final")["config"]["tuning"]
+    assert tuning["extended"]["lr"] in ([5e-4], [4e-3]) and lrs == sorted([1e-3, 2e-3] + tuning["extended"]["lr"])
+    chosen = tuning["setting"]["lr"]
+    assert tuning["edge"] == (["lr"] if chosen in (lrs[0], lrs[-1]) else [])
+    assert (f"lr {chosen:g} (edge)" in md) == bool(tuning["edge"])
     header = next(line for line in md.splitlines() if line.startswith("| method"))
     assert "setting" in header and "tried" in header and "tuning train s" in header and "vs baseline" in header
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "Sensitivity to the swept settings" in html and "<svg" in html
     results = pd.read_csv(out / "results.csv")
-    assert sorted(results.phase) == ["final", "tune", "tune"]
+    assert sorted(results.phase) == ["final", "tune", "tune", "tune"]
     assert results[results.phase == "tune"].score.isna().all() and results[results.phase == "tune"].dev_score.notna().all()
 
 

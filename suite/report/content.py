@@ -35,8 +35,17 @@ NOTES = (
     "'learned nothing'.",
     "tuning (with --sweep): each swept method's setting was chosen by the mean dev score of its tuning "
     "runs (dev loss breaks ties); 'setting' is the choice, 'tried' how many settings were trained, "
-    "'tuning train s' their training seconds in all. Tuning runs are in results.csv (phase tune) and "
-    "never in the means; test data is read only by the final runs.",
+    "'tuning train s' their training seconds in all. A numeric grid whose best value lay at its first or "
+    "last value was extended by its own step up to the method's bound; '(edge)' marks a choice still at "
+    "an edge of the grid tried: the optimum may lie beyond it. Tuning runs are in results.csv (phase "
+    "tune) and never in the means; test data is read only by the final runs.",
+    "diagnostics (docs/diagnostics.md): 'baseline: linear probe' is a logistic regression on the frozen "
+    "base's last hidden state at the answer position, fitted on the train split (tasks with a closed "
+    "answer set); 'vs probe' says whether a method is below it at 95% confidence: it used less than the "
+    "base already holds. 'answer format' (shown when a method has it under 0.5): the share of greedy "
+    "answers that are non-empty and in the answer set. 'still learning' (shown when a run has it): seeds "
+    "whose training loss still fell over the last 20% of the steps (least-squares slope, one-sided "
+    "p < 0.05, a fall of at least 2% of the loss): more steps would change the row.",
     VERDICT_NOTE,
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",

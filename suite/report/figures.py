@@ -152,7 +152,9 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
     """Training loss of every method on ``task``: mean over ok seeds, a ±1 std band, the dev
     loss as a marker at the last step. Step losses are smoothed by a centred moving average.
     ``class_prior``: the loss of knowing a closed answer set's format but not the labels, drawn
-    as a line (a curve that ends on it learned the format, not the task)."""
+    as a line (a curve that ends on it learned the format, not the task). A method whose loss
+    was still falling at the end (:func:`suite.diagnostics.learning_tail`) says so, with how
+    many seeds, in the legend."""
     ok = results[(results.task == task) & (results.status == "ok")]
     train = curves[(curves.split == "train") & curves.run_id.isin(ok.run_id)]
     if train.empty:
@@ -177,8 +179,10 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
             frame = pd.DataFrame(per_run)
             mean, std = frame.mean(axis=1), frame.std(axis=1)
             n = frame.shape[1]
+            flags = ok.loc[ok.method == method, "still_learning"] if "still_learning" in ok else pd.Series([], dtype=str)
+            learning = int((flags.astype(str) == "True").sum())  # suite.diagnostics.learning_tail
             ax.plot(mean.index, mean.values, color=palette[method], ls=linestyle(palette, method), lw=1.4,
-                    label=f"{method} (n={n})")
+                    label=f"{method} (n={n}{f'; still learning: {learning}' if learning else ''})")
             if n > 1:
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=palette[method],
                                 alpha=0.18, lw=0)
@@ -282,7 +286,8 @@ def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[st
 def sensitivity(task: str, tuning_runs: pd.DataFrame, chosen: dict, palette: dict[str, str]) -> str | None:
     """Dev score and dev loss of every tuning run on ``task`` against its learning rate (or
     against the setting's index where lr was not swept), one line per method (and per value of
-    its other swept settings), mean over tuning seeds; the chosen setting ringed."""
+    its other swept settings), mean over tuning seeds; the chosen setting ringed, and labelled
+    ``edge`` where it lies at an edge of the grid tried (its bound reached, or none declared)."""
     import json
 
     ok = tuning_runs[(tuning_runs.task == task) & (tuning_runs.status == "ok")]
@@ -311,6 +316,7 @@ def sensitivity(task: str, tuning_runs: pd.DataFrame, chosen: dict, palette: dic
                     xs, log_x = list(range(1, len(group) + 1)), False
                 rest = json.loads(group_key)
                 label = method + ("" if not rest else " (" + ", ".join(f"{k} {v}" for k, v in rest.items()) + ")")
+                label += f" [edge: {', '.join(info['edge'])}]" if info.get("edge") else ""
                 for ax, metric in ((score_ax, "dev_score"), (loss_ax, "dev_loss")):
                     ys = [e[metric] for e in group]
                     ax.plot(xs, ys, "o-", color=palette.get(method, "0.3"), lw=1.2, ms=3.5,
@@ -318,6 +324,9 @@ def sensitivity(task: str, tuning_runs: pd.DataFrame, chosen: dict, palette: dic
                     for x, e in zip(xs, group):
                         if e["setting"] == info.get("setting"):
                             ax.plot([x], [e[metric]], "o", ms=10, mfc="none", mec=palette.get(method, "0.3"), mew=1.5)
+                            if info.get("edge"):  # still at an edge of the grid after extending it
+                                ax.annotate("edge", (x, e[metric]), xytext=(5, 5), textcoords="offset points",
+                                            fontsize=7, color=palette.get(method, "0.3"))
         for ax, label in ((score_ax, "dev score"), (loss_ax, "dev loss")):
             if log_x:
                 ax.set_xscale("log")
@@ -325,7 +334,8 @@ def sensitivity(task: str, tuning_runs: pd.DataFrame, chosen: dict, palette: dic
             ax.set_ylabel(label)
         if score_ax.get_legend_handles_labels()[1]:
             score_ax.legend(fontsize=7, loc="best")
-        fig.suptitle(f"{task}: tuning runs on the dev split (ringed: the setting each method keeps)",
+        fig.suptitle(f"{task}: tuning runs on the dev split (ringed: the setting each method keeps; "
+                     "edge: at an edge of the grid tried)",
                      x=0.01, ha="left", fontsize=9)
         return _svg(fig, f"sensitivity-{task}")
 

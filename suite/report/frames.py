@@ -16,7 +16,8 @@ RESULT_COLUMNS = (
     "first_train_loss final_train_loss eval_loss score_name score"
 ).split()
 EXTRA_COLUMNS = (
-    "phase dev_score choice_accuracy class_prior_loss "
+    "phase dev_score choice_accuracy class_prior_loss probe_score format_share format_learned still_learning "
+    "tail_slope tail_slope_p "
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
@@ -26,6 +27,8 @@ TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_
                 "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
+#: what the linear probe on the frozen base (:func:`suite.diagnostics.probe_baseline`) is called
+PROBE = "linear probe"
 
 
 def is_baseline(record: dict) -> bool:
@@ -50,8 +53,11 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     in :func:`baselines_frame`.
 
     Metrics the report does not know are passed through (sorted by name), so a new measurement
-    reaches ``results.csv`` without a change here.
+    reaches ``results.csv`` without a change here. ``probe_score`` is the task's linear-probe
+    baseline (from its baseline record), beside each run's own score.
     """
+    probes = {r.get("task"): (r.get("probe") or {}).get("score") for r in records
+              if is_baseline(r) and r.get("status") == "ok" and r.get("probe")}
     rows = []
     for r in records:
         if is_baseline(r):
@@ -59,6 +65,7 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
         row = {k: r.get(k) for k in ("run_id", "method", "task", "seed", "model", "status", "error")}
         row["phase"] = phase(r)
         row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
+        row["probe_score"] = probes.get(r.get("task"))
         env = r.get("env") or {}
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))
         info = r.get("method_info")  # what the method chose (Method.run_info), as JSON text
@@ -116,8 +123,9 @@ def generations_frame(records: list[dict]) -> pd.DataFrame:
 
 def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The baselines of every task: one row per baseline (the untrained base model, the trivial
-    answers) with its score, and their answers in the shape of :func:`generations_frame`
-    (``run_id`` names the baseline: ``<record run id>`` or ``<record run id>:trivial``)."""
+    answers, the linear probe of a task with a closed answer set) with its score, and their
+    answers in the shape of :func:`generations_frame` (``run_id`` names the baseline: ``<record
+    run id>``, ``<record run id>:trivial`` or ``<record run id>:probe``)."""
     rows, answers = [], []
     for r in records:
         if not is_baseline(r) or r.get("status") != "ok":
@@ -129,6 +137,10 @@ def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
         if trivial:
             entries.append((f"{r['run_id']}:trivial", TRIVIAL_NAMES.get(trivial.get("kind"), trivial.get("kind")),
                             trivial.get("score"), None, None, trivial.get("generations")))
+        probe = r.get("probe") or {}
+        if probe:
+            entries.append((f"{r['run_id']}:probe", PROBE, probe.get("score"), None, probe.get("choice_accuracy"),
+                            probe.get("generations")))
         for rid, name, score, loss, choice, gens in entries:
             rows.append({"run_id": rid, "task": r.get("task"), "baseline": name, "score_name": m.get("score_name"),
                          "score": score, "eval_loss": loss, "choice_accuracy": choice})

@@ -95,15 +95,23 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     """One row per method (index), the formatted columns a reader compares methods by, then one
     row per baseline (its score only).
 
-    ``verdict`` (:class:`.verdict.TaskVerdict`) adds "vs baseline"; ``tuning`` (method -> what
-    its sweep chose) and ``tuning_seconds`` (method -> training seconds of its tuning runs) add
-    the chosen setting, how many settings were tried and what the tuning cost.
+    ``verdict`` (:class:`.verdict.TaskVerdict`) adds "vs baseline" and, where the task has a
+    linear probe, "vs probe"; ``tuning`` (method -> what its sweep chose) and ``tuning_seconds``
+    (method -> training seconds of its tuning runs) add the chosen setting (marked ``edge`` where
+    it lies at an edge of the grid tried), how many settings were tried and what the tuning cost.
+    The diagnostics' flags ("answer format", "still learning") appear when a method has one.
     """
+    from ..diagnostics import FORMAT_MIN
     from ..sweep import describe
+    from .verdict import still_learning
 
     df = results[results.task == task]
+    methods = method_order(results, stats, task)
+    shares = {m: summary_of(stats, task, m, "format_share").mean for m in methods}
+    show_format = any(x < FORMAT_MIN for x in shares.values())
+    learning = {m: still_learning(results, task, m) for m in methods}
     rows = {}
-    for method in method_order(results, stats, task):
+    for method in methods:
         runs = df[df.method == method]
         ok = runs[runs.status == "ok"]
         score = summary_of(stats, task, method, "score")
@@ -113,11 +121,21 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
         if verdict is not None and verdict.baseline:
             c = verdict.above_baseline.get(method)
             row["vs baseline"] = fmt.MISSING if c is None else ("above" if c.above else "not above")
+        if verdict is not None and verdict.below_probe:
+            below = verdict.below_probe.get(method)
+            row["vs probe"] = fmt.MISSING if below is None else ("below" if below else "not below")
         if "choice_accuracy" in df and df.choice_accuracy.notna().any():
             row["choice accuracy"] = fmt.mean_std(summary_of(stats, task, method, "choice_accuracy"))
+        if show_format:  # the share of well-formed answers, beside the choice accuracy
+            share = shares[method]
+            row["answer format"] = (fmt.MISSING if math.isnan(share) else
+                                    fmt.number(share) + (" not learned" if share < FORMAT_MIN else ""))
+        if any(flagged for flagged, _ in learning.values()):
+            flagged, n = learning[method]
+            row["still learning"] = f"yes ({flagged}/{n})" if flagged else ("no" if n else fmt.MISSING)
         if tuning:
             chosen = tuning.get(method)
-            row["setting"] = (describe(chosen["setting"]) if chosen and chosen.get("setting")
+            row["setting"] = (describe(chosen["setting"]) + _edge(chosen) if chosen and chosen.get("setting")
                               else ("none ok: defaults" if chosen else fmt.MISSING))
             row["tried"] = str(chosen["tried"]) if chosen else fmt.MISSING
         for col, heading, kind in MAIN_METRICS:
@@ -142,6 +160,12 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     return table
 
 
+def _edge(chosen: dict) -> str:
+    """`` (edge)`` (or ``(edge: lr)`` of several swept settings) for a choice at a grid's edge."""
+    edge = chosen.get("edge") or []
+    return "" if not edge else " (edge)" if len(chosen.get("keys") or []) <= 1 else f" (edge: {', '.join(edge)})"
+
+
 def memory_kinds(results: pd.DataFrame, task: str) -> list[str]:
     """What ``peak_memory_bytes`` measured in the task's ok runs (one kind unless runs are mixed)."""
     ok = results[(results.task == task) & (results.status == "ok")]
@@ -162,7 +186,7 @@ def more_table(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> pd.Data
     This is where metrics a plugin or another part of the core adds show up without the report
     knowing them; ``*_bytes`` columns are shown in kB/MB/GB, whole-number columns as integers.
     """
-    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct", "choice_accuracy"}
+    main = {c for c, _, _ in MAIN_METRICS} | {"score", "trainable_pct", "choice_accuracy", "probe_score", "format_share"}
     if stats.empty or task not in stats.index.get_level_values("task"):
         return pd.DataFrame()
     sub = stats.xs(task, level="task")

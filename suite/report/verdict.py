@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..diagnostics import FORMAT_MIN
 from . import formatting as fmt
+from .frames import PROBE
 from .significance import ALPHA, Comparison, compare, per_example, tied_for_best
 from .tables import summary_of
 
@@ -23,6 +25,9 @@ class TaskVerdict:
     baseline: tuple[str, float] | None = None  # the best baseline's name and score
     above_baseline: dict[str, Comparison] = field(default_factory=dict)  # method -> vs the best baseline
     pairwise: pd.DataFrame = field(default_factory=pd.DataFrame)  # row minus column, * when it differs
+    probe: float | None = None  # the linear probe's score (a yardstick, not one of the baselines a verdict needs)
+    below_probe: dict[str, bool] = field(default_factory=dict)  # method -> below the probe at 95% confidence
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # method not above -> what the diagnostics say
     sentences: list[str] = field(default_factory=list)
 
     def not_above(self) -> list[str]:
@@ -41,6 +46,12 @@ def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame
     verdict.best, verdict.against_best = tied_for_best(scores, means)
 
     rows = baselines[(baselines.task == task) & baselines.score.notna()]
+    probe = rows[rows.baseline == PROBE]
+    rows = rows[rows.baseline != PROBE]  # the probe is a yardstick for the diagnostics, not a baseline to beat
+    if len(probe):
+        verdict.probe = float(probe.score.iloc[0])
+        reference = per_example(baseline_answers, [probe.run_id.iloc[0]])
+        verdict.below_probe = {m: compare(reference, s).above for m, s in scores.items() if len(reference)}
     if len(rows):
         top = rows.loc[pd.to_numeric(rows.score).idxmax()]
         verdict.baseline = (str(top.baseline), float(top.score))
@@ -51,8 +62,39 @@ def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame
     cells = {a: {b: _difference(compare(scores[a], scores[b])) if a != b else "" for b in names} for a in names}
     verdict.pairwise = pd.DataFrame.from_dict(cells, orient="index", columns=names)
     verdict.pairwise.index.name = "row − column"
+    verdict.reasons = {m: diagnose(verdict, results, stats, m) for m in verdict.not_above()}
     verdict.sentences = _sentences(verdict, stats, means)
     return verdict
+
+
+def still_learning(results: pd.DataFrame, task: str, method: str) -> tuple[int, int]:
+    """``(flagged, n)``: how many of the method's ok runs on ``task`` were still learning
+    (:func:`suite.diagnostics.learning_tail`), of the ``n`` that were tested."""
+    if "still_learning" not in results:
+        return 0, 0
+    ok = results[(results.task == task) & (results.method == method) & (results.status == "ok")]
+    flags = ok.still_learning.dropna().astype(str)
+    return int((flags == "True").sum()), len(flags)
+
+
+def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method: str) -> list[str]:
+    """Why ``method`` may not be above the best baseline, as far as the diagnostics tell: its dev
+    loss at (or above) the class prior, its loss still falling, its answers outside the format,
+    its score below the linear probe. Empty when none of them fires."""
+    out = []
+    loss, prior = (summary_of(stats, v.task, method, k).mean for k in ("eval_loss", "class_prior_loss"))
+    if math.isfinite(loss) and math.isfinite(prior) and loss >= 0.9 * prior:
+        where = "at" if loss <= 1.1 * prior else "above"
+        out.append(f"dev loss {fmt.number(loss)} {where} the class prior {fmt.number(prior)}")
+    flagged, n = still_learning(results, v.task, method)
+    if flagged:
+        out.append(f"training loss still falling ({flagged} of {n} seeds)")
+    share = summary_of(stats, v.task, method, "format_share").mean
+    if math.isfinite(share) and share < FORMAT_MIN:
+        out.append(f"answers outside the format ({100 * share:.0f}% well-formed)")
+    if v.below_probe.get(method):
+        out.append(f"below the linear probe ({fmt.number(v.probe)})")
+    return out
 
 
 def _difference(c: Comparison) -> str:
@@ -101,8 +143,9 @@ def _sentences(v: TaskVerdict, stats: pd.DataFrame, means: dict[str, float]) -> 
         name, value = v.baseline
         below = v.not_above()
         if below:
+            why = [f"{m} ({'; '.join(v.reasons.get(m) or ['no diagnostic fired'])})" for m in below]
             out.append(f"Not above the best baseline ({name}, {fmt.number(value)}) at 95% confidence: "
-                       f"{', '.join(below)}.")
+                       f"{', '.join(why)}.")
         else:
             out.append(f"Every method is above the best baseline ({name}, {fmt.number(value)}) at 95% confidence.")
     return out
@@ -112,5 +155,9 @@ NOTE = (f"Verdicts and ties: per task, every pair of methods is compared on the 
         f"sign-flip permutation test on the examples' own scores (each the mean over the method's ok seeds); a "
         f"difference with p ≥ {ALPHA} is no difference. 'Tied for best' are the methods not different from the best "
         f"by mean. 'vs baseline' says whether a method is above the best baseline (the untrained base model or the "
-        f"task's trivial answer) at 95% confidence, one-sided. The pairwise table gives row minus column, * where "
-        f"the difference is significant. With many methods some differences pass by chance; read them with that in mind.")
+        f"task's trivial answer) at 95% confidence, one-sided; 'vs probe' whether it is below the linear probe "
+        f"(the same test the other way), which is a yardstick, not a baseline to beat. For a method not above the "
+        f"best baseline the verdict names what the diagnostics found: dev loss at or above the class prior (within "
+        f"10%, or more), training loss still falling, answers outside the format, below the linear probe. The "
+        f"pairwise table gives row minus column, * where the difference is significant. With many methods some "
+        f"differences pass by chance; read them with that in mind.")
