@@ -57,6 +57,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from transformers import set_seed
 
     from . import data, measure, models, taskdata
+    from .attention import ATTENTION_PROMPTS, prepended_attention
     from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
     from .evaluation import choice_accuracy, class_prior_loss, greedy_answers, scored
@@ -210,6 +211,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         texts = answers(model, prepared.test_prompts)
         if task.choices:
             m["choice_accuracy"] = choices(model)
+        m.update(prepended_attention(model, prepared.test_prompts[:ATTENTION_PROMPTS], device))  # prepend methods
     scores, record["generations"] = scored(task, texts, test_examples, prepared.test_texts)
     m.update(scores)  # and per turn, for conversations
     m.update(extra_metrics(task, texts, [ex.output for ex in test_examples], m))

@@ -106,6 +106,10 @@ class SideNetwork(nn.Module):
         n = len(shape.layers)
         # down[0] reads the embeddings, down[j + 1] the output of backbone layer shape.layers[j]
         self.down = nn.ModuleList(nn.Linear(shape.hidden, shape.width, bias=False) for _ in range(n + 1))
+        # each ladder input standardised per dimension (see :meth:`calibrate`); saved with the side
+        self.register_buffer("ladder_mean", torch.zeros(n + 1, shape.hidden))
+        self.register_buffer("ladder_scale", torch.ones(n + 1, shape.hidden))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.alpha = nn.Parameter(torch.zeros(n))  # the gates' logits (times T): mu = 0.5 at start
         self.blocks = nn.ModuleList(SideBlock(shape) for _ in range(n))
         self.norm = nn.RMSNorm(shape.width, eps=shape.eps)
@@ -115,15 +119,40 @@ class SideNetwork(nn.Module):
         """mu_j = sigmoid(alpha_j / T), the weight each ladder gives the backbone's state."""
         return torch.sigmoid(self.alpha / self.shape.gate_temperature)
 
+    @torch.no_grad()
+    def calibrate(self, ladders: list[torch.Tensor], attention_mask=None) -> None:
+        """Set each ladder's per-dimension mean and scale from the real tokens of one batch.
+
+        A backbone's residual stream has outlier dimensions (tiny-zh: |h| of 36-56 in one
+        dimension, about 1 elsewhere) that its own layers read through norms with small gains
+        there. Read raw, they dominate the side network's unit-gain norms and its state hardly
+        varies with the input. Standardised, every kept dimension counts. Data-dependent
+        initialisation (as in weight normalisation, Salimans & Kingma 2016): the first training
+        batch, once; the statistics are buffers, saved and loaded with the side network.
+        """
+        for j, h in enumerate(ladders):
+            x = h.float().flatten(0, 1)
+            if attention_mask is not None and attention_mask.shape == h.shape[:2]:
+                x = x[attention_mask.flatten().bool()]
+            self.ladder_mean[j] = x.mean(0)
+            self.ladder_scale[j] = 1.0 / x.std(0, correction=0).clamp_min(1e-6)
+        self.calibrated.fill_(True)
+
     def forward(self, ladders: list[torch.Tensor], attention_mask=None, cache: SideCache | None = None):
         """The side output in the backbone's width, for ``ladders`` = [h_0, h_i for kept i]."""
+        if self.training and torch.is_grad_enabled() and not bool(self.calibrated):
+            self.calibrate(ladders, attention_mask)
         dtype = self.up.weight.dtype
         past = cache.length if cache is not None else 0
         mask, causal = attention_mask_for(attention_mask, ladders[0].shape[1], past)
         mu = self.gates()
-        s = self.down[0](ladders[0].to(dtype))
+
+        def down(j):
+            return self.down[j]((ladders[j].to(dtype) - self.ladder_mean[j]) * self.ladder_scale[j])
+
+        s = down(0)
         for j, block in enumerate(self.blocks):
-            s = mu[j] * self.down[j + 1](ladders[j + 1].to(dtype)) + (1 - mu[j]) * s
+            s = mu[j] * down(j + 1) + (1 - mu[j]) * s
             s = block(s, mask, causal, cache, j)
         return self.up(self.norm(s))
 

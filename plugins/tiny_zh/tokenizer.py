@@ -3,15 +3,25 @@
 One token per character for every character seen at least twice in the text (simplified
 and, through OpenCC, traditional), ASCII, full-width punctuation and digits, and the financial
 numerals; anything else falls back to its UTF-8 bytes (``<0x..>`` tokens), so no text is ever
-unknown. Its chat template is leitai's plain one (:data:`suite.chat.PLAIN_TEMPLATE`). ``leitai base
-build`` builds it together with the model (plugins/tiny_zh/pretrain.py).
+unknown. Its chat template is leitai's plain one (:data:`suite.chat.PLAIN_TEMPLATE`) without the
+leading start token. ``leitai base build`` builds it together with the model (plugins/tiny_zh/pretrain.py).
+
+Prompts do not start with ``<s>``, as Qwen's do not: tiny-zh was pretrained on packed
+``<s> text </s>`` streams without document masking, so ``<s>`` became a reset that the
+positions after it hardly look across. A method that places tokens before the prompt (prefix
+tuning's prefix, prompt tuning's and P-tuning's virtual tokens) would put them behind that
+reset and be silenced by the base, not by its own weakness (MODEL_CARD.md, "Prompt format").
 """
 from __future__ import annotations
 
 import collections
 from pathlib import Path
 
+from suite.chat import PLAIN_TEMPLATE
+
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+#: conversations: plain Human/Assistant turns (suite.chat), without the start token
+TEMPLATE = PLAIN_TEMPLATE.removeprefix("{{ bos_token or '' }}")
 ALWAYS = (
     "".join(chr(c) for c in range(0x20, 0x7F))
     + "\n\t"
@@ -31,7 +41,6 @@ def build(texts, out_dir: Path = HERE, min_count: int = 2) -> int:
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
-    from suite.chat import PLAIN_TEMPLATE
 
     counts = collections.Counter()
     for text in texts:
@@ -48,13 +57,13 @@ def build(texts, out_dir: Path = HERE, min_count: int = 2) -> int:
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
     tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)]
+        single="$A", pair="$A $B"  # no start token: see the module's docstring
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
     fast.model_max_length = 512
-    fast.chat_template = PLAIN_TEMPLATE  # conversations: plain Human/Assistant turns (suite.chat)
+    fast.chat_template = TEMPLATE  # conversations: plain Human/Assistant turns (suite.chat)
     fast.save_pretrained(str(out_dir), save_jinja_files=False)  # the template inside tokenizer_config.json
     return len(vocab)
 
