@@ -96,6 +96,13 @@ COLUMNS = {
                       "one-sided p < 0.05, and a fitted fall over that tail of at least 2% of its mean loss",
     "tail_slope": "least-squares slope of the training loss against the step over the last 20% of the steps",
     "tail_slope_p": "one-sided p-value (Student's t) that `tail_slope` is negative",
+    "prepended_positions": "positions the method puts before the prompt (prefix keys, virtual tokens), counted "
+                           "from the model's outputs; empty for a method that prepends nothing",
+    "prepended_attention_share": "the share of the last prompt position's attention that lands on the prepended "
+                                 "positions (mean over layers, heads and 8 test prompts; `suite/attention.py`): "
+                                 "near 0 where the base looks past them",
+    "prepended_uniform_share": "the share a uniform attention would give the prepended positions, to compare with "
+                               "`prepended_attention_share`",
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
     "weights_bytes": "bytes of the model's parameters (unique storages)",
     "grads_bytes": "bytes of the gradients of one step",

@@ -80,7 +80,8 @@ def still_learning(results: pd.DataFrame, task: str, method: str) -> tuple[int, 
 def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method: str) -> list[str]:
     """Why ``method`` may not be above the best baseline, as far as the diagnostics tell: its dev
     loss at (or above) the class prior, its loss still falling, its answers outside the format,
-    its score below the linear probe. Empty when none of them fires."""
+    its score below the linear probe, the base looking past the positions it prepends. Empty when
+    none of them fires."""
     out = []
     loss, prior = (summary_of(stats, v.task, method, k).mean for k in ("eval_loss", "class_prior_loss"))
     if math.isfinite(loss) and math.isfinite(prior) and loss >= 0.9 * prior:
@@ -94,6 +95,11 @@ def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method:
         out.append(f"answers outside the format ({100 * share:.0f}% well-formed)")
     if v.below_probe.get(method):
         out.append(f"below the linear probe ({fmt.number(v.probe)})")
+    got, uniform = (summary_of(stats, v.task, method, k).mean
+                    for k in ("prepended_attention_share", "prepended_uniform_share"))
+    if math.isfinite(got) and math.isfinite(uniform) and got < uniform / 5:  # the base looks past what it prepends
+        out.append(f"the answer position gives its prepended positions {100 * got:.1f}% of its attention "
+                   f"(uniform: {100 * uniform:.0f}%)")
     return out
 
 
