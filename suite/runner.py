@@ -13,17 +13,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sweep
+from . import sweep, variants
 from .cell import Cell
 from .errors import UsageError
 from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
-def run_id(method: str, task: str, seed: int, tune: str = "") -> str:
-    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``."""
+def run_id(method: str, task: str, seed: int, tune: str = "", variant: str = "") -> str:
+    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``;
+    a variant (:func:`suite.variants.slug`) comes after the method: ``task__method__replay-zh-news-side-0.3__s0``."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-    return f"{safe(task)}__{safe(method)}__{'tune-' + tune + '__' if tune else ''}s{seed}"
+    return (f"{safe(task)}__{safe(method)}__{variant + '__' if variant else ''}"
+            f"{'tune-' + tune + '__' if tune else ''}s{seed}")
 
 
 @dataclass
@@ -72,8 +74,10 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     return Plan(tasks, methods, params, grids)
 
 
-def _cell(config: ShootoutConfig, plan: Plan, **identity) -> Cell:
-    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **config.run_settings())
+def _cell(config: ShootoutConfig, plan: Plan, variant: dict | None = None, **identity) -> Cell:
+    """A cell of ``config`` with the dimensions' values of ``variant`` (none: all off)."""
+    settings = {**config.run_settings(), **(variant or variants.off())}
+    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **settings)
 
 
 def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
@@ -87,23 +91,37 @@ def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
 def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
     """Every setting of every swept method on every task, with the tuning seeds."""
     return [
-        _cell(config, plan, run_id=run_id(name, task, seed, sweep.label(setting)), method=name, task=task, seed=seed,
-              params={**plan.params[name], **setting}, phase=sweep.TUNE)
+        _cell(config, plan, variant, run_id=run_id(name, task, seed, sweep.label(setting), _slug(config, variant)),
+              method=name, task=task, seed=seed, params={**plan.params[name], **setting}, phase=sweep.TUNE)
         for task in config.tasks for name in config.methods if plan.grids[name]
+        for variant in variants.combinations(config)
         for setting in sweep.combinations(plan.grids[name]) for seed in config.tune_seeds
     ]
 
 
+def _slug(config: ShootoutConfig, variant: dict) -> str:
+    return variants.slug({**config.run_settings(), **variant})
+
+
+def _name(config: ShootoutConfig, method: str, variant: dict) -> str:
+    """What the report calls ``method`` at ``variant`` (the key its tuning is chosen under)."""
+    return variants.display(method, {**config.run_settings(), **variant})
+
+
 def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) -> list[Cell]:
-    """Every method × task × seed, with the method's params (and, for swept methods, the setting
-    ``chosen[(method, task)]`` holds: ``{"setting": ..., ...}`` from :func:`choose_settings`)."""
+    """Every method × variant (:mod:`suite.variants`: each ``--replay`` setting) × task × seed,
+    with the method's params (and, for swept methods, the setting ``chosen[(name, task)]``
+    holds: ``{"setting": ..., ...}`` from :func:`choose_settings`; the name is the method's
+    with its variant's label)."""
     cells = []
     for task in config.tasks:
         for name in config.methods:
-            tuning = (chosen or {}).get((name, task))
-            params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
-            cells += [_cell(config, plan, run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
-                            params=params, tuning=tuning) for seed in config.seeds]
+            for variant in variants.combinations(config):
+                tuning = (chosen or {}).get((_name(config, name, variant), task))
+                params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
+                cells += [_cell(config, plan, variant, run_id=run_id(name, task, seed, variant=_slug(config, variant)),
+                                method=name, task=task, seed=seed, params=params, tuning=tuning)
+                          for seed in config.seeds]
     return cells
 
 
@@ -113,21 +131,23 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
 
 
 def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
-    """``{(method, task): tuning}`` for every swept method: the setting its tuning runs chose on
-    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records."""
+    """``{(name, task): tuning}`` for every swept method (``name``: the method with its variant's
+    label, :func:`suite.variants.display`): the setting its tuning runs chose on dev
+    (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records."""
     chosen = {}
     by_key: dict[tuple, list] = {}
     for record in read_records(out):
         if record.get("phase") == sweep.TUNE:
-            by_key.setdefault((record["method"], record["task"]), []).append(record)
+            by_key.setdefault((variants.record_name(record), record["task"]), []).append(record)
     for task in config.tasks:
-        for name in config.methods:
-            grid = plan.grids[name]
+        for method in config.methods:
+            grid = plan.grids[method]
             if not grid:
                 continue
-            setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
-            chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
-                                    **evidence}
+            for name in [_name(config, method, variant) for variant in variants.combinations(config)]:
+                setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
+                chosen[(name, task)] = {"setting": setting, "keys": sorted(grid),
+                                        "tried": len(sweep.combinations(grid)), **evidence}
     return chosen
 
 

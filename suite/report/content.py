@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import environment, figures, tables
+from .. import variants
+from . import environment, figures, tables, tradeoff
 from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
 from .verdict import NOTE as VERDICT_NOTE
 from .verdict import TaskVerdict, judge
@@ -97,13 +98,15 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
     tasks = sorted(results.task.dropna().unique()) if len(results) else []
     palette = figures.colors(sorted(results.method.dropna().unique())) if len(results) else {}
     orders = {t: tables.method_order(results, stats, t) for t in tasks}
-    chosen = {(r["task"], r["method"]): r["config"]["tuning"] for r in records
+    chosen = {(r["task"], variants.record_name(r)): r["config"]["tuning"] for r in records
               if phase(r) == "final" and (r.get("config") or {}).get("tuning")}
+    places = tradeoff.places(records)  # each run's replay setting
     sections = []
     for task in tasks:
         name = tables.score_name(results, task)
         task_baselines = baselines[baselines.task == task]
         verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task])
+        verdict.sentences += tradeoff.sentences(task, name, results, stats, generations, orders[task], places)
         tuning = {m: t for (t_, m), t in chosen.items() if t_ == task}
         tuning_seconds = tuning_runs[tuning_runs.task == task].groupby("method").train_seconds.sum().to_dict()
         section = TaskSection(
@@ -126,6 +129,9 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
                 section.figures["Training loss"] = loss
             if front:
                 section.figures["Score against cost"] = front
+            traded = tradeoff.figure(task, stats, orders[task], places, name)
+            if traded:
+                section.figures["Score against forgetting (replay settings joined per method)"] = traded
             sensitivity = figures.sensitivity(task, tuning_runs, tuning, palette)
             if sensitivity:
                 section.figures["Sensitivity to the swept settings (tuning runs, dev split)"] = sensitivity
