@@ -38,6 +38,10 @@ NOTES = (
     "runs (dev loss breaks ties); 'setting' is the choice, 'tried' how many settings were trained, "
     "'tuning train s' their training seconds in all. Tuning runs are in results.csv (phase tune) and "
     "never in the means; test data is read only by the final runs.",
+    "replay (with --replay): 'full + replay 0.3' is full fine-tuning with 0.3 of each batch's sequences drawn "
+    "from general text (LM loss on every token; docs/replay.md), at the same batch size and steps, so on fewer task "
+    "examples. The score-against-forgetting figure joins a method's replay settings; the verdict names, per method, "
+    "the setting that keeps the score (not below no replay by the paired test) at the least forgetting.",
     VERDICT_NOTE,
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
