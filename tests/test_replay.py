@@ -258,3 +258,29 @@ def test_the_report_weighs_score_against_forgetting(tmp_path):
     labels = texts[texts.index("accuracy") + 1:-3]  # each point labelled with its replay fraction
     assert labels == ["none", "0.1", "0.3", "none", "0.3"]
     assert "against forgetting" in texts[-3] and "Pareto front" in texts[-3]
+
+
+def test_a_replay_list_is_a_dimension_of_the_plan(tmp_path, registry):
+    """A TOML list (or a comma-separated flag) runs every method at each setting; the runs
+    without replay keep today's ids; labels name each setting once."""
+    from suite.config import build_config
+    from suite.runner import plan
+    from suite.variants import display, label
+
+    path = tmp_path / "c.toml"
+    path.write_text('methods = ["lora", "full"]\nreplay = ["none", "zh-news-side:0.30", "zh-news-side:.1"]\n')
+    cfg = build_config({}, str(path)).fill_defaults(registry)
+    assert cfg.replay == "none,zh-news-side:0.3,zh-news-side:0.1"  # checked and normalised once
+    cells = plan(cfg, registry)
+    assert [(c.run_id, c.replay) for c in cells[:3]] == [
+        ("zh-sentiment__lora__s0", "none"),
+        ("zh-sentiment__lora__replay-zh-news-side-0.3__s0", "zh-news-side:0.3"),
+        ("zh-sentiment__lora__replay-zh-news-side-0.1__s0", "zh-news-side:0.1"),
+    ]
+    assert [display(c.method, vars(c)) for c in cells] == [
+        "lora", "lora + replay 0.3", "lora + replay 0.1", "full", "full + replay 0.3", "full + replay 0.1"]
+    notes = tmp_path / "notes.txt"
+    notes.write_text("一段文字\n", encoding="utf-8")
+    cfg = build_config({"methods": "lora", "replay": f"{notes}:0.25", "batch_size": 4}).fill_defaults(registry)
+    (cell,) = plan(cfg, registry)
+    assert label(vars(cell)) == " + replay notes.txt 0.25" and cell.run_id == "zh-sentiment__lora__replay-notes.txt-0.25__s0"
