@@ -56,7 +56,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from . import data, measure, models, taskdata
+    from . import data, measure, models, replay, taskdata
     from .attention import ATTENTION_PROMPTS, prepended_attention
     from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
@@ -164,8 +164,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         view_before = forgetting.view_loss(model, "before training")
 
-    batches_idx = data.batch_order([e.length for e in train_set], cell.batch_size, cell.max_steps, cell.seed)
-    batches = [[train_set[i] for i in b] for b in batches_idx]
+    mix = replay.batches(cell, reg, tokenizer, train_set)  # the same for every method; with --replay, two parts
+    batches = mix.task
     settings = TrainSettings(
         lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
         grad_clip=cell.grad_clip, log_every=cell.log_every,
@@ -175,7 +175,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
-            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params))
+            result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params),
+                           replay=mix.replay)
     model = accelerator.unwrap_model(model)
     peaks = [peak.peak]
     if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process
@@ -195,6 +196,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     )
     m.update(learning_tail(result.losses))  # was the loss still falling at the end?
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
+    replay.record(mix, result, record)  # the replay part's losses: the curve's replay split
     if result.diverged:
         record["status"] = "diverged"
         record["error"] = f"non-finite training loss at step {len(result.losses)}"

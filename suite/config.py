@@ -137,6 +137,8 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for key in ("methods", "tasks"):
         if isinstance(values.get(key), str):
             values[key] = [v.strip() for v in values[key].split(",") if v.strip()]
+    if isinstance(values.get("replay"), list):  # TOML: replay = ["none", "zh-news-side:0.3"]
+        values["replay"] = ",".join(map(str, values["replay"]))
     for key in ("seeds", "tune_seeds"):
         if key in values:
             values[key] = parse_seeds(values[key], "--" + key.replace("_", "-"))

@@ -54,8 +54,10 @@ NOTES = {
 COLUMNS = {
     # the output contract (suite.report.RESULT_COLUMNS)
     "run_id": "the run's id, `<task>__<method>__s<seed>` (a tuning run's adds its setting: "
-              "`<task>__<method>__tune-lr1e-03__s0`); its files are in `runs/<run_id>/`",
-    "method": "the method's name (`--methods`)",
+              "`<task>__<method>__tune-lr1e-03__s0`; a `--replay` run's its replay setting after the method: "
+              "`<task>__<method>__replay-zh-news-side-0.3__s0`); its files are in `runs/<run_id>/`",
+    "method": "the method's name (`--methods`), with its `--replay` setting when it has one: `full + replay 0.3` "
+              "(the name the tables and paired tests use; the method alone is `plain_method`)",
     "task": "the task's name (`--tasks`)",
     "seed": "the run's seed (every RNG; the batch order too)",
     "model": "the base model (`--model`)",
@@ -125,6 +127,8 @@ COLUMNS = {
     "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several)",
     "trainable_dtype": "the dtype of what trains, measured after the core's cast to float32",
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
+    "plain_method": "the method's own name, without a `--replay` label",
+    "replay": "the run's `--replay` setting: `none`, or `SOURCE:FRACTION` (docs/replay.md)",
     # further measurements, passed through by name
     "answer_head": "whether the output head ran only at the answer positions (else on full logits)",
     "data_seconds": "seconds to load and tokenise the task (or read it from the cache)",
@@ -141,6 +145,11 @@ COLUMNS = {
     "infer_prefill_tokens_per_second_base": "the same for the base model",
     "infer_prefill_tokens_per_second_merged": "the same for the merged model",
     "merge_max_logit_diff": "the largest difference between merged and unmerged logits on the timed prompts",
+    "final_replay_loss": "`--replay` runs: the mean replay loss (LM loss per replay token) of the last 10% of "
+                         "the steps; the curve's `replay` split has every step's",
+    "replay_texts": "`--replay` runs: the distinct replay texts the steps drew from",
+    "task_examples_per_step": "`--replay` runs: task examples in each batch (the batch size less the replay sequences)",
+    "replay_sequences_per_step": "`--replay` runs: replay sequences in each batch",
     "peak_memory_per_device": "a distributed cell's peak memory on each device (JSON list)",
     "processes": "a distributed cell's process count",
 }

@@ -32,7 +32,9 @@ class SideCorpus:
 
     def texts(self, count: int) -> list[str]:
         """The first ``count`` texts of the corpus, the same in every process. They must share
-        no text with any task's splits (or the base model's pretraining text, where known)."""
+        no text with any task's splits (or the base model's pretraining text, where known).
+        Forgetting is measured on a prefix of them; ``--replay NAME:FRACTION`` trains on the
+        texts after the first :data:`suite.replay.MEASURED` (``texts(MEASURED + n)``), never on those."""
         raise NotImplementedError
 
 

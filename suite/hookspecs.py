@@ -71,7 +71,8 @@ def register_side_corpora(register):
 
     Call ``register(corpus)`` with an instance of a :class:`suite.SideCorpus` subclass;
     ``corpus.name`` is what users type after ``--side-corpus``. The core measures every run's
-    cross-entropy on it before and after training.
+    cross-entropy on it before and after training. ``--replay NAME:FRACTION`` mixes the corpus's
+    texts after the first 256 (which forgetting is measured on) into training (docs/replay.md).
     """
 
 

@@ -13,17 +13,19 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import sweep
+from . import sweep, variants
 from .cellspec import Cell
 from .errors import UsageError
 from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
-def run_id(method: str, task: str, seed: int, tune: str = "") -> str:
-    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``."""
+def run_id(method: str, task: str, seed: int, tune: str = "", variant: str = "") -> str:
+    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``;
+    a variant (:func:`suite.variants.slug`) comes after the method: ``task__method__replay-zh-news-side-0.3__s0``."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-    return f"{safe(task)}__{safe(method)}__{'tune-' + tune + '__' if tune else ''}s{seed}"
+    return (f"{safe(task)}__{safe(method)}__{variant + '__' if variant else ''}"
+            f"{'tune-' + tune + '__' if tune else ''}s{seed}")
 
 
 @dataclass
@@ -91,8 +93,10 @@ def _shipped(registry, task: str) -> bool:
     return plugin is not None and plugin.source.startswith("leitai ")
 
 
-def _cell(config: ShootoutConfig, plan: Plan, **identity) -> Cell:
-    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **config.run_settings())
+def _cell(config: ShootoutConfig, plan: Plan, variant: dict | None = None, **identity) -> Cell:
+    """A cell of ``config`` with the dimensions' values of ``variant`` (none: all off)."""
+    settings = {**config.run_settings(), **(variant or variants.off())}
+    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **settings)
 
 
 def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
@@ -106,23 +110,37 @@ def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
 def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
     """Every setting of every swept method on every task, with the tuning seeds."""
     return [
-        _cell(config, plan, run_id=run_id(name, task, seed, sweep.label(setting)), method=name, task=task, seed=seed,
-              params={**plan.params[name], **setting}, phase=sweep.TUNE)
+        _cell(config, plan, variant, run_id=run_id(name, task, seed, sweep.label(setting), _slug(config, variant)),
+              method=name, task=task, seed=seed, params={**plan.params[name], **setting}, phase=sweep.TUNE)
         for task in config.tasks for name in config.methods if plan.grids[name]
+        for variant in variants.combinations(config)
         for setting in sweep.combinations(plan.grid(name, task)) for seed in config.tune_seeds
     ]
 
 
+def _slug(config: ShootoutConfig, variant: dict) -> str:
+    return variants.slug({**config.run_settings(), **variant})
+
+
+def _name(config: ShootoutConfig, method: str, variant: dict) -> str:
+    """What the report calls ``method`` at ``variant`` (the key its tuning is chosen under)."""
+    return variants.display(method, {**config.run_settings(), **variant})
+
+
 def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) -> list[Cell]:
-    """Every method × task × seed, with the method's params (and, for swept methods, the setting
-    ``chosen[(method, task)]`` holds: ``{"setting": ..., ...}`` from :func:`choose_settings`)."""
+    """Every method × variant (:mod:`suite.variants`: each ``--replay`` setting) × task × seed,
+    with the method's params (and, for swept methods, the setting ``chosen[(name, task)]``
+    holds: ``{"setting": ..., ...}`` from :func:`choose_settings`; the name is the method's
+    with its variant's label)."""
     cells = []
     for task in config.tasks:
         for name in config.methods:
-            tuning = (chosen or {}).get((name, task))
-            params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
-            cells += [_cell(config, plan, run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
-                            params=params, tuning=tuning) for seed in config.seeds]
+            for variant in variants.combinations(config):
+                tuning = (chosen or {}).get((_name(config, name, variant), task))
+                params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
+                cells += [_cell(config, plan, variant, run_id=run_id(name, task, seed, variant=_slug(config, variant)),
+                                method=name, task=task, seed=seed, params=params, tuning=tuning)
+                          for seed in config.seeds]
     return cells
 
 
@@ -132,25 +150,27 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
 
 
 def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
-    """``{(method, task): tuning}`` for every swept method: the setting its tuning runs chose on
-    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records;
+    """``{(name, task): tuning}`` for every swept method (``name``: the method with its variant's
+    label, :func:`suite.variants.display`): the setting its tuning runs chose on dev
+    (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records;
     ``edge`` lists the settings whose choice lies at an edge of the grid tried, ``extended`` the
     values added beyond the declared grid (:func:`bracket`)."""
     chosen = {}
     by_key: dict[tuple, list] = {}
     for record in read_records(out):
         if record.get("phase") == sweep.TUNE:
-            by_key.setdefault((record["method"], record["task"]), []).append(record)
+            by_key.setdefault((variants.record_name(record), record["task"]), []).append(record)
     for task in config.tasks:
-        for name in config.methods:
-            grid = plan.grid(name, task)
+        for method in config.methods:
+            grid = plan.grid(method, task)
             if not grid:
                 continue
-            setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
-            chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
-                                    "edge": sweep.edges(grid, setting), **evidence}
-            if plan.extended.get((name, task)):
-                chosen[(name, task)]["extended"] = plan.extended[(name, task)]
+            for name in [_name(config, method, variant) for variant in variants.combinations(config)]:
+                setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
+                chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
+                                        "edge": sweep.edges(grid, setting), **evidence}
+                if plan.extended.get((method, task)):
+                    chosen[(name, task)]["extended"] = plan.extended[(method, task)]
     return chosen
 
 
@@ -166,10 +186,16 @@ def bracket(executor, config: ShootoutConfig, plan: Plan, out: Path, bar, outcom
         return
     for _ in range(sweep.MAX_ROUNDS):
         before = {cell.run_id for cell in tuning_cells(config, plan)}
-        for (name, task), tuning in choose_settings(out, config, plan).items():
-            more = sweep.extend(plan.grid(name, task), tuning["setting"], sweep_bounds(plan.methods[name]), plan.grids[name])
-            for key, values in more.items():
-                plan.extended.setdefault((name, task), {}).setdefault(key, []).extend(values)
+        chosen = choose_settings(out, config, plan)
+        for task in config.tasks:
+            for method in (m for m in config.methods if plan.grids[m]):
+                for variant in variants.combinations(config):  # a value one variant needs, every variant tries
+                    setting = chosen[(_name(config, method, variant), task)]["setting"]
+                    more = sweep.extend(plan.grid(method, task), setting, sweep_bounds(plan.methods[method]),
+                                        plan.grids[method])
+                    for key, values in more.items():
+                        added = plan.extended.setdefault((method, task), {}).setdefault(key, [])
+                        added.extend(v for v in values if v not in added)
         new = [cell for cell in tuning_cells(config, plan) if cell.run_id not in before]
         if not new:
             return

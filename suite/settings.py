@@ -16,6 +16,7 @@ import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from . import replay
 from .errors import UsageError
 
 
@@ -59,6 +60,10 @@ class RunSettings:
     side_corpus: str = setting("", "text forgetting is measured on: a registered side corpus, or none", fair=True,
                                default_text="the registered default, zh-news-side")
     side_corpus_size: int = setting(128, "side-corpus texts to measure forgetting on", fair=True, minimum=0)
+    replay: str = setting("none", "mix general text into training against forgetting: SOURCE (a side corpus or a "
+                          "text/JSONL file) and the share of each batch's sequences drawn from it; a comma-separated "
+                          "list runs every method at each setting (docs/replay.md)", fair=True,
+                          metavar="none|SOURCE:FRACTION[,...]")
     infer_prompts: int = setting(8, "test prompts to time inference on, per run (0: no timing)", fair=True, minimum=0)
     infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
 
@@ -111,6 +116,7 @@ class ShootoutConfig(RunSettings):
             self.side_corpus = registry.default("side_corpora", none="none")
         elif self.side_corpus != "none":
             registry.get("side_corpora", self.side_corpus, hint="or none")
+        self.replay = replay.resolve(self, registry)  # checked and normalised; a list is a dimension
         if not self.out:
             self.out = str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
         if not self.methods or not self.tasks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -33,7 +34,8 @@ class TrainSettings:
 
 @dataclass
 class TrainResult:
-    losses: list[float] = field(default_factory=list)  # one per step actually taken
+    losses: list[float] = field(default_factory=list)  # one per step actually taken (with replay: the task part's)
+    replay_losses: list[float] = field(default_factory=list)  # with replay: the replay part's, per step
     tokens: int = 0  # non-padding tokens seen by training steps
     seconds: float = 0.0
     diverged: bool = False
@@ -99,12 +101,20 @@ class AnswerHead:
         """The batch's loss: answer-only logits when active, else the model's own loss."""
         if not self.active:
             return model(**batch).loss
+        return F.cross_entropy(self.logits(model, batch, index).float(), index[2])
+
+    def logits(self, model, batch: dict, index) -> torch.Tensor:
+        """The logits at the loss positions, ``(n_loss_tokens, vocab)``: from the answer-only
+        head when active, else cut from the full logits (a method's prepended positions dropped)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if not self.active:
+            rows, cols, _, width = index
+            return model(input_ids=ids, attention_mask=mask).logits[:, -width:][rows, cols]
         self._index, self._calls = index, 0
         try:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            return model(input_ids=ids, attention_mask=mask).logits
         finally:
             self._index = None
-        return F.cross_entropy(logits.float(), index[2])
 
     @torch.no_grad()
     def check(self, model, batch: dict, index) -> bool:
@@ -164,12 +174,17 @@ def make_optimizer(model, settings: TrainSettings, steps: int, method=None, para
 
 
 def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSettings, accelerator, progress=None,
-          method=None, params: dict | None = None) -> TrainResult:
+          method=None, params: dict | None = None, replay: list[list[Encoded]] | None = None) -> TrainResult:
     """Train ``model`` on ``batches`` in order; stops early (``diverged``) on a non-finite loss.
 
     With a ``method`` (and its ``params``), the optimiser takes its parameter groups
     (:func:`make_optimizer`) and its :meth:`~suite.Method.after_step` runs after every step.
+    With ``replay`` (one batch of replay sequences per step, :mod:`suite.replay`), each step
+    trains on its task batch and its replay batch together, the loss
+    :func:`suite.replay.mixed_loss`; each part's loss is kept (``losses``, ``replay_losses``).
     """
+    from .replay import mixed_loss
+
     optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
     unwrapped = model  # what the method built; accelerate may wrap it (DDP)
     model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
@@ -178,6 +193,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     device = accelerator.device
     result = TrainResult()
     pending: list[torch.Tensor] = []
+    pending_replay: list[torch.Tensor] = []
     model.train()
     rank, world = accelerator.process_index, accelerator.num_processes
     head = AnswerHead(accelerator.unwrap_model(model))
@@ -188,16 +204,22 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     start = time.perf_counter()
     for step, items in enumerate(batches):
         items = items[rank::world] if world > 1 else items  # data parallel: each process its share
-        batch = collate(items, pad_id)
+        extra = (replay[step][rank::world] if world > 1 else replay[step]) if replay else []
+        batch = collate(items + extra, pad_id)  # task examples first, then the replay sequences
         index = loss_index(batch["labels"])
-        result.tokens += sum(e.length for e in items)
+        is_task = (index[0] < len(items)).to(device, non_blocking=True) if extra else None
+        result.tokens += sum(e.length for e in items + extra)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
-        if step == 0:  # measure what one step keeps for backward, once
-            with saved_for_backward(exclude=all_params) as saved:
-                loss = head.loss(model, batch, index)
-        else:
-            loss = head.loss(model, batch, index)
+
+        # measure what one step keeps for backward, once
+        with saved_for_backward(exclude=all_params) if step == 0 else nullcontext() as saved:
+            if extra:
+                loss, task_loss, replayed = mixed_loss(head.logits(model, batch, index), index[2], is_task,
+                                                       len(items), len(extra))
+                pending_replay.append(replayed.detach())
+            else:
+                loss = task_loss = head.loss(model, batch, index)
         accelerator.backward(loss)
         if step == 0:
             result.breakdown["activation_bytes"] = saved["bytes"]
@@ -211,18 +233,15 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
             result.breakdown["optimizer_bytes"] = optimizer_bytes(optimizer)
-        pending.append(loss.detach())
+        pending.append(task_loss.detach())
         if (step + 1) % settings.log_every == 0 or step + 1 == len(batches):
-            stacked = torch.stack(pending).float()
-            if world > 1:
-                stacked = accelerator.reduce(stacked, "mean")
-            values = stacked.cpu().tolist()
-            pending.clear()
+            values, replayed = (_read(accelerator, p) for p in (pending, pending_replay))
             result.losses += values
+            result.replay_losses += replayed
             if progress is not None:
                 progress.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
                 progress.update(len(values))
-            if not all(math.isfinite(v) for v in values):
+            if not all(math.isfinite(v) for v in values + replayed):
                 result.diverged = True
                 break
     if device.type == "cuda":
@@ -230,6 +249,17 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     result.seconds = time.perf_counter() - start
     head.remove()
     return result
+
+
+def _read(accelerator, pending: list[torch.Tensor]) -> list[float]:
+    """The pending step losses as floats on the host (the mean over processes); ``pending`` emptied."""
+    if not pending:
+        return []
+    stacked = torch.stack(pending).float()
+    if accelerator.num_processes > 1:
+        stacked = accelerator.reduce(stacked, "mean")
+    pending.clear()
+    return stacked.cpu().tolist()
 
 
 @torch.inference_mode()

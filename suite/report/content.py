@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import environment, figures, tables
+from .. import variants
+from . import environment, figures, tables, tradeoff
 from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
 from .verdict import NOTE as VERDICT_NOTE
 from .verdict import TaskVerdict, judge
@@ -46,6 +47,10 @@ NOTES = (
     "answers that are non-empty and in the answer set. 'still learning' (shown when a run has it): seeds "
     "whose training loss still fell over the last 20% of the steps (least-squares slope, one-sided "
     "p < 0.05, a fall of at least 2% of the loss): more steps would change the row.",
+    "replay (with --replay): 'full + replay 0.3' is full fine-tuning with 0.3 of each batch's sequences drawn "
+    "from general text (LM loss on every token; docs/replay.md), at the same batch size and steps, so on fewer task "
+    "examples. The score-against-forgetting figure joins a method's replay settings; the verdict names, per method, "
+    "the setting that keeps the score (not below no replay by the paired test) at the least forgetting.",
     VERDICT_NOTE,
     "kB, MB, GB are powers of 1000. Numbers have 3 significant figures; 1,000 and more keep "
     "all integer digits.",
@@ -106,13 +111,15 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
     tasks = sorted(results.task.dropna().unique()) if len(results) else []
     palette = figures.colors(sorted(results.method.dropna().unique())) if len(results) else {}
     orders = {t: tables.method_order(results, stats, t) for t in tasks}
-    chosen = {(r["task"], r["method"]): r["config"]["tuning"] for r in records
+    chosen = {(r["task"], variants.record_name(r)): r["config"]["tuning"] for r in records
               if phase(r) == "final" and (r.get("config") or {}).get("tuning")}
+    places = tradeoff.places(records)  # each run's replay setting
     sections = []
     for task in tasks:
         name = tables.score_name(results, task)
         task_baselines = baselines[baselines.task == task]
         verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task])
+        verdict.sentences += tradeoff.sentences(task, name, results, stats, generations, orders[task], places)
         tuning = {m: t for (t_, m), t in chosen.items() if t_ == task}
         tuning_seconds = tuning_runs[tuning_runs.task == task].groupby("method").train_seconds.sum().to_dict()
         section = TaskSection(
@@ -135,6 +142,9 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
                 section.figures["Training loss"] = loss
             if front:
                 section.figures["Score against cost"] = front
+            traded = tradeoff.figure(task, stats, orders[task], places, name)
+            if traded:
+                section.figures["Score against forgetting (replay settings joined per method)"] = traded
             sensitivity = figures.sensitivity(task, tuning_runs, tuning, palette)
             if sensitivity:
                 section.figures["Sensitivity to the swept settings (tuning runs, dev split)"] = sensitivity

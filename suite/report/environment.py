@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 
+from .. import variants
 from ..settings import FAIR_SETTINGS
 
 #: environment fields shown in the footer, as (column, where in ``record["env"]``)
@@ -89,7 +90,7 @@ def warnings(records: list[dict]) -> list[str]:
         by_task.setdefault(r.get("task"), []).append(r)
     for task in sorted(by_task, key=str):
         configs = [r.get("config") or {} for r in by_task[task]]
-        for key in FAIR_SETTINGS:
+        for key in [k for k in FAIR_SETTINGS if k not in variants.SETTINGS]:  # dimensions differ on purpose
             values = pd.Series([_canon(c[key]) for c in configs if key in c], dtype=object)
             if values.nunique() > 1:
                 out.append(f"task {task}: runs differ in the setting {key}: {_spread(values)}")
@@ -99,7 +100,7 @@ def warnings(records: list[dict]) -> list[str]:
                 continue  # tuning runs try other settings on purpose
             p = (r.get("config") or {}).get("params")
             if p:
-                params.setdefault(r.get("method"), set()).add(_canon(p))
+                params.setdefault(variants.record_name(r), set()).add(_canon(p))
         for method in sorted(m for m, ps in params.items() if len(ps) > 1):
             out.append(f"task {task}: the seeds of {method} ran with different method settings")
     return out

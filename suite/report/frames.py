@@ -10,6 +10,8 @@ import numbers
 
 import pandas as pd
 
+from .. import variants
+
 RESULT_COLUMNS = (
     "run_id method task seed model status error trainable_params total_params trainable_pct "
     "adapter_bytes peak_memory_bytes memory_kind train_seconds train_tokens tokens_per_second "
@@ -21,10 +23,11 @@ EXTRA_COLUMNS = (
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
-    "device device_name dtype weights_dtype trainable_dtype method_info"
-).split()
+    "device device_name dtype weights_dtype trainable_dtype method_info plain_method"
+).split() + list(variants.SETTINGS)
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info")
+                "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info",
+                "plain_method", *variants.SETTINGS)
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
 #: what the linear probe on the frozen base (:func:`suite.diagnostics.probe_baseline`) is called
@@ -53,8 +56,11 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     in :func:`baselines_frame`.
 
     Metrics the report does not know are passed through (sorted by name), so a new measurement
-    reaches ``results.csv`` without a change here. ``probe_score`` is the task's linear-probe
-    baseline (from its baseline record), beside each run's own score.
+    reaches ``results.csv`` without a change here. ``method`` is the method's name with its
+    variant's label (``full + replay 0.3``, :mod:`suite.variants`), so tables, figures and paired
+    tests compare variants like methods; ``plain_method`` is the method's own name and the
+    dimensions' settings (``replay``) have a column each. ``probe_score`` is the task's
+    linear-probe baseline (from its baseline record), beside each run's own score.
     """
     probes = {r.get("task"): (r.get("probe") or {}).get("score") for r in records
               if is_baseline(r) and r.get("status") == "ok" and r.get("probe")}
@@ -64,6 +70,9 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
             continue
         row = {k: r.get(k) for k in ("run_id", "method", "task", "seed", "model", "status", "error")}
         row["phase"] = phase(r)
+        config = r.get("config") or {}
+        row["method"], row["plain_method"] = variants.record_name(r), r.get("method")
+        row.update({d.setting: config.get(d.setting, d.off) for d in variants.DIMENSIONS})
         row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
         row["probe_score"] = probes.get(r.get("task"))
         env = r.get("env") or {}

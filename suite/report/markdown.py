@@ -49,7 +49,7 @@ def render(report: Report) -> str:
     verdicts = [sentence for section in report.sections if section.verdict for sentence in section.verdict.sentences]
     if verdicts:
         lines += ["## Verdict", ""] + [cell(v) for v in verdicts] + ["", "(How the tests work: the notes at the end.)", ""]
-    lines += ["Figures (loss curves, Pareto fronts, tuning, memory) are in `report.html`.", ""]
+    lines += ["Figures (loss curves, Pareto fronts, score against forgetting, tuning, memory) are in `report.html`.", ""]
     if report.overall is not None:
         lines += ["## Overall", "", table(report.overall), "", cell(OVERALL_NOTE), ""]
     for s in report.sections:
