@@ -57,7 +57,8 @@ def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=std)
     info = {"init": params["init"]}
-    if params["init"] == "prune":
+    weightless = next(base.parameters()).device.type == "meta"  # leitai plan: shapes only, nothing to prune from
+    if params["init"] == "prune" and not weightless:
         try:
             if arch is None:
                 raise ArchitectureError(why_not)
