@@ -144,7 +144,7 @@ def chart(plans: list[MethodPlan], budget: int | None, path: Path, title: str) -
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("predicted peak training memory (GiB)")
         ax.set_title(title, loc="left", fontsize=9)
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.5 / (0.9 + 0.32 * len(plans))), ncol=5, fontsize=7)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
     return path

@@ -30,6 +30,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
@@ -39,6 +40,9 @@ from .errors import UsageError
 aten = torch.ops.aten
 #: values of tensors larger than this are not shadowed (masks of long sequences still are)
 SHADOW_LIMIT = 1 << 26
+#: floating-point results are shadowed only up to this size (a float attention mask per layer
+#: of a long sequence would hold gigabytes; control flow reads integer tensors)
+FLOAT_LIMIT = 1 << 12
 #: torch's SDPBackend numbers, as ``aten._fused_sdp_choice`` returns them
 _SDP = {"math": 0, "flash": 1, "efficient": 2}
 
@@ -57,9 +61,9 @@ class _Shadow(TorchDispatchMode):
     saved tensors are the ones a real run saves.
     """
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", amp: torch.dtype | None = None):
         super().__init__()
-        self.device = device
+        self.device, self.amp = device, amp
         self.values = WeakIdKeyDictionary()  # tensors compare by value with ==; these by identity
 
     def known(self, t: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -90,9 +94,10 @@ class _Shadow(TorchDispatchMode):
             out = None
         if not known:
             return out
-        if out is not None:
+        if out is not None:  # integer values (ids, masks, positions) are shadowed; floats only when tiny
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.device.type == "meta"]
-            if not outs or sum(t.numel() for t in outs) > SHADOW_LIMIT:
+            size = sum(t.numel() for t in outs)
+            if not outs or size > SHADOW_LIMIT or (size > FLOAT_LIMIT and any(t.is_floating_point() for t in outs)):
                 return out
         real = func(*tree_map(self._real, args), **tree_map(self._real, kwargs))
         if out is None:
@@ -118,6 +123,8 @@ class _Shadow(TorchDispatchMode):
         for every meta tensor (it saves the attention matrix, the fused kernels do not)."""
         if query.device.type != "meta":
             return self._sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        if self.amp is not None:  # autocast's lower-precision list has SDPA
+            query, key, value = (t.to(self.amp) if t.dtype != self.amp else t for t in (query, key, value))
         if attn_mask is not None and attn_mask.dtype == torch.bool:  # as ATen converts it, in the query's dtype
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(attn_mask.logical_not(), -math.inf)
         gqa = enable_gqa and key.shape[-3] != query.shape[-3]
@@ -145,6 +152,32 @@ class _Shadow(TorchDispatchMode):
         except Exception:
             return False
         return choice == _SDP["flash"]
+
+
+class _Autocast(TorchFunctionMode):
+    """torch's autocast for meta tensors, which have no autocast dispatch key: the matrix
+    products run in ``dtype`` (the ops of autocast's lower-precision list), their inputs cast
+    through autograd, so the half-precision copies are what the products save, as in a run."""
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        F = torch.nn.functional
+        self.ops = {F.linear, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+                    torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.addmm, torch.Tensor.addmm,
+                    torch.baddbmm, torch.Tensor.baddbmm, torch.addbmm, F.conv1d, F.conv2d, F.conv3d, torch.einsum,
+                    F.prelu}
+
+    def cast(self, x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != self.dtype:
+            return x.to(self.dtype)
+        return x
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.ops:
+            args, kwargs = tree_map(self.cast, (args, kwargs))
+        return func(*args, **kwargs)
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -253,57 +286,83 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     from .precision import cast_weights, upcast_trainable
     from .train import AnswerHead, enable_gradient_checkpointing, loss_index
 
-    shadow = _Shadow(device)
+    from contextlib import nullcontext
+
+    from .precision import mixed_precision
+
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(dtype, torch.device(device)))
+    shadow = _Shadow(device, amp)
     plan = MethodPlan(method.name)
+    autocast = (lambda: _Autocast(amp)) if amp is not None else nullcontext
+    if base is None:
+        base = build_meta(config, dtype, trust_remote_code)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+    model = method.apply(base, dict(params))  # outside the shadow mode: every op through it costs time
+    upcast_trainable(model)
     with shadow:
-        if base is None:
-            base = build_meta(config, dtype, trust_remote_code)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(base)
-        model = method.apply(base, dict(params))
-        upcast_trainable(model)
         plan.trainable_params = count_parameters(model, trainable_only=True)
         plan.weights_bytes = tensor_bytes(unique_parameters(model))
         trainable = [p for p in model.parameters() if p.requires_grad]
         counter = SavedTensors(exclude=list(model.parameters()))
         handles = [p.register_post_accumulate_grad_hook(counter.grad_accumulated) for p in trainable]
         head = AnswerHead(model)
-        logits_bytes = []
+        logits_bytes, head_hook = [], None
         if head.active:
             head_hook = head.head.register_forward_hook(
                 lambda m, a, out: logits_bytes.append(out.numel() * out.element_size()))
-        model.train()
         inputs = meta_batch(shadow, batch)
+        if head.active and not _plain_cross_entropy(model, inputs):  # AnswerHead.check would find them differ
+            head.remove()
+        model.train()
         index = loss_index(inputs["labels"])  # on the shadowed labels: rows and columns share a storage, as in a cell
         try:
             with counter.hooks():
-                loss = head.loss(model, inputs, index) if head.active else None
-                if head.active and head._calls != 1:  # as AnswerHead.check finds it: the model's own loss
-                    head.remove()
-                    loss = None
-                if loss is None:
-                    logits_bytes.clear()
-                    loss = model(**inputs).loss
+                logits_bytes.clear()
+                with autocast():
+                    loss = head.loss(model, inputs, index) if head.active else None
+                    if head.active and head._calls != 1:  # as AnswerHead.check finds it: the model's own loss
+                        head.remove()
+                        loss = None
+                    if loss is None:
+                        logits_bytes.clear()
+                        loss = model(**inputs).loss
                 plan.activation_bytes = counter.live
+                plan.answer_head = head.active
                 loss.backward()
         finally:
             for h in handles:
                 h.remove()
-            if head.active:
+            if head_hook is not None:
                 head_hook.remove()
             head.remove()
-    plan.answer_head = bool(logits_bytes)
     with_grad = [p for p in trainable if p.grad is not None]
     plan.grads_bytes = tensor_bytes(p.grad for p in with_grad)
     plan.optimizer_bytes = adamw_state_bytes(with_grad)
     plan.peak_activation_bytes = counter.peak
-    if logits_bytes:  # the head's output, and its float32 copy for the loss when it is in half precision
-        plan.transient_bytes = logits_bytes[0] * (1 if dtype == torch.float32 else 3)
-    else:
-        plan.transient_bytes = _full_logits_bytes(config, batch, dtype)
+    # the head's output, and its float32 copy for the loss when it is in half precision
+    logits = logits_bytes[0] if logits_bytes else _full_logits_bytes(config, batch, dtype)
+    plan.transient_bytes = logits * (1 if dtype == torch.float32 else 3)
     plan.predicted_peak_bytes = (plan.weights_bytes + plan.optimizer_bytes + plan.peak_activation_bytes
                                  + plan.transient_bytes)
     return plan
+
+
+def _plain_cross_entropy(model, inputs: dict) -> bool:
+    """Whether the model's own loss (eval mode, as :meth:`AnswerHead.check` runs it) is the
+    cross-entropy alone, which the answer-only head gives too; a method that adds a term
+    (AdaLoRA's orthogonality penalty) is trained on the model's own loss. :meth:`check`
+    compares values; here there are none, so the last node of the loss's graph decides."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss = model(**inputs).loss
+    finally:
+        model.train(was_training)
+    node = loss.grad_fn if loss is not None else None
+    while node is not None and node.name() == "DivBackward0":  # a sum over tokens divided by their number
+        node = node.next_functions[0][0]
+    return node is not None and node.name() == "NllLossBackward0"
 
 
 def _full_logits_bytes(config, batch: dict, dtype: torch.dtype) -> int:
