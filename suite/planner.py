@@ -25,6 +25,7 @@ in a real run.
 from __future__ import annotations
 
 import math
+import warnings
 import re
 
 from dataclasses import asdict, dataclass, field
@@ -417,3 +418,22 @@ def parse_bytes(text: str, what: str = "--memory") -> int:
 
 def gib(n: int | None) -> str:
     return "" if n is None else f"{n / 2**30:.2f}"
+
+
+def cell_prediction(method, params: dict, config, items: list, pad_id: int, dtype: torch.dtype,
+                    gradient_checkpointing: bool, device: str, trust_remote_code: bool = False) -> int | None:
+    """A cell's ``predicted_peak_bytes``, on the basis its ``peak_memory_bytes`` is measured on:
+    on CUDA the whole (``max_memory_allocated`` counts the weights already there), on the CPU
+    without the weights (the RSS is measured from just before training, weights loaded). The
+    cell's first batch (``items``) is the shape. None where the plan cannot be made: the
+    prediction never fails a cell. The global RNG is left as it was (the cell's seed decides)."""
+    from .data import collate
+
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = predict(method, dict(params), config, collate(items, pad_id), dtype, gradient_checkpointing,
+                           device, trust_remote_code)
+    except Exception:
+        return None
+    return plan.predicted_peak_bytes - (plan.weights_bytes if device != "cuda" else 0)

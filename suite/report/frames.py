@@ -17,7 +17,7 @@ RESULT_COLUMNS = (
 ).split()
 EXTRA_COLUMNS = (
     "phase dev_score choice_accuracy class_prior_loss "
-    "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
+    "peak_memory_reserved_bytes predicted_peak_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
     "device device_name dtype weights_dtype trainable_dtype method_info"
