@@ -197,7 +197,6 @@ class SavedTensors:
         self.size: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self.live = self.grads = self.peak = 0
-        self.forward_bytes = 0  # saved at the end of the forward pass: the record's activation_bytes
 
     def pack(self, t):
         key = storage_key(t)
