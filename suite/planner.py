@@ -25,9 +25,8 @@ in a real run.
 from __future__ import annotations
 
 import math
-import warnings
 import re
-
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -282,13 +281,11 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     built on the meta device in ``dtype`` (or ``base``, a meta model given), on ``batch`` (CPU
     tensors: input_ids, attention_mask, labels, as :func:`suite.data.collate` makes them).
     Raises what building the model or applying the method raises."""
-    from .measure import count_parameters, tensor_bytes, unique_parameters
-    from .precision import cast_weights, upcast_trainable
-    from .train import AnswerHead, enable_gradient_checkpointing, loss_index
-
     from contextlib import nullcontext
 
-    from .precision import mixed_precision
+    from .measure import count_parameters, tensor_bytes, unique_parameters
+    from .precision import mixed_precision, upcast_trainable
+    from .train import AnswerHead, enable_gradient_checkpointing, loss_index
 
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(dtype, torch.device(device)))
     shadow = _Shadow(device, amp)

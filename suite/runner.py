@@ -147,7 +147,6 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     ``--resume`` skips finished cells."""
     from . import outdir
     from .executors import make_executor
-
     from .plancmd import check_budget
 
     resolved = resolve(config, registry)

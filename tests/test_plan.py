@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import CELLS_ONLY, leitai
 
 #: six architectures of the conformance matrix: separate and fused QKV, GQA and multi-query,
