@@ -295,6 +295,8 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
         base = build_meta(config, dtype, trust_remote_code)
     if gradient_checkpointing:
         enable_gradient_checkpointing(base)
+        if amp is not None:  # backward of a meta tensor runs on another thread, without this thread's modes
+            _recompute_under(base, lambda: _Autocast(amp))
     model = method.apply(base, dict(params))  # outside the shadow mode: every op through it costs time
     upcast_trainable(model)
     with shadow:
@@ -326,7 +328,8 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
                         loss = model(**inputs).loss
                 plan.activation_bytes = counter.live
                 plan.answer_head = head.active
-                loss.backward()
+                with autocast():  # checkpointing's recomputation runs under the forward's autocast
+                    loss.backward()
         finally:
             for h in handles:
                 h.remove()
@@ -343,6 +346,18 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     plan.predicted_peak_bytes = (plan.weights_bytes + plan.optimizer_bytes + plan.peak_activation_bytes
                                  + plan.transient_bytes)
     return plan
+
+
+def _recompute_under(model, context) -> None:
+    """Gradient checkpointing whose recomputation runs under ``context()`` (as torch's own
+    checkpoint restores the forward's autocast for it)."""
+    from contextlib import nullcontext
+
+    kwargs = {"use_reentrant": False, "context_fn": lambda: (nullcontext(), context())}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _plain_cross_entropy(model, inputs: dict) -> bool:

@@ -30,7 +30,7 @@ def _items(lengths, seed=1):
                     torch.randint(3, VOCAB, (a,), generator=g).tolist() + [EOS]) for i, (p, a) in enumerate(lengths)]
 
 
-def _measured(method, params, arch, items, dtype):
+def _measured(method, params, arch, items, dtype, checkpointing=False):
     """What a cell records for one step of ``method`` on the tiny ``arch``: the weights after
     the core's upcast, and train()'s breakdown (grads, optimizer, activations)."""
     from accelerate import Accelerator
@@ -38,10 +38,13 @@ def _measured(method, params, arch, items, dtype):
     from suite import measure
     from suite.precision import cast_weights, mixed_precision, upcast_trainable
     from suite.testing import PAD, tiny_model
-    from suite.train import TrainSettings, train
+    from suite.train import TrainSettings, enable_gradient_checkpointing, train
 
     torch.manual_seed(0)
-    model = method.apply(cast_weights(tiny_model(arch), dtype), dict(params))
+    base = cast_weights(tiny_model(arch), dtype)
+    if checkpointing:
+        enable_gradient_checkpointing(base)
+    model = method.apply(base, dict(params))
     upcast_trainable(model)
     weights = measure.tensor_bytes(measure.unique_parameters(model))
     from accelerate.state import AcceleratorState
@@ -57,23 +60,23 @@ def _measured(method, params, arch, items, dtype):
 def test_predicted_equals_measured(registry, arch):
     """Weights, gradients and optimizer state exactly what the arena measures, activations
     within 5%, for four methods at two shapes (float32), and LoRA on a bfloat16 base under
-    autocast."""
+    autocast, without and with gradient checkpointing."""
     from suite.data import collate
     from suite.methods import method_params
     from suite.planner import predict
     from suite.testing import PAD, tiny_config
 
-    cases = [(name, shape, torch.float32) for name in METHODS for shape in SHAPES]
-    cases.append(("lora", SHAPES[0], torch.bfloat16))
-    for name, shape, dtype in cases:
+    cases = [(name, shape, torch.float32, False) for name in METHODS for shape in SHAPES]
+    cases += [("lora", SHAPES[0], torch.bfloat16, False), ("lora", SHAPES[0], torch.bfloat16, True)]
+    for name, shape, dtype, checkpointing in cases:
         method = registry.method(name)
         params = method_params(method, None)
         items = _items(shape)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            measured = _measured(method, params, arch, items, dtype)
-            plan = predict(method, params, tiny_config(arch), collate(items, PAD), dtype)
-        what = f"{name} on {arch} at {shape} in {dtype}"
+            measured = _measured(method, params, arch, items, dtype, checkpointing)
+            plan = predict(method, params, tiny_config(arch), collate(items, PAD), dtype, checkpointing)
+        what = f"{name} on {arch} at {shape} in {dtype}{' with checkpointing' if checkpointing else ''}"
         for key in EXACT:
             assert getattr(plan, key) == measured[key], f"{what}: {key}"
         assert plan.activation_bytes == pytest.approx(measured["activation_bytes"], rel=0.05), what
