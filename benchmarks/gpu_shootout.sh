@@ -2,7 +2,8 @@
 # On a CUDA machine: every built-in method (LST included) on a randomly initialised Qwen2-0.5B-shaped model,
 # float32 weights under bf16 autocast, a fixed number of steps, then LoRA again on the same base in bf16
 # (--dtype bfloat16, CUDA's default; what trains stays float32); prints tokens/s, peak
-# allocated/reserved memory and weight bytes per run; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
+# allocated/reserved memory and weight bytes per run, leitai plan's predicted peak against the measured
+# one for LoRA, full fine-tuning and LST; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
 # and against HF Trainer + PEFT (ratios a/b, a/c) with model FLOPs utilisation (MFU, PaLM's
 # formula, in that script's docstring). Under 8 minutes on one H100. Run from the repository root:
 #     bash benchmarks/gpu_shootout.sh [extra leitai run flags]
@@ -34,6 +35,22 @@ for c in ("peak_memory_bytes", "peak_memory_reserved_bytes", "weights_bytes"):
 t = t.rename(columns={"weights_dtype": "weights", "peak_memory_bytes": "alloc GiB",
                       "peak_memory_reserved_bytes": "reserved GiB", "weights_bytes": "weights GiB"})
 print(t.to_markdown(index=False, floatfmt=",.1f"))
+PY
+
+# leitai plan on the GPU: each cell's predicted_peak_bytes (the planner at the cell's first batch,
+# CUDA's kernels and autocast) against torch.cuda.max_memory_allocated (peak_memory_bytes), for
+# three methods on the Qwen2-0.5B-shaped model; docs/plan.md
+python - "$OUT" "$OUT-bf16" <<'PY'
+import sys
+import pandas as pd
+r = pd.concat([pd.read_csv(f"{d}/results.csv") for d in sys.argv[1:]], ignore_index=True)
+r = r[(r.status == "ok") & r.method.isin(["lora", "full", "lst"]) & (r.memory_kind == "cuda_max_allocated")]
+t = r[["method", "weights_dtype", "peak_memory_bytes", "predicted_peak_bytes"]].copy()
+t["predicted / measured"] = t.predicted_peak_bytes / t.peak_memory_bytes
+for c in ("peak_memory_bytes", "predicted_peak_bytes"):
+    t[c] = (t[c] / 2**30).round(3)
+print(t.rename(columns={"peak_memory_bytes": "max allocated GiB", "predicted_peak_bytes": "predicted GiB"})
+      .to_markdown(index=False, floatfmt=".3f"))
 PY
 
 # Throughput: arena (a) vs bare loop (b) vs HF Trainer + PEFT (c), bf16 autocast, with MFU

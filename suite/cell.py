@@ -56,7 +56,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from . import data, measure, models, replay, taskdata
+    from . import data, measure, models, planner, replay, taskdata
     from .attention import ATTENTION_PROMPTS, prepended_attention
     from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
@@ -171,6 +171,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         grad_clip=cell.grad_clip, log_every=cell.log_every,
     )
     weights_bytes = measure.tensor_bytes(measure.unique_parameters(model))
+    m["predicted_peak_bytes"] = planner.cell_prediction(method, cell.params, base.config, batches[0], tokenizer.pad_token_id,
+                                                        dtype, cell.gradient_checkpointing, device.type, cell.trust_remote_code)
     quiet = os.environ.get("LEITAI_PROGRESS") == "0"
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:

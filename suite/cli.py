@@ -13,7 +13,7 @@ EPILOG = (
 )
 
 
-CORE_COMMANDS = ("run", "report", "list", "new-plugin")
+CORE_COMMANDS = ("run", "report", "list", "new-plugin", "plan")
 
 
 def _parser(plugin_commands=(), executors=None) -> argparse.ArgumentParser:
@@ -51,6 +51,10 @@ def _parser(plugin_commands=(), executors=None) -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="methods",
                     choices=["methods", "tasks", "models", "executors", "side-corpora", "commands", "plugins"])
 
+    from .plancmd import add_arguments as plan_arguments
+
+    plan_arguments(sub.add_parser("plan", help="predict each method's training memory for a model from its config "
+                                  "alone, against a budget (docs/plan.md)"))
     new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
                          epilog=EPILOG)
     new.add_argument("name", help="the method's name, e.g. my-adapter (lower case, digits, hyphens)")
@@ -71,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         plugin_commands, executors = registry().commands, registry().executors
     args = _parser(plugin_commands.values(), executors).parse_args(argv)
     try:
-        commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin}
+        from .plancmd import cmd_plan
+
+        commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin,
+                    "plan": cmd_plan}
         if args.command in commands:
             return commands[args.command](args)
         return plugin_commands[args.command].run(args)

@@ -219,8 +219,10 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     ``--resume`` skips finished cells."""
     from . import outdir
     from .executors import make_executor
+    from .plancmd import check_budget
 
     resolved = resolve(config, registry)
+    check_budget(config, resolved, final_cells(config, resolved))  # --memory: cells that would not fit, before any runs
     executor = executor or make_executor(config, registry, progress)
     out = outdir.prepare(config.out)
     with outdir.locked(out):

@@ -94,6 +94,9 @@ class ShootoutConfig(RunSettings):
                           default_text="no sweep")
     tune_seeds: list = setting([0], "seeds the tuning runs train with: a count or a comma-separated list",
                                metavar="N|A,B", default_text="1")
+    memory: str = setting("", "memory budget per cell, e.g. 24GiB or 80GB: before the shootout starts, refuse "
+                          "(exit status 2) when a cell's predicted peak would not fit it (leitai plan; docs/plan.md)",
+                          metavar="SIZE", default_text="no check")
     baselines: bool = setting(True, "also evaluate the untrained base model and the task's trivial baseline "
                               "(majority label, copy the input or empty answer) on every task")
     #: method -> {setting: value}, from ``--set`` and ``[method.NAME]`` tables
@@ -149,15 +152,15 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, only: tuple = ()) -> None:
     """One flag per setting, defaults suppressed (only the flags a user gives override the TOML
     config and the defaults), help with the default: first what decides the cells, then how
-    each cell trains."""
+    each cell trains. ``only``: these settings alone (``leitai plan`` takes a few)."""
     run = {f.name for f in fields(RunSettings)}
     ordered = [f for f in fields(ShootoutConfig) if f.name not in run] + list(fields(RunSettings))
     for f in ordered:
         meta = f.metadata
-        if not meta["flag"]:
+        if not meta["flag"] or (only and f.name not in only):
             continue
         shown = meta["default_text"] or (None if f.default is MISSING or f.default == "" or f.default is False else f.default)
         help = meta["help"] + (f" (default: {shown})" if shown is not None else "")

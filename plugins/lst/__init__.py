@@ -51,13 +51,15 @@ def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
     shape = side_shape(base.config, params, gated=gated, act=_activation(cfg, gated),
                        ffn=first.ffn if first and first.down else None,
                        head_dim=arch.geometry.head_dim if arch is not None else None)
-    side = SideNetwork(shape).to(next(base.parameters()).device)  # float32 whatever the backbone's dtype
+    with torch.device(next(base.parameters()).device):  # built where the backbone is (on meta: no memory)
+        side = SideNetwork(shape)  # float32 whatever the backbone's dtype
     std = getattr(cfg, "initializer_range", None) or 0.02
     for module in side.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=std)
     info = {"init": params["init"]}
-    if params["init"] == "prune":
+    weightless = next(base.parameters()).device.type == "meta"  # leitai plan: shapes only, nothing to prune from
+    if params["init"] == "prune" and not weightless:
         try:
             if arch is None:
                 raise ArchitectureError(why_not)

@@ -20,7 +20,7 @@ RESULT_COLUMNS = (
 EXTRA_COLUMNS = (
     "phase dev_score choice_accuracy class_prior_loss probe_score format_share format_learned still_learning "
     "tail_slope tail_slope_p prepended_positions prepended_attention_share prepended_uniform_share "
-    "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
+    "peak_memory_reserved_bytes predicted_peak_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
     "device device_name dtype weights_dtype trainable_dtype method_info plain_method"

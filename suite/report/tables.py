@@ -23,6 +23,7 @@ MAIN_METRICS = (
     ("trainable_params", "trainable params (%)", "integer"),  # the % follows in brackets
     ("adapter_bytes", "adapter", "bytes"),
     ("peak_memory_bytes", "peak memory", "bytes"),
+    ("predicted_peak_bytes", "predicted peak", "bytes"),  # leitai plan's, on the same basis (docs/plan.md)
     ("train_seconds", "train s", "number"),
     ("tokens_per_second", "tokens/s", "number"),
     ("final_train_loss", "final train loss", "number"),
