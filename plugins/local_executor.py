@@ -66,8 +66,9 @@ class LocalExecutor(Executor):
         free: queue.Queue = queue.Queue()
         for env in self.slots:
             free.put(env)
+        RUNNING.resume()
         if self.warm is not None and cells:
-            self.warm.start()  # from this (the main) thread: the server lives as long as the executor
+            self.warm.start()  # it imports while the cells are queued
 
         def run(cell):
             env = free.get()
@@ -92,6 +93,8 @@ class LocalExecutor(Executor):
                 fut.cancel()
             if not finished:
                 RUNNING.stop()
+                if self.warm is not None:  # and no cell waiting for it starts one
+                    self.warm.close()
             pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self):

@@ -14,7 +14,6 @@ config may set them by the same names. They reach it as ``settings.options``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from .cell import Cell
 from .errors import UsageError
 from .records import failed_record, read_json, write_json_atomic
+from .stopping import die_with_parent
 
 
 @dataclass
@@ -79,14 +79,6 @@ class Interrupted(KeyboardInterrupt):
     """A cell's process was stopped by Ctrl-C: no record, the cell is not done."""
 
 
-def die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    """Linux: this process gets SIGKILL when the thread that started it ends."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 _die_with_parent = die_with_parent  # the name plugins may have used
 
 
@@ -109,6 +101,11 @@ class Running:
     def __init__(self):
         self._lock = threading.Lock()
         self._procs: set = set()
+        self.stopping = threading.Event()  # set by stop(): no new cell starts; cleared by resume()
+
+    def resume(self) -> None:
+        """A new batch of cells may start (an executor's ``map`` calls this first)."""
+        self.stopping.clear()
 
     def add(self, proc) -> None:
         with self._lock:
@@ -123,6 +120,7 @@ class Running:
         return getattr(proc, "leitai_stopped", False)
 
     def stop(self, grace: float = 10.0) -> None:
+        self.stopping.set()
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
@@ -151,6 +149,8 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     that dies without writing a record can still say why. The child dies with us. Raises
     :class:`Interrupted` for a child that :data:`RUNNING` stopped.
     """
+    if RUNNING.stopping.is_set():
+        raise Interrupted(cell.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "cell.json"
     spec.write_text(cell.to_json(), encoding="utf-8")
@@ -170,6 +170,9 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     finally:
         os.close(write_end)
     RUNNING.add(proc)
+    if RUNNING.stopping.is_set():  # stopped while it started
+        proc.leitai_stopped = True
+        proc.send_signal(signal.SIGTERM)
     tail: deque[bytes] = deque(maxlen=64)
     show = child_env.get("LEITAI_PROGRESS") != "0"
     stream = os.fdopen(read_end, "rb", buffering=0)
@@ -225,6 +228,8 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
             code, tail = launch_child(cell, run_dir, env, processes, warm)
             break
         except ServerDied as e:
+            if RUNNING.stopping.is_set():  # the server was closed by a stop
+                raise Interrupted(cell.run_id) from None
             code, tail = None, str(e)
             if read_json(run_dir / "record.json") is not None:
                 break

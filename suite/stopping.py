@@ -8,12 +8,22 @@ ends without a record, so ``--resume`` runs it again.
 """
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 from contextlib import contextmanager
 
 #: the exit status of a shootout stopped by SIGTERM (128 + 15, as a shell reports it)
 SIGTERM_STATUS = 143
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in a child, before its work
+    """Linux: this process gets SIGKILL when the thread that started it ends (a cell dies with
+    its driver or its warm-start server, the server with the driver)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 class Terminated(KeyboardInterrupt):

@@ -31,6 +31,7 @@ import sys
 import threading
 import traceback
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 #: what the server imports: the heavy libraries and the core a cell imports anyway
 PRELOAD = (
@@ -86,7 +87,7 @@ def serve(fd: int) -> int:
     inherited_sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the cells, which stop themselves
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so does SIGTERM; the driver decides
-    from .executors import die_with_parent
+    from .stopping import die_with_parent
 
     die_with_parent()
     sock = socket.socket(fileno=fd)
@@ -127,7 +128,7 @@ def serve(fd: int) -> int:
             return 0
         request = json.loads(message)
         if request["op"] == "state":
-            _send(sock, {"id": request["id"], **_state()})
+            _send(sock, {"id": request["id"], "state": _state()})
             continue
         if torch.cuda.is_initialized():  # never: a forked child could not use CUDA
             _send(sock, {"id": request["id"], "error": "the warm-start server initialised CUDA"})
@@ -173,7 +174,7 @@ def _child(request: dict, fds: list[int], sock, wake: tuple, inherited_sigint) -
         sock.close()
         for f in wake:
             os.close(f)
-        from .executors import die_with_parent
+        from .stopping import die_with_parent
 
         die_with_parent()
         os.dup2(fds[0], 2)
@@ -212,6 +213,7 @@ class WarmJob:
 
     def __init__(self):
         self.pid: int | None = None
+        self.state: dict = {}  # a state request's answer
         self.code: int | None = None
         self.error: str | None = None
         self._started = threading.Event()
@@ -250,27 +252,44 @@ class WarmServer:
         self._stderr: deque[bytes] = deque(maxlen=32)
         self.state: dict = {}
         self.starts = 0
+        self._launcher: ThreadPoolExecutor | None = None
+        self.closed = False  # by close(): no request starts it again until start()
 
     def start(self) -> None:
-        """Start the server (it imports while the caller goes on); call from a thread that
-        outlives the cells (the main one): the server dies with the thread that started it."""
+        """Start the server if it is not running (it imports while the caller goes on)."""
+        self.closed = False
+        self._ensure()
+
+    def _ensure(self) -> None:
         with self._lock:
+            if self.closed:
+                raise ServerDied("the warm-start server was closed")
             if self._proc is not None and self._proc.poll() is None:
                 return
-            from .executors import die_with_parent
-
+            if self._launcher is None:
+                # the server dies with the thread that started it (PR_SET_PDEATHSIG): one thread
+                # that lives as long as this handle starts it, whichever cell's thread asks
+                self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leitai-warm-start")
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "suite.warm", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
-            )
-            theirs.close()
+            try:
+                self._proc = self._launcher.submit(self._popen, theirs).result()
+            finally:
+                theirs.close()
             self._sock, self._ready, self.state, self.starts = ours, threading.Event(), {}, self.starts + 1
             self._stderr.clear()
             threading.Thread(target=self._read, args=(ours, self._proc, self._ready), daemon=True,
                              name="leitai-warm").start()
             threading.Thread(target=self._drain, args=(self._proc,), daemon=True).start()
+
+    @staticmethod
+    def _popen(theirs: socket.socket) -> subprocess.Popen:
+        from .stopping import die_with_parent
+
+        return subprocess.Popen(
+            [sys.executable, "-m", "suite.warm", str(theirs.fileno())], pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
+        )
 
     def _drain(self, proc) -> None:
         for chunk in iter(lambda: proc.stderr.read1(4096), b""):
@@ -293,7 +312,11 @@ class WarmServer:
             job = self._jobs.get(message["id"])
             if job is None:
                 continue
-            if "pid" in message:
+            if "state" in message:
+                job.state = message["state"]
+                self._jobs.pop(message["id"], None)
+                job._started.set()
+            elif "pid" in message:
                 job.pid = message["pid"]
                 job._started.set()
             elif "exit" in message:
@@ -301,13 +324,11 @@ class WarmServer:
                 self._jobs.pop(message["id"], None)
                 job._started.set()
                 job._ended.set()
-            else:  # a state answer or an error
-                job.state, job.error = message, message.get("error")
-                if job.error:
-                    self._jobs.pop(message["id"], None)
+            else:  # the server refused the request
+                job.error = message.get("error", "the warm-start server refused the cell")
+                self._jobs.pop(message["id"], None)
                 job._started.set()
-                if job.error:
-                    job._ended.set()
+                job._ended.set()
         proc.wait()
         why = self.died_reason(proc)
         with self._lock:
@@ -329,7 +350,7 @@ class WarmServer:
 
     def _request(self, message: dict, fds: list[int] = ()) -> WarmJob:
         for _ in range(2):  # a server that died before this request is started again, once
-            self.start()
+            self._ensure()
             self._ready.wait()
             with self._lock:
                 sock = self._sock
@@ -368,6 +389,7 @@ class WarmServer:
         """Stop the server (the cells it forked are over by now; any left die with it)."""
         with self._lock:
             proc, sock, self._proc, self._sock = self._proc, self._sock, None, None
+            launcher, self._launcher, self.closed = self._launcher, None, True
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -380,6 +402,8 @@ class WarmServer:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if launcher is not None:
+            launcher.shutdown(wait=False)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ COMPARED = ["first_train_loss", "final_train_loss", "eval_loss", "score", "train
 
 def test_warm_and_cold_cells_agree(tmp_path):
     """The same spec warm and cold: identical losses and scores, and the same peak memory
-    within the noise of the RSS measure (a few MB: allocator and page-cache effects)."""
+    within the noise of the RSS measure (lora at 4 steps measured 78 and 98 MB warm, 78 and 79 MB
+    cold: the allocator reuses memory freed before training, more or less of it run to run)."""
     runs = {}
     for way, extra in (("warm", []), ("cold", ["--cold-start"])):
         out = tmp_path / way
@@ -33,7 +34,7 @@ def test_warm_and_cold_cells_agree(tmp_path):
     warm, cold = runs["warm"], runs["cold"]
     pd.testing.assert_frame_equal(warm[COMPARED], cold[COMPARED])
     peak_warm, peak_cold = warm.peak_memory_bytes.iloc[0], cold.peak_memory_bytes.iloc[0]
-    assert abs(peak_warm - peak_cold) <= max(16 << 20, 0.15 * peak_cold), (peak_warm, peak_cold)
+    assert abs(peak_warm - peak_cold) <= max(24 << 20, 0.15 * peak_cold), (peak_warm, peak_cold)
 
 
 @pytest.fixture
