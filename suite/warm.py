@@ -63,6 +63,27 @@ def _preload() -> None:
         warnings.simplefilter("ignore")
         for name in PRELOAD:
             importlib.import_module(name)
+        _shared_lookups()
+
+
+def _shared_lookups() -> None:
+    """What every cell of a shootout would look up the same way, done once (docs/warm-start.md,
+    "Leaner start-up"): the installed plugins' entry points (the metadata of every installed
+    distribution; the plugins themselves are loaded by each cell, leitai's own modules
+    imported here), and transformers' table of checkpoint renamings, which it builds on the
+    first model load of a process."""
+    from . import plugins
+
+    plugins.ENTRY_POINTS = plugins.installed_entry_points()
+    for _, dist, ep in plugins.ENTRY_POINTS:
+        if dist.split()[0] == "leitai":  # the built-in plugins: import only, they register in the cell
+            ep.load()
+    try:
+        from transformers import conversion_mapping
+
+        conversion_mapping.get_checkpoint_conversion_mapping("llama")
+    except (ImportError, AttributeError):  # another transformers version: each cell builds it
+        pass
 
 
 def _send(sock: socket.socket, message: dict) -> None:
