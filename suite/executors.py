@@ -38,8 +38,8 @@ class ExecutorSettings:
     gpus_per_cell: int = 1  # >1: the cell runs under torch's distributed launch with that many processes
     cpus_per_cell: int | None = None  # CPU threads per cell (None: the executor's default)
     progress: bool = True  # show each cell's step bar
-    cold_start: bool = False  # every cell in a fresh process (no warm-start server), as before suite.warm
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    cold_start: bool = False  # every cell in a fresh process (no warm-start server), as before suite.warm
 
 
 class Executor:

@@ -207,7 +207,7 @@ def _child(request: dict, fds: list[int], sock, wake: tuple, inherited_sigint) -
         os.environ.update(request["env"], LEITAI_CELL_START="warm")  # recorded in the record's env
         os.chdir(request["cwd"])
         atexit._clear()  # the server's exit handlers are not the cell's
-        sys.argv = ["-m suite.cell", request["spec"]]
+        sys.argv = [sys.modules["suite.cell"].__file__, request["spec"]]  # as python -m suite.cell has it
         from .cell import main
 
         code = main([request["spec"]])
@@ -419,7 +419,7 @@ class WarmServer:
             sock.close()
         if proc is not None:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=10 if self._ready.is_set() else 0)  # one still importing is not waited for
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
