@@ -5,9 +5,12 @@ Runs the same grid (default: lora and full, 4 seeds each = 8 cells on the defaul
 the speed-up, whether every run's losses and forgetting agree, and the mean inference overhead
 each way measured (a timing, so it may differ by noise, not systematically). With ``--ray`` the
 grid also runs on a local Ray cluster. The cells are the ones ``leitai run`` runs, forgetting and
-inference timing included; ``--train-only`` leaves those two out.
+inference timing included; ``--train-only`` leaves those two out. Each local way runs twice,
+warm (cells forked from the warm-start server, the default) and cold (``--cold-start``, a fresh
+process per cell), unless ``--warm-only``; the speed-up is against ``workers 1`` cold.
 
-    python benchmarks/parallel.py [--workers 2] [--steps 40] [--train-only] [--ray] [--one-thread] [--json PATH]
+    python benchmarks/parallel.py [--workers 2] [--steps 40] [--train-only] [--ray] [--one-thread] [--warm-only]
+                                  [--task-size N] [--json PATH]
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ def run(out: Path, args, extra: list[str]) -> float:
            "--max-steps", str(args.steps), "--out", str(out), "-q", *extra]
     if args.train_only:
         cmd += ["--infer-prompts", "0", "--side-corpus", "none"]
+    if args.task_size:
+        cmd += ["--task-size", args.task_size]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -43,11 +48,18 @@ def main() -> int:
                    help="leave forgetting and inference timing out of every cell")
     p.add_argument("--one-thread", action="store_true",
                    help="also run one worker with one torch thread per cell, the thread count each of 2 workers gets on 2 cores")
+    p.add_argument("--warm-only", action="store_true", help="leave out the cold-start runs of each local way")
+    p.add_argument("--task-size", help="leitai run's --task-size (default: the task's default; 16 for a quick check)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args()
-    ways = {"workers 1": ["--workers", "1"], f"workers {args.workers}": ["--workers", str(args.workers)]}
+    local = {"workers 1": ["--workers", "1"], f"workers {args.workers}": ["--workers", str(args.workers)]}
     if args.one_thread:  # the same cells one worker, one thread each: how well cells themselves overlap
-        ways["workers 1, 1 thread"] = ["--workers", "1", "--cpus-per-cell", "1"]
+        local["workers 1, 1 thread"] = ["--workers", "1", "--cpus-per-cell", "1"]
+    ways = {}
+    for name, extra in local.items():  # cold first: the speed-ups are against one worker, cold
+        if not args.warm_only:
+            ways[f"{name}, cold"] = [*extra, "--cold-start"]
+        ways[f"{name}, warm"] = extra
     if args.ray:
         ways["ray"] = ["--executor", "ray", "--cpus-per-cell", "1"]
     rows, frames = [], {}

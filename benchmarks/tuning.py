@@ -1,21 +1,31 @@
-"""How much a tuning cell costs beyond its training: wall time of the whole cell (process start,
-imports, loading, training, dev loss and dev answers) over its training seconds.
+"""How much a tuning cell costs beyond its training, warm and cold: wall time of the whole cell
+(process start or fork, imports, loading, training, dev loss and dev answers) over its
+training seconds; with ``--shootouts``, also the wall time of the default shootout and of a
+30-cell ``--sweep lr`` shootout, warm against cold.
 
 Tuning cells skip what only the final runs need (forgetting, inference timing, saving the
-adapter), so a sweep costs little more than the training it buys. Target: a tuning cell's wall
-time at most 1.2 × its training seconds on tiny-zh with the default step budget.
+adapter), so a sweep costs little more than the training it buys. Targets (issue 30): a warm
+tuning cell's wall time at most 1.08 × its training seconds on tiny-zh with the default step
+budget, and the default ``leitai run`` at least 20% faster warm than cold.
 
-    python benchmarks/tuning.py --json tuning.json          # about 8 minutes on 2 idle cores
+    python benchmarks/tuning.py --json tuning.json                 # about 16 minutes on 2 idle cores
+    python benchmarks/tuning.py --shootouts --json tuning.json     # add the two shootouts, warm and cold
+    python benchmarks/tuning.py --shootouts --steps 2 --extra="--task-size 16 --side-corpus none --infer-prompts 0"
+                                                                   # a quick check that it runs, not a figure
 
-It runs one shootout with one tuning setting per method (``--sweep METHOD.lr=<its default>``),
-so every method has one tuning cell and one final cell trained on the same batches, and reads
-each cell's wall time from its files: ``cell.json`` is written just before the cell's process
-starts, ``record.json`` last, when it ends. Run it on an otherwise idle machine.
+Each way (``warm``: cells forked from the warm-start server, the default; ``cold``:
+``--cold-start``, a fresh process per cell) runs one shootout with one tuning setting per
+method (``--sweep METHOD.lr=<its default>``), so every method has one tuning cell and one final
+cell trained on the same batches, and reads each cell's wall time from its files: ``cell.json``
+is written just before the cell's process starts, ``record.json`` last, when it ends. Run it on
+an otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,13 +35,38 @@ from pathlib import Path
 import pandas as pd
 
 METHODS = "full,lora,lst,p-tuning,prefix-tuning,prompt-tuning"
+WAYS = {"cold": ["--cold-start"], "warm": []}  # cold first, so that a warming machine does not favour warm
+
+
+def leitai_run(out: Path, args: list[str]) -> float:
+    """Wall seconds of ``leitai run ARGS --out OUT``."""
+    cmd = [sys.executable, "-m", "suite.cli", "run", "-q", "--out", str(out), *args]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "LEITAI_PROGRESS": "0"})
+    return time.perf_counter() - start
+
+
+def cell_rows(out: Path) -> pd.DataFrame:
+    rows = []
+    for rec_path in sorted(out.glob("runs/*/record.json")):
+        record = json.loads(rec_path.read_text(encoding="utf-8"))
+        wall = rec_path.stat().st_mtime - (rec_path.parent / "cell.json").stat().st_mtime
+        m = record["metrics"]
+        rows.append({"method": record["method"], "phase": record.get("phase", "final"), "status": record["status"],
+                     "start": record.get("env", {}).get("cell_start"), "wall_s": wall, "train_s": m.get("train_seconds"),
+                     "ratio": wall / m["train_seconds"] if m.get("train_seconds") else None})
+    return pd.DataFrame(rows).sort_values(["phase", "method"])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=METHODS)
-    p.add_argument("--steps", type=int, default=150, help="training steps per cell (default: the shootout's 150)")
+    p.add_argument("--steps", type=int, help="training steps per cell (default: the shootout's 150)")
     p.add_argument("--task", default="zh-sentiment")
+    p.add_argument("--shootouts", action="store_true",
+                   help="also time the default shootout and a --sweep lr shootout (30 tuning cells), warm and cold")
+    p.add_argument("--extra", default="", help="more leitai run flags for every shootout (a quick check: "
+                   "--extra='--task-size 16 --side-corpus none --infer-prompts 0')")
     p.add_argument("--json", help="write every figure here")
     args = p.parse_args()
 
@@ -40,31 +75,39 @@ def main() -> int:
 
     methods = args.methods.split(",")
     defaults = {m: registry().methods[m].defaults["lr"] for m in methods}
-    out = Path(tempfile.mkdtemp(prefix="leitai-tuning-bench-")) / "out"
+    steps = ["--max-steps", str(args.steps)] if args.steps else []
+    extra = shlex.split(args.extra) + steps
+    tmp = Path(tempfile.mkdtemp(prefix="leitai-tuning-bench-"))
     sweeps = [a for m in methods for a in ("--sweep", f"{m}.lr={defaults[m]}")]
-    cmd = [sys.executable, "-m", "suite.cli", "run", "--methods", args.methods, "--tasks", args.task,
-           "--max-steps", str(args.steps), "--no-baselines", "-q", "--out", str(out), *sweeps]
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**__import__("os").environ, "LEITAI_PROGRESS": "0"})
-    total = time.perf_counter() - start
-
-    rows = []
-    for rec_path in sorted(out.glob("runs/*/record.json")):
-        record = json.loads(rec_path.read_text(encoding="utf-8"))
-        wall = rec_path.stat().st_mtime - (rec_path.parent / "cell.json").stat().st_mtime
-        m = record["metrics"]
-        rows.append({"method": record["method"], "phase": record.get("phase", "final"), "status": record["status"],
-                     "wall_s": wall, "train_s": m.get("train_seconds"),
-                     "ratio": wall / m["train_seconds"] if m.get("train_seconds") else None})
-    df = pd.DataFrame(rows).sort_values(["phase", "method"])
-    print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    tune = df[df.phase == "tune"]
-    print(f"\ntuning cells: wall / training seconds {tune.ratio.min():.2f}–{tune.ratio.max():.2f} "
-          f"(mean {tune.ratio.mean():.2f}); final cells {df[df.phase == 'final'].ratio.mean():.2f}; "
-          f"shootout {total:.0f} s")
+    figures: dict = {"steps": args.steps or 150, "task": args.task, "extra": args.extra, "cells": {}}
+    for way, flags in WAYS.items():
+        out = tmp / f"cells-{way}"
+        total = leitai_run(out, ["--methods", args.methods, "--tasks", args.task, "--no-baselines", *sweeps, *extra, *flags])
+        df = cell_rows(out)
+        assert set(df.start) == {way}, f"the {way} shootout's cells started {set(df.start)}"
+        tune = df[df.phase == "tune"]
+        print(f"\n{way}:\n" + df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        print(f"{way}: tuning cells wall / training seconds {tune.ratio.min():.2f}–{tune.ratio.max():.2f} "
+              f"(mean {tune.ratio.mean():.2f}); final cells {df[df.phase == 'final'].ratio.mean():.2f}; "
+              f"shootout {total:.0f} s")
+        figures["cells"][way] = {"rows": df.to_dict("records"), "tuning_ratio_mean": float(tune.ratio.mean()),
+                                 "final_ratio_mean": float(df[df.phase == "final"].ratio.mean()),
+                                 "shootout_seconds": total}
+    if args.shootouts:
+        shootouts = {"default shootout": [], "--sweep lr shootout": ["--sweep", "lr"]}
+        for name, what in shootouts.items():
+            seconds = {}
+            for way, flags in WAYS.items():
+                out = tmp / f"{name.replace(' ', '-').strip('-')}-{way}"
+                seconds[way] = leitai_run(out, [*what, *extra, *flags])
+                tuning = len(list(out.glob("runs/*__tune-*")))
+                cells = len(list(out.glob("runs/*/record.json")))
+            faster = 1 - seconds["warm"] / seconds["cold"]
+            print(f"{name} ({cells} cells, {tuning} tuning): cold {seconds['cold']:.0f} s, warm {seconds['warm']:.0f} s, "
+                  f"warm is {100 * faster:.0f}% faster")
+            figures[name] = {**seconds, "cells": cells, "tuning_cells": tuning, "warm_faster_by": faster}
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "task": args.task, "rows": rows,
-                                               "shootout_seconds": total}, indent=1))
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     return 0
 
 

@@ -3,6 +3,11 @@
 With ``--devices 0,1,...`` every cell gets GPUs of its own (``CUDA_VISIBLE_DEVICES`` is set
 for the child before CUDA initialises); on CPU the cores are divided among the workers
 (each child's torch thread count), so parallel cells do not fight over cores.
+
+Each cell is forked from a warm-start server that has imported torch and the core once
+(:mod:`suite.warm`; ``--cold-start`` starts every cell fresh instead); a distributed cell
+(``--gpus-per-cell`` > 1) starts cold under torchrun. Ctrl-C and SIGTERM stop every running
+cell (:data:`suite.executors.RUNNING`) and keep the finished ones.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from suite import Executor, UsageError, hookimpl
-from suite.executors import cpu_count, run_cell_process, thread_env
+from suite.executors import RUNNING, cpu_count, run_cell_process, thread_env
 from suite.records import run_dir
 
 
@@ -41,6 +46,11 @@ class LocalExecutor(Executor):
                 raise UsageError(f"--workers {self.workers} needs {self.workers * per_cell} devices, "
                                  f"--devices gives {len(self.devices)}")
         self.slots = [self._slot_env(i) for i in range(self.workers)]
+        self.warm = None
+        if not s.cold_start and per_cell == 1:
+            from suite.warm import WarmServer
+
+            self.warm = WarmServer()
 
     def _slot_env(self, i: int) -> dict:
         s = self.settings
@@ -56,24 +66,40 @@ class LocalExecutor(Executor):
         free: queue.Queue = queue.Queue()
         for env in self.slots:
             free.put(env)
+        RUNNING.resume()
+        if self.warm is not None and cells:
+            self.warm.start()  # it imports while the cells are queued
 
         def run(cell):
             env = free.get()
             try:
-                return run_cell_process(cell, run_dir(out_dir, cell.run_id), env, self.settings.gpus_per_cell)
+                return run_cell_process(cell, run_dir(out_dir, cell.run_id), env, self.settings.gpus_per_cell,
+                                        self.warm)
             finally:
                 free.put(env)
 
         pool = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="leitai-cell")
         pending = {pool.submit(run, cell): cell for cell in cells}
+        finished = False
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     cell = pending.pop(fut)
                     yield cell, fut.result()
-        finally:  # also on Ctrl-C: nothing new starts; running children got the signal too
+            finished = True
+        finally:  # also on Ctrl-C or SIGTERM: nothing new starts, what runs is stopped
+            for fut in pending:
+                fut.cancel()
+            if not finished:
+                RUNNING.stop()
+                if self.warm is not None:  # and no cell waiting for it starts one
+                    self.warm.close()
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def close(self):
+        if self.warm is not None:
+            self.warm.close()
 
 
 @hookimpl

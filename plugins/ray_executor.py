@@ -5,13 +5,19 @@ asks for ``--gpus-per-cell`` GPUs when the cluster has GPUs, else ``--cpus-per-c
 (default 1), and runs in a fresh process on the worker, in a scratch directory. The record and
 the run's files come back to the driver, which alone writes the shootout directory (record
 last, atomically). A worker that dies mid-cell is retried ``--max-retries`` times; a cell
-whose worker keeps dying is recorded ``failed`` with the reason. Ctrl-C cancels what is
-still queued or running; finished runs stay.
+whose worker keeps dying is recorded ``failed`` with the reason. Ctrl-C and SIGTERM cancel
+what is still queued or running; finished runs stay.
+
+Cells start cold here: each Ray task starts ``python -m suite.cell`` in a process of its own.
+Ray reuses its worker processes, but a worker has imported Ray and runs its gRPC threads, so
+forking cells from it is not safe, and running the cell in the worker itself would let one
+cell's peak memory and crash reach the next (docs/warm-start.md).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -19,6 +25,7 @@ from suite import Executor, UsageError, hookimpl
 from suite.cellspec import Cell
 from suite.executors import run_cell_process, thread_env
 from suite.records import failed_record, run_dir, write_json_atomic
+from suite.stopping import reinstall
 
 FORWARDED = ("LEITAI_PLUGINS", "PYTHONPATH", "HF_HUB_OFFLINE", "HF_HOME")
 
@@ -82,8 +89,10 @@ class RayExecutor(Executor):
         started = not ray.is_initialized()
         if started:
             env = {k: os.environ[k] for k in FORWARDED if k in os.environ}
+            ours = signal.getsignal(signal.SIGTERM)
             ray.init(address=o.ray_address or None, include_dashboard=False, log_to_driver=False,
                      runtime_env={"env_vars": env} if env else None)
+            reinstall(ours)  # SIGTERM stops like Ctrl-C (ray.init puts in a handler that exits silently)
         use_gpus = ray.cluster_resources().get("GPU", 0) > 0
         cpus = s.cpus_per_cell or 1
         resources = {"num_gpus": s.gpus_per_cell, "num_cpus": 1} if use_gpus else {"num_cpus": cpus * s.gpus_per_cell}

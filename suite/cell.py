@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     spec_path = Path(argv[0])
     cell = Cell.from_json(spec_path.read_text(encoding="utf-8"))
     run_dir = spec_path.parent
+    from .stopping import cell_stops_on_signals
+
+    cell_stops_on_signals()  # Ctrl-C and SIGTERM: the cell ends without a record
     _silence_known_warnings()
     if os.environ.get("LEITAI_THREADS"):  # the executor's share of the cores
         import torch
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         record = run_cell(cell, run_dir)
-    except KeyboardInterrupt:  # Ctrl-C: no record, the cell is not done (``python -m`` would exit 1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no record, the cell is not done (``python -m`` would exit 1)
         return 130
     if record is not None:  # under a distributed launch only the main process writes it
         write_json_atomic(run_dir / "record.json", record)

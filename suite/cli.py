@@ -74,24 +74,28 @@ def main(argv: list[str] | None = None) -> int:
 
         plugin_commands, executors = registry().commands, registry().executors
     args = _parser(plugin_commands.values(), executors).parse_args(argv)
+    from .stopping import SIGTERM_STATUS, Terminated, sigterm_stops
+
     try:
         from .plancmd import cmd_plan
 
         commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin,
                     "plan": cmd_plan}
-        if args.command in commands:
-            return commands[args.command](args)
-        return plugin_commands[args.command].run(args)
+        with sigterm_stops():  # a batch scheduler's stop is handled as Ctrl-C is
+            if args.command in commands:
+                return commands[args.command](args)
+            return plugin_commands[args.command].run(args)
     except UsageError as e:
         print(f"leitai: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file the command could not read or write (disk full, permissions...)
         where = f"{e.filename}: " if e.filename else ""
-        print(f"leitai: error: {where}{e.strerror or e}", file=sys.stderr)
+        then = f"; {e.remedy}" if getattr(e, "remedy", None) else ""  # a full disk (suite.atomic.remedy)
+        print(f"leitai: error: {where}{e.strerror or e}{then}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         print("leitai: interrupted; finished runs are kept (rerun with --resume)", file=sys.stderr)
-        return 130
+        return SIGTERM_STATUS if isinstance(e, Terminated) else 130
 
 
 def _warn_failures(registry) -> None:

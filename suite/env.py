@@ -1,6 +1,7 @@
 """The versions and machine a run used, recorded with every run."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from functools import lru_cache
@@ -65,4 +66,5 @@ def environment(device, dtype: str) -> dict:
         "device_name": device_name(device),
         "dtype": dtype,
         "torch_threads": torch.get_num_threads(),
+        "cell_start": os.environ.get("LEITAI_CELL_START", "cold"),  # "warm": forked from suite.warm's server
     }

@@ -14,12 +14,12 @@ config may set them by the same names. They reach it as ``settings.options``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from pathlib import Path
 from .cellspec import Cell
 from .errors import UsageError
 from .records import failed_record, read_json, write_json_atomic
+from .stopping import die_with_parent
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ExecutorSettings:
     cpus_per_cell: int | None = None  # CPU threads per cell (None: the executor's default)
     progress: bool = True  # show each cell's step bar
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
+    cold_start: bool = False  # every cell in a fresh process (no warm-start server), as before suite.warm
 
 
 class Executor:
@@ -62,21 +64,22 @@ class Executor:
         """Run every cell; yield ``(cell, record)`` as each finishes.
 
         When a pair is yielded, ``out_dir/runs/<run_id>/record.json`` (written atomically, last)
-        and the run's other files are in place. Ctrl-C (KeyboardInterrupt) must cancel what is
-        still running and leave finished runs intact.
+        and the run's other files are in place. Ctrl-C and SIGTERM (a KeyboardInterrupt in the
+        driver's main thread, :mod:`suite.stopping`) must cancel what is still running and leave
+        finished runs intact.
         """
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what :meth:`map` kept for later calls (the local executor's warm-start
+        server); the runner calls it once the shootout's cells are done."""
 
 
 class Interrupted(KeyboardInterrupt):
     """A cell's process was stopped by Ctrl-C: no record, the cell is not done."""
 
 
-def _die_with_parent():  # pragma: no cover - runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+_die_with_parent = die_with_parent  # the name plugins may have used
 
 
 def cell_command(spec: Path, processes: int = 1) -> list[str]:
@@ -90,25 +93,93 @@ def cell_command(spec: Path, processes: int = 1) -> list[str]:
             "-m", "suite.cell", str(spec)]
 
 
-def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1) -> tuple[int, str]:
+class Running:
+    """The cells' processes running now in this driver, so that a stop (Ctrl-C, SIGTERM) can
+    end every one: :meth:`stop` sends each SIGTERM (the cell stops itself, without a record),
+    then SIGKILL to what is left after ``grace`` seconds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set = set()
+        self.stopping = threading.Event()  # set by stop(): no new cell starts; cleared by resume()
+
+    def resume(self) -> None:
+        """A new batch of cells may start (an executor's ``map`` calls this first)."""
+        self.stopping.clear()
+
+    def add(self, proc) -> None:
+        with self._lock:
+            self._procs.add(proc)
+
+    def discard(self, proc) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    @staticmethod
+    def was_stopped(proc) -> bool:
+        return getattr(proc, "leitai_stopped", False)
+
+    def stop(self, grace: float = 10.0) -> None:
+        self.stopping.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            proc.leitai_stopped = True  # it ends without a record, and gets no failed one
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+
+
+#: every cell process of this driver (:meth:`Running.stop` on Ctrl-C or SIGTERM)
+RUNNING = Running()
+
+
+def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1,
+                 warm=None) -> tuple[int, str]:
     """Run ``cell`` in a child process; return its exit code and the tail of its stderr.
 
-    The child's stderr (its progress bar) is passed through while the last few KB are kept,
-    so a child that dies without writing a record can still say why. The child dies with us.
+    ``warm`` (a :class:`suite.warm.WarmServer`): the child is forked from it, already warm;
+    else (or under a distributed launch) it starts cold, ``python -m suite.cell``. The child's
+    stderr (its progress bar) is passed through while the last few KB are kept, so a child
+    that dies without writing a record can still say why. The child dies with us. Raises
+    :class:`Interrupted` for a child that :data:`RUNNING` stopped.
     """
+    if RUNNING.stopping.is_set():
+        raise Interrupted(cell.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "cell.json"
     spec.write_text(cell.to_json(), encoding="utf-8")
-    proc = subprocess.Popen(
-        cell_command(spec, processes), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-    )
+    read_end, write_end = os.pipe()
+    child_env = {**os.environ, **(env or {})}
+    try:
+        if warm is not None and processes <= 1:
+            proc = warm.spawn(str(spec), child_env, write_end)
+        else:
+            proc = subprocess.Popen(
+                cell_command(spec, processes), stdout=subprocess.DEVNULL, stderr=write_end, env=child_env,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    RUNNING.add(proc)
+    if RUNNING.stopping.is_set():  # stopped while it started
+        proc.leitai_stopped = True
+        proc.send_signal(signal.SIGTERM)
     tail: deque[bytes] = deque(maxlen=64)
-    show = (env or {}).get("LEITAI_PROGRESS", os.environ.get("LEITAI_PROGRESS")) != "0"
+    show = child_env.get("LEITAI_PROGRESS") != "0"
+    stream = os.fdopen(read_end, "rb", buffering=0)
 
     def pump():
         out = getattr(sys.stderr, "buffer", None)
-        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+        for chunk in iter(lambda: stream.read(4096), b""):
             tail.append(chunk)
             if out is not None and show:
                 out.write(chunk)
@@ -118,29 +189,57 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     reader.start()
     try:
         code = proc.wait()
-    except BaseException:  # Ctrl-C: the child got the signal too; make sure it is gone
+    except BaseException:  # Ctrl-C in this thread: the child got the signal too; make sure it is gone
         proc.kill()
-        proc.wait()
+        _wait_quietly(proc)
+        if RUNNING.was_stopped(proc):
+            raise Interrupted(cell.run_id) from None
         raise
+    finally:
+        RUNNING.discard(proc)
     reader.join()
+    stream.close()
+    if RUNNING.was_stopped(proc):
+        raise Interrupted(cell.run_id)
     return code, b"".join(tail).decode("utf-8", errors="replace")
 
 
-def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1) -> dict:
+def _wait_quietly(proc) -> None:
+    try:
+        proc.wait()
+    except Exception:  # a warm child whose server died: it died with it
+        pass
+
+
+def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1, warm=None) -> dict:
     """Run ``cell`` in its own process in ``run_dir`` and return its record.
 
     A process that exits without a record gets a ``failed`` record naming its exit status and
-    last line of output; one stopped by Ctrl-C gets none (raises :class:`Interrupted`).
+    last line of output; one stopped by Ctrl-C or SIGTERM gets none (raises
+    :class:`Interrupted`). ``warm``: fork it from that :class:`suite.warm.WarmServer`; a cell
+    whose server died under it (not its own doing) runs again once, on a new server.
     """
+    from .warm import ServerDied
+
     run_dir = Path(run_dir)
     (run_dir / "record.json").unlink(missing_ok=True)  # a retried cell starts clean
-    code, tail = launch_child(cell, run_dir, env, processes)
+    for _attempt in (1, 2):
+        try:
+            code, tail = launch_child(cell, run_dir, env, processes, warm)
+            break
+        except ServerDied as e:
+            if RUNNING.stopping.is_set():  # the server was closed by a stop
+                raise Interrupted(cell.run_id) from None
+            code, tail = None, str(e)
+            if read_json(run_dir / "record.json") is not None:
+                break
     record = read_json(run_dir / "record.json")
     if record is None:
-        if code in (-signal.SIGINT, 130):
+        if code in (-signal.SIGINT, 130, -signal.SIGTERM, 143):
             raise Interrupted(cell.run_id)
         last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-        record = failed_record(cell, f"{exit_reason(code)}: {last[-1] if last else 'no output'}", tail)
+        reason = exit_reason(code) if code is not None else "cell process lost"
+        record = failed_record(cell, f"{reason}: {last[-1] if last else 'no output'}", tail)
         write_json_atomic(run_dir / "record.json", record)
     return record
 
@@ -199,8 +298,11 @@ def make_executor(config, registry, progress: bool = True) -> Executor:
         if dest not in defaults:
             flag = "--" + dest.replace("_", "-")
             raise UsageError(f"{flag} is an option of the {owners.get(dest, '?')} executor, not of {config.executor}")
+    from .warm import cold_start_requested
+
     settings = ExecutorSettings(
         gpus_per_cell=config.gpus_per_cell, cpus_per_cell=config.cpus_per_cell or None, progress=progress,
+        cold_start=config.cold_start or cold_start_requested(),
         options=argparse.Namespace(**{**defaults, **config.executor_options}),
     )
     return cls(settings)

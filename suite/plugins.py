@@ -89,11 +89,20 @@ class Registry:
         return none
 
 
+#: the installed plugins' entry points, read once by the warm-start server for every cell it forks
+#: (scanning every installed distribution's metadata takes a second or more); None: read them now
+ENTRY_POINTS: list | None = None
+
+
+def installed_entry_points() -> list[tuple[str, str, metadata.EntryPoint]]:
+    """``(name, distribution, entry point)`` of every installed plugin (none is imported)."""
+    return [(ep.name, f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?", ep)
+            for ep in metadata.entry_points(group=GROUP)]
+
+
 def _entry_points() -> list[tuple[str, str, callable]]:
-    found = []
-    for ep in metadata.entry_points(group=GROUP):
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
-        found.append((ep.name, dist, ep.load))
+    found = [(name, dist, ep.load) for name, dist, ep in
+             (ENTRY_POINTS if ENTRY_POINTS is not None else installed_entry_points())]
     for module in filter(None, os.environ.get("LEITAI_PLUGINS", "").split(",")):
         module = module.strip()
         found.append((module, "LEITAI_PLUGINS", lambda m=module: importlib.import_module(m)))

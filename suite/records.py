@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
+from .atomic import atomic_path
 from .errors import UsageError
 
 STATUSES = ("ok", "failed", "oom", "diverged")
@@ -22,19 +22,9 @@ STATUSES = ("ok", "failed", "oom", "diverged")
 def write_json_atomic(path: Path, data, compact: bool = False) -> None:
     """Write JSON so that a reader sees either the old file or the whole new one
     (``compact``: no indentation or spaces, for large machine-read files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            layout = {"separators": (",", ":")} if compact else {"indent": 1}
-            json.dump(data, f, ensure_ascii=False, allow_nan=True, **layout)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    layout = {"separators": (",", ":")} if compact else {"indent": 1}
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, allow_nan=True, **layout)
 
 
 def run_dir(out_dir: Path, run_id: str) -> Path:

@@ -8,6 +8,7 @@ locked while the shootout runs (:mod:`suite.outdir`).
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -225,8 +226,11 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     check_budget(config, resolved, final_cells(config, resolved))  # --memory: cells that would not fit, before any runs
     executor = executor or make_executor(config, registry, progress)
     out = outdir.prepare(config.out)
-    with outdir.locked(out):
-        return _run_locked(config, resolved, executor, out, progress)
+    try:
+        with outdir.locked(out):
+            return _run_locked(config, resolved, executor, out, progress)
+    finally:
+        getattr(executor, "close", lambda: None)()
 
 
 def _run_locked(config: ShootoutConfig, resolved: Plan, executor, out: Path, progress: bool) -> Outcome:
@@ -264,16 +268,22 @@ def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> N
         _check_same_settings(out, cell, done)
         outcome.skipped += cell.phase == sweep.FINAL
         bar.update(1)
-    for cell, record in executor.map(todo, out):
-        if cell.phase == sweep.FINAL:
-            outcome.ran += 1
-            outcome.statuses[record["status"]] = outcome.statuses.get(record["status"], 0) + 1
-        elif cell.phase == sweep.TUNE:
-            outcome.tuning += 1
-        else:
-            outcome.baselines += 1
-        bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
-        bar.update(1)
+    results = executor.map(todo, out)
+    with contextlib.closing(results):  # a stop here, too, stops the executor's cells at once
+        for cell, record in results:
+            _count(cell, record, bar, outcome)
+
+
+def _count(cell: Cell, record: dict, bar, outcome: Outcome) -> None:
+    if cell.phase == sweep.FINAL:
+        outcome.ran += 1
+        outcome.statuses[record["status"]] = outcome.statuses.get(record["status"], 0) + 1
+    elif cell.phase == sweep.TUNE:
+        outcome.tuning += 1
+    else:
+        outcome.baselines += 1
+    bar.set_postfix_str(f"{cell.run_id}: {record['status']}")
+    bar.update(1)
 
 
 def set_aside_damaged(paths: list[Path], planned: set[str]) -> None:

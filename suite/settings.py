@@ -86,6 +86,9 @@ class ShootoutConfig(RunSettings):
     executor: str = setting("", "where cells run: local, ray, or a plugin's", default_text="local")
     gpus_per_cell: int = setting(1, "GPUs per cell; more than 1 runs the cell under torch's distributed "
                                  "launch (DDP through accelerate)", minimum=1)
+    cold_start: bool = setting(False, "start every cell in a fresh Python process, importing torch and the rest "
+                               "each time, instead of forking it from a warm-start server (docs/warm-start.md); "
+                               "also LEITAI_COLD_START=1")
     cpus_per_cell: int = setting(0, "CPU threads per cell (0: the executor's default: local cores / workers, "
                                  "ray 1)", minimum=0)
     sweep: dict = setting({"keys": [], "grids": {}}, "tune before the final runs: KEY sweeps each method's declared "

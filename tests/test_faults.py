@@ -219,6 +219,28 @@ def test_damaged_record_is_set_aside_and_its_cell_runs_again(finished, tmp_path)
     assert len(pd.read_csv(out / "results.csv")) == 2
 
 
+def test_report_write_that_fails_part_way_leaves_no_half_file(finished, tmp_path, monkeypatch, capsys):
+    """A full disk while results.parquet is being written: the previous file stays whole, no
+    temporary file is left, and the error line names the file and the remedy."""
+    import errno
+
+    src, _ = finished
+    out = copy(src, tmp_path / "out")
+    before = (out / "results.parquet").read_bytes()
+
+    def half_then_full(self, path, **kwargs):
+        Path(path).write_bytes(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", half_then_full)
+    assert main(["report", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"leitai: error: {out / 'results.parquet'}: No space left on device; free some space, "
+                   f"then write the report again with: leitai report {out}\n")
+    assert (out / "results.parquet").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary file left
+
+
 def test_reading_records_is_checked_in_one_place(tmp_path):
     path = tmp_path / "record.json"
     for text, reason in [('{"run_id": "a", "sta', "Unterminated string"), ("[1]", "a JSON list, not an object"),
@@ -242,8 +264,8 @@ def test_reading_records_is_checked_in_one_place(tmp_path):
 @pytest.fixture(scope="module")
 def interrupted(finished, tmp_path_factory):
     """A resumed shootout with a new, long cell: a second run is started on the same directory
-    while it runs; it is stopped by Ctrl-C; started again and killed with SIGKILL (the driver
-    only); and resumed. What each step left is recorded for the tests."""
+    while it runs; it is stopped by Ctrl-C; started again and stopped with SIGTERM (the driver
+    only); started again and killed with SIGKILL (the driver only); and resumed. What each step left is recorded for the tests."""
     src, before = finished
     base = tmp_path_factory.mktemp("interrupted")
     out, markers = copy(src, base / "out"), base / "markers"
@@ -262,6 +284,16 @@ def interrupted(finished, tmp_path_factory):
     steps["ctrl_c"], steps["ctrl_c_pid"] = first.returncode, first.pid
     steps["ctrl_c_records"] = records(out)
     steps["ctrl_c_reported"] = set(pd.read_csv(out / "results.csv").method)
+
+    pid.unlink()  # SIGTERM, as a batch scheduler stops a job, to the driver alone: a stop like Ctrl-C
+    (out / "results.csv").unlink()
+    term = start(*args, env=env)
+    steps["term_cell"] = wait_for(pid, term)
+    term.send_signal(signal.SIGTERM)
+    _, steps["term_stderr"] = term.communicate(timeout=600)
+    steps["term"] = term.returncode
+    steps["term_records"] = records(out)
+    steps["term_reported"] = set(pd.read_csv(out / "results.csv").method)
 
     pid.unlink()
     again = start(*args, env=env)
@@ -295,6 +327,15 @@ def test_ctrl_c_keeps_and_reports_what_finished(interrupted):
     assert gone(steps["ctrl_c_cell"])
     assert steps["ctrl_c_records"] == steps["before"]  # the interrupted cell left no record
     assert steps["ctrl_c_reported"] == {"full", "lora"}
+
+
+def test_sigterm_is_a_stop_like_ctrl_c(interrupted):
+    _, steps = interrupted
+    assert steps["term"] == 143
+    assert steps["term_stderr"] == "leitai: interrupted; finished runs are kept (rerun with --resume)\n"
+    assert gone(steps["term_cell"])  # the driver stopped its cell: none is left running
+    assert steps["term_records"] == steps["before"]
+    assert steps["term_reported"] == {"full", "lora"}
 
 
 def test_killed_driver_leaves_no_orphan_and_no_lock(interrupted):

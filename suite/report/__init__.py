@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..atomic import atomic_path, remedy, write_text_atomic
 from . import content, html_page, markdown
 from .frames import EXTRA_COLUMNS, RESULT_COLUMNS, baselines_frame, curves_frame, generations_frame, results_frame
 from .sources import gather
@@ -24,8 +25,9 @@ __all__ = ["write_report", "RESULT_COLUMNS", "EXTRA_COLUMNS", "results_frame", "
            "baselines_frame"]
 
 
-def _write(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8", newline="\n")
+def _csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def write_report(dirs: list[Path], out: Path) -> pd.DataFrame:
@@ -35,15 +37,20 @@ def write_report(dirs: list[Path], out: Path) -> pd.DataFrame:
     in two directories is a :class:`~suite.errors.UsageError`).
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = gather([Path(d) for d in dirs], out)
-    report = content.build(records)
-    results = report.results
-    results.to_csv(out / "results.csv", index=False, lineterminator="\n")
-    results.to_parquet(out / "results.parquet", index=False)
-    curves_frame(records).to_csv(out / "curves.csv", index=False, lineterminator="\n")
-    generations_frame(records).to_csv(out / "generations.csv", index=False, lineterminator="\n")
-    baselines_frame(records)[0].to_csv(out / "baselines.csv", index=False, lineterminator="\n")
-    _write(out / "summary.md", markdown.render(report))
-    _write(out / "report.html", html_page.render(report))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        records = gather([Path(d) for d in dirs], out)
+        report = content.build(records)
+        results = report.results
+        _csv(results, out / "results.csv")  # every file whole or not at all (suite.atomic)
+        with atomic_path(out / "results.parquet") as tmp:
+            results.to_parquet(tmp, index=False)
+        _csv(curves_frame(records), out / "curves.csv")
+        _csv(generations_frame(records), out / "generations.csv")
+        _csv(baselines_frame(records)[0], out / "baselines.csv")
+        write_text_atomic(out / "summary.md", markdown.render(report))
+        write_text_atomic(out / "report.html", html_page.render(report))
+    except OSError as e:  # a full disk: say what to do once there is room
+        remedy(e, out)
+        raise
     return results

@@ -14,10 +14,10 @@ Merging rules (``leitai report A B --out M``):
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
+from ..atomic import atomic_path
 from ..errors import UsageError
 from ..records import load_record, record_path, record_paths
 
@@ -56,8 +56,6 @@ def gather(dirs: list[Path], out: Path) -> list[dict]:
         for rid, (path, _) in found.items():
             target = record_path(out, rid)
             if target.resolve() != path.resolve() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.tmp")
-                shutil.copyfile(path, tmp)
-                os.replace(tmp, target)  # a reader sees the whole record or none
+                with atomic_path(target) as tmp:  # a reader sees the whole record or none
+                    shutil.copyfile(path, tmp)
     return [record for _, record in found.values()]
