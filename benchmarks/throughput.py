@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from suite.train import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
+from suite.measure import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
 
 WAYS = ("arena", "bare", "trainer")
 #: dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name (first match wins)

@@ -64,13 +64,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
     from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
     from .inference import inference_costs
-    from .measure import PeakMemory, count_parameters
+    from .measure import PeakMemory, count_parameters, tail_mean
     from .methods import run_info
     from .plugins import registry
     from .precision import dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
-    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, tail_mean, train
+    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
     from .userdata import resolve_task
 
     reg = registry()

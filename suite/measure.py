@@ -140,3 +140,11 @@ class _RssSampler:
 
 def cpu_threads() -> int:
     return torch.get_num_threads() or os.cpu_count() or 1
+
+
+def tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
+    """Mean of the last 10% of step losses: one batch's loss is too noisy to compare methods."""
+    if not losses:
+        return None
+    k = max(1, int(len(losses) * frac))
+    return sum(losses[-k:]) / k

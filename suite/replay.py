@@ -104,12 +104,12 @@ def source_texts(source: str, registry, count: int = MAX_TEXTS) -> list[str]:
     return read_file(source)[:count]
 
 
-def resolve(config, registry) -> str:
-    """The shootout's ``--replay`` values checked and normalised (a file as an absolute path,
-    the fraction as ``%g``), comma-separated: everything wrong with them is a one-line
-    UsageError before any cell runs."""
+def resolve(values: list[str], config, registry) -> str:
+    """The shootout's ``--replay`` ``values`` (:func:`suite.variants.values` of the setting)
+    checked and normalised (a file as an absolute path, the fraction as ``%g``), comma-separated:
+    everything wrong with them is a one-line UsageError before any cell runs."""
     out = []
-    for value in _values(config.replay):
+    for value in values or [OFF]:
         if value == OFF:
             out.append(OFF)
             continue
@@ -135,12 +135,6 @@ def resolve(config, registry) -> str:
     if len(set(labels)) < len(labels):
         raise UsageError(f"--replay: two settings would have the same name in the report ({', '.join(labels)})")
     return ",".join(out)
-
-
-def _values(text) -> list[str]:
-    from .variants import values
-
-    return values(text) or [OFF]
 
 
 @dataclass
@@ -207,7 +201,7 @@ def mixed_loss(logits, targets, is_task, n_task: int, n_replay: int):
 def record(mix: Mixed, result, record: dict) -> None:
     """A replay run's own figures: the replay part's per-step losses (the curve's ``replay``
     split), their tail mean, and how each batch was made up."""
-    from .train import tail_mean
+    from .measure import tail_mean
 
     if mix.replay is None:
         return

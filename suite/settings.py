@@ -16,7 +16,7 @@ import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from . import replay
+from . import replay, variants
 from .errors import UsageError
 
 
@@ -122,7 +122,7 @@ class ShootoutConfig(RunSettings):
             self.side_corpus = registry.default("side_corpora", none="none")
         elif self.side_corpus != "none":
             registry.get("side_corpora", self.side_corpus, hint="or none")
-        self.replay = replay.resolve(self, registry)  # checked and normalised; a list is a dimension
+        self.replay = replay.resolve(variants.values(self.replay), self, registry)  # checked and normalised; a list is a dimension
         if not self.out:
             self.out = str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
         if not self.methods or not self.tasks:

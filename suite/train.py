@@ -279,11 +279,3 @@ def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device) -> float
                                  reduction="sum").item()
         count += int((target != IGNORE).sum())
     return total / count if count else float("nan")
-
-
-def tail_mean(losses: list[float], frac: float = 0.1) -> float | None:
-    """Mean of the last 10% of step losses: one batch's loss is too noisy to compare methods."""
-    if not losses:
-        return None
-    k = max(1, int(len(losses) * frac))
-    return sum(losses[-k:]) / k

@@ -40,9 +40,9 @@ def test_replay_and_measurement_texts_are_disjoint(registry):
     config = SimpleNamespace(replay="zh-news-side:0.25", batch_size=8, side_corpus="zh-news-side",
                              side_corpus_size=replay.MEASURED + 1)
     with pytest.raises(UsageError, match="--side-corpus-size 256 or less"):
-        replay.resolve(config, registry)
+        replay.resolve([config.replay], config, registry)
     config.side_corpus_size = replay.MEASURED
-    assert replay.resolve(config, registry) == "zh-news-side:0.25"
+    assert replay.resolve([config.replay], config, registry) == "zh-news-side:0.25"
 
 
 def test_a_batch_holds_the_asked_share_of_replay_sequences():

@@ -104,7 +104,6 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     """
     from ..diagnostics import FORMAT_MIN
     from ..sweep import describe
-    from .verdict import still_learning
 
     df = results[results.task == task]
     methods = method_order(results, stats, task)
@@ -374,3 +373,13 @@ def fallback_warnings(results: pd.DataFrame) -> list[str]:
                 seen.setdefault((method, str(info["fallback"])), []).append(seed)
         out += [f"task {task}: {method} ({_seeds(seeds)}): {why}" for (method, why), seeds in seen.items()]
     return out
+
+
+def still_learning(results: pd.DataFrame, task: str, method: str) -> tuple[int, int]:
+    """``(flagged, n)``: how many of the method's ok runs on ``task`` were still learning
+    (:func:`suite.diagnostics.learning_tail`), of the ``n`` that were tested."""
+    if "still_learning" not in results:
+        return 0, 0
+    ok = results[(results.task == task) & (results.method == method) & (results.status == "ok")]
+    flags = ok.still_learning.dropna().astype(str)
+    return int((flags == "True").sum()), len(flags)

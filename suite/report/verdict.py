@@ -13,7 +13,7 @@ from ..diagnostics import FORMAT_MIN
 from . import formatting as fmt
 from .frames import PROBE
 from .significance import ALPHA, Comparison, compare, per_example, tied_for_best
-from .tables import summary_of
+from .tables import still_learning, summary_of
 
 
 @dataclass
@@ -65,16 +65,6 @@ def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame
     verdict.reasons = {m: diagnose(verdict, results, stats, m) for m in verdict.not_above()}
     verdict.sentences = _sentences(verdict, stats, means)
     return verdict
-
-
-def still_learning(results: pd.DataFrame, task: str, method: str) -> tuple[int, int]:
-    """``(flagged, n)``: how many of the method's ok runs on ``task`` were still learning
-    (:func:`suite.diagnostics.learning_tail`), of the ``n`` that were tested."""
-    if "still_learning" not in results:
-        return 0, 0
-    ok = results[(results.task == task) & (results.method == method) & (results.status == "ok")]
-    flags = ok.still_learning.dropna().astype(str)
-    return int((flags == "True").sum()), len(flags)
 
 
 def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method: str) -> list[str]:
