@@ -28,6 +28,9 @@ def closed_form(name: str, params: dict, cfg) -> int:
     if name == "prefix-tuning":  # prefix embedding, then Linear(d, h) + Tanh + Linear(h, 2*L*d)
         n, h = params["virtual_tokens"], params["projection_hidden"]
         return n * d + (d * h + h) + (h * 2 * L * d + 2 * L * d)
+    if name == "p-tuning" and params["encoder"] == "MLP":  # embedding, then MLP d -> h -> h -> d
+        n, h = params["virtual_tokens"], params["encoder_hidden"]
+        return n * d + (d * h + h) + (h * h + h) + (h * d + d)
     if name == "p-tuning":  # embedding, 2-layer bidirectional LSTM (hidden h), MLP 2h -> 2h -> d
         n, h = params["virtual_tokens"], params["encoder_hidden"]
         lstm = 2 * (4 * h * (d + h) + 8 * h) + 2 * (4 * h * (2 * h + h) + 8 * h)
@@ -101,3 +104,12 @@ def test_method_on_tiny_zh(name, registry, tiny_zh, tmp_path):
         config.inference_mode = False  # peft saves adapters in inference mode
         rebuilt, _ = tiny_zh.load()
         assert get_peft_model(rebuilt, config).get_nb_trainable_parameters()[0] == trainable
+
+
+def test_p_tuning_lstm_encoder_count(registry, tiny_zh):
+    """The paper's LSTM encoder (the default is peft's MLP): the core's count equals the formula."""
+    method = registry.methods["p-tuning"]
+    params = method_params(method, {"encoder": "LSTM"})
+    base, _ = tiny_zh.load()
+    model = method.apply(base, params)
+    assert count_parameters(model, trainable_only=True) == closed_form("p-tuning", params, base.config)
