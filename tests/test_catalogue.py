@@ -56,6 +56,9 @@ def test_core_count_equals_peft_and_the_saved_adapter(name, arch, registry, tmp_
     saved = saved_parameters(tmp_path)
     if name in ("prefix-tuning", "p-tuning"):
         assert saved == saved_prompt_size(name, params, model.config)
+    elif name == "lst":  # the side network and each ladder's standardisation (mean and scale, and whether set)
+        side = model.side
+        assert saved == count + side.ladder_mean.numel() + side.ladder_scale.numel() + 1
     else:
         assert saved == count
 
