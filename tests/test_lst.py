@@ -140,7 +140,10 @@ def test_save_load_round_trip(lst, tmp_path):
     train(model, [random_items(4, 7, 3)] * 3, 0, TrainSettings(lr=1e-2, warmup=0.0), Accelerator(cpu=True))
     lst.save(model, tmp_path / "adapter", params)
     saved = load_file(str(tmp_path / "adapter" / "side.safetensors"))
-    assert sum(t.numel() for t in saved.values()) == count_parameters(model, trainable_only=True)  # side only
+    stats = {"ladder_mean", "ladder_scale", "calibrated"}  # the ladders' standardisation, set by training
+    assert stats <= set(saved) and bool(saved["calibrated"])
+    weights = sum(t.numel() for k, t in saved.items() if k not in stats)
+    assert weights == count_parameters(model, trainable_only=True)  # side only
     ids = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(3))
     loaded = lst.load(tiny_model("gpt2"), tmp_path / "adapter", params)
     with torch.no_grad():
