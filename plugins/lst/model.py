@@ -140,8 +140,8 @@ class SideNetwork(nn.Module):
 
     def forward(self, ladders: list[torch.Tensor], attention_mask=None, cache: SideCache | None = None):
         """The side output in the backbone's width, for ``ladders`` = [h_0, h_i for kept i]."""
-        if self.training and torch.is_grad_enabled() and not bool(self.calibrated):
-            self.calibrate(ladders, attention_mask)
+        if self.training and torch.is_grad_enabled() and not self.calibrated.is_meta and not bool(self.calibrated):
+            self.calibrate(ladders, attention_mask)  # a weightless (meta) model, as leitai plan builds, has no data
         dtype = self.up.weight.dtype
         past = cache.length if cache is not None else 0
         mask, causal = attention_mask_for(attention_mask, ladders[0].shape[1], past)
