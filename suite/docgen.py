@@ -108,7 +108,7 @@ COLUMNS = {
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
     "predicted_peak_bytes": "`leitai plan`'s prediction of `peak_memory_bytes` from the model's config alone, at the "
                             "cell's first batch, on the same basis (CPU: without the weights); empty where it could "
-                            "not be made (docs/plan.md)",
+                            "not be made, and in tuning runs (docs/plan.md)",
     "weights_bytes": "bytes of the model's parameters (unique storages)",
     "grads_bytes": "bytes of the gradients of one step",
     "optimizer_bytes": "bytes of the optimiser's state",
