@@ -47,6 +47,17 @@ def start(*args, env: dict) -> subprocess.Popen:
                             preexec_fn=catch_ctrl_c)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each cell is a process of its own, so accelerate's process-wide state (its mixed
+    precision above all) is set once per process. Tests that build an ``Accelerator`` in this
+    process must not hand theirs to the next test: bfloat16 autocast left behind by one
+    changes another's losses, and a cell run in-process refuses a different precision."""
+    yield
+    if "accelerate.state" in sys.modules:
+        sys.modules["accelerate.state"].AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def registry():
     from suite.plugins import load_registry
