@@ -13,17 +13,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sweep
+from . import quantize, sweep
 from .cell import Cell
 from .errors import UsageError
 from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
 from .settings import FAIR_SETTINGS, ShootoutConfig
 
 
-def run_id(method: str, task: str, seed: int, tune: str = "") -> str:
-    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``."""
+def run_id(method: str, task: str, seed: int, tune: str = "", quantize: str = "none") -> str:
+    """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``;
+    a run on a quantized base names it: ``task__method__nf4__s0`` (a float base's id stays as it was)."""
     safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-    return f"{safe(task)}__{safe(method)}__{'tune-' + tune + '__' if tune else ''}s{seed}"
+    quantized = f"{safe(quantize)}__" if quantize not in ("none", "") else ""
+    return f"{safe(task)}__{safe(method)}__{quantized}{'tune-' + tune + '__' if tune else ''}s{seed}"
 
 
 @dataclass
@@ -69,41 +71,46 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
                 check_params(method, {**params[name], **setting}, setting, build)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    quantize.check(config.quantizations(), methods)
     return Plan(tasks, methods, params, grids)
 
 
-def _cell(config: ShootoutConfig, plan: Plan, **identity) -> Cell:
-    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **config.run_settings())
+def _cell(config: ShootoutConfig, plan: Plan, q: str, **identity) -> Cell:
+    settings = {**config.run_settings(), "quantize": q}  # one base precision per cell
+    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **settings)
 
 
 def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
     """One cell per task that scores the untrained base model and the task's trivial answers."""
     if not config.baselines:
         return []
-    return [_cell(config, plan, run_id=run_id(sweep.BASELINE, task, 0), method=sweep.BASE_MODEL, task=task, seed=0,
-                  params={}, phase=sweep.BASELINE) for task in config.tasks]
+    return [_cell(config, plan, q, run_id=run_id(sweep.BASELINE, task, 0, quantize=q), method=sweep.BASE_MODEL,
+                  task=task, seed=0, params={}, phase=sweep.BASELINE)
+            for task in config.tasks for q in config.quantizations()]
 
 
 def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
-    """Every setting of every swept method on every task, with the tuning seeds."""
+    """Every setting of every swept method on every task (and base precision), with the tuning seeds."""
     return [
-        _cell(config, plan, run_id=run_id(name, task, seed, sweep.label(setting)), method=name, task=task, seed=seed,
-              params={**plan.params[name], **setting}, phase=sweep.TUNE)
-        for task in config.tasks for name in config.methods if plan.grids[name]
+        _cell(config, plan, q, run_id=run_id(name, task, seed, sweep.label(setting), q), method=name, task=task,
+              seed=seed, params={**plan.params[name], **setting}, phase=sweep.TUNE)
+        for task in config.tasks for name in config.methods if plan.grids[name] for q in config.quantizations()
         for setting in sweep.combinations(plan.grids[name]) for seed in config.tune_seeds
     ]
 
 
 def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) -> list[Cell]:
-    """Every method × task × seed, with the method's params (and, for swept methods, the setting
-    ``chosen[(method, task)]`` holds: ``{"setting": ..., ...}`` from :func:`choose_settings`)."""
+    """Every method × task × base precision × seed, with the method's params (and, for swept
+    methods, the setting ``chosen[(method label, task)]`` holds: ``{"setting": ..., ...}`` from
+    :func:`choose_settings`; the label names the base precision, :func:`suite.quantize.label`)."""
     cells = []
     for task in config.tasks:
         for name in config.methods:
-            tuning = (chosen or {}).get((name, task))
-            params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
-            cells += [_cell(config, plan, run_id=run_id(name, task, seed), method=name, task=task, seed=seed,
-                            params=params, tuning=tuning) for seed in config.seeds]
+            for q in config.quantizations():
+                tuning = (chosen or {}).get((quantize.label(name, q), task))
+                params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
+                cells += [_cell(config, plan, q, run_id=run_id(name, task, seed, quantize=q), method=name, task=task,
+                                seed=seed, params=params, tuning=tuning) for seed in config.seeds]
     return cells
 
 
@@ -113,21 +120,24 @@ def plan(config: ShootoutConfig, registry) -> list[Cell]:
 
 
 def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
-    """``{(method, task): tuning}`` for every swept method: the setting its tuning runs chose on
-    dev (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records."""
+    """``{(method label, task): tuning}`` for every swept method (on each base precision): the
+    setting its tuning runs chose on dev (:func:`suite.sweep.choose`), how many were tried and
+    the evidence, from the records."""
     chosen = {}
     by_key: dict[tuple, list] = {}
     for record in read_records(out):
         if record.get("phase") == sweep.TUNE:
-            by_key.setdefault((record["method"], record["task"]), []).append(record)
+            name = quantize.label(record["method"], (record.get("config") or {}).get("quantize"))
+            by_key.setdefault((name, record["task"]), []).append(record)
     for task in config.tasks:
-        for name in config.methods:
-            grid = plan.grids[name]
+        for method in config.methods:
+            grid = plan.grids[method]
             if not grid:
                 continue
-            setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
-            chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
-                                    **evidence}
+            for name in (quantize.label(method, q) for q in config.quantizations()):
+                setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
+                chosen[(name, task)] = {"setting": setting, "keys": sorted(grid),
+                                        "tried": len(sweep.combinations(grid)), **evidence}
     return chosen
 
 
