@@ -62,9 +62,19 @@ def check(quantizations: list[str], methods: dict) -> None:
         return
     require(quantized[0])
     for name, method in methods.items():
-        if not getattr(method, "quantized_base", False):
-            why = getattr(method, "quantized_base_reason", "") or "it does not declare quantized_base = True"
-            raise UsageError(f"method {name!r} cannot run on a quantized base (--quantize {quantized[0]}): {why}")
+        for q in quantized:
+            if q not in kinds(method):
+                why = getattr(method, "quantized_base_reason", "") or "it does not declare quantized_base = True"
+                raise UsageError(f"method {name!r} cannot run on a quantized base (--quantize {q}): {why}")
+
+
+def kinds(method) -> tuple[str, ...]:
+    """The ``--quantize`` kinds ``method`` declares it runs on (:attr:`suite.Method.quantized_base`:
+    True for every one, False for none, or a tuple of them)."""
+    declared = getattr(method, "quantized_base", False)
+    if declared is True:
+        return CHOICES[1:]
+    return tuple(declared) if isinstance(declared, (tuple, list, set, frozenset)) else ()
 
 
 def bnb_config(quantize: str, dtype):
@@ -107,9 +117,18 @@ def load(spec, dtype, quantize: str, device) -> tuple:
 
 def prepare(model, gradient_checkpointing: bool):
     """peft's k-bit preparation: every base parameter frozen, the float ones (norms,
-    embeddings) in float32, and input gradients enabled for gradient checkpointing."""
+    embeddings) in float32, and input gradients enabled for gradient checkpointing.
+
+    And bitsandbytes' CPU inference repacking of 4-bit weights switched off: on a CPU with
+    AVX512-BF16, the first forward pass without gradients (the core's probe and forgetting
+    measurement run before training) repacks each 4-bit weight for a kernel that passes no
+    gradient back, after which an adapter before it gets none (bitsandbytes 0.50.2; the
+    conformance kit's ``quantized`` check found it)."""
     from peft import prepare_model_for_kbit_training
 
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from . import environment, figures, tables
-from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
+from .frames import baselines_frame, curves_frame, generations_frame, method_label, phase, results_frame
 from .verdict import NOTE as VERDICT_NOTE
 from .verdict import TaskVerdict, judge
 
@@ -97,7 +97,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
     tasks = sorted(results.task.dropna().unique()) if len(results) else []
     palette = figures.colors(sorted(results.method.dropna().unique())) if len(results) else {}
     orders = {t: tables.method_order(results, stats, t) for t in tasks}
-    chosen = {(r["task"], r["method"]): r["config"]["tuning"] for r in records
+    chosen = {(r["task"], method_label(r)): r["config"]["tuning"] for r in records
               if phase(r) == "final" and (r.get("config") or {}).get("tuning")}
     sections = []
     for task in tasks:

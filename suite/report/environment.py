@@ -11,6 +11,7 @@ import json
 import pandas as pd
 
 from ..settings import FAIR_SETTINGS
+from .frames import method_label
 
 #: environment fields shown in the footer, as (column, where in ``record["env"]``)
 ENV_FIELDS = (
@@ -41,7 +42,7 @@ def environment_frame(records: list[dict]) -> pd.DataFrame:
         env = r.get("env") or {}
         if not env:
             continue
-        row = {"run_id": r["run_id"], "method": r.get("method"), "task": r.get("task")}
+        row = {"run_id": r["run_id"], "method": method_label(r), "task": r.get("task")}
         row.update({name: _text(_get(env, path)) for name, path in ENV_FIELDS})
         row["commit"] = _short(row["commit"])
         rows.append(row)
@@ -90,6 +91,8 @@ def warnings(records: list[dict]) -> list[str]:
     for task in sorted(by_task, key=str):
         configs = [r.get("config") or {} for r in by_task[task]]
         for key in FAIR_SETTINGS:
+            if key == "quantize":
+                continue  # a dimension of the shootout: each base precision's runs are a method of their own
             values = pd.Series([_canon(c[key]) for c in configs if key in c], dtype=object)
             if values.nunique() > 1:
                 out.append(f"task {task}: runs differ in the setting {key}: {_spread(values)}")
@@ -99,7 +102,7 @@ def warnings(records: list[dict]) -> list[str]:
                 continue  # tuning runs try other settings on purpose
             p = (r.get("config") or {}).get("params")
             if p:
-                params.setdefault(r.get("method"), set()).add(_canon(p))
+                params.setdefault(method_label(r), set()).add(_canon(p))
         for method in sorted(m for m, ps in params.items() if len(ps) > 1):
             out.append(f"task {task}: the seeds of {method} ran with different method settings")
     return out

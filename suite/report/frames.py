@@ -10,6 +10,8 @@ import numbers
 
 import pandas as pd
 
+from ..quantize import label
+
 RESULT_COLUMNS = (
     "run_id method task seed model status error trainable_params total_params trainable_pct "
     "adapter_bytes peak_memory_bytes memory_kind train_seconds train_tokens tokens_per_second "
@@ -20,16 +22,26 @@ EXTRA_COLUMNS = (
     "peak_memory_reserved_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
-    "device device_name dtype weights_dtype trainable_dtype method_info"
+    "device device_name dtype quantize weights_dtype trainable_dtype method_info"
 ).split()
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info")
+                "device", "device_name", "dtype", "quantize", "weights_dtype", "trainable_dtype", "phase", "method_info")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
 
 
 def is_baseline(record: dict) -> bool:
     return record.get("phase") == "baseline"
+
+
+def quantize_of(record: dict) -> str:
+    """The base precision a record ran on (``--quantize``; records from before it: ``none``)."""
+    return (record.get("config") or {}).get("quantize") or "none"
+
+
+def method_label(record: dict) -> str | None:
+    """The method as the report names it: ``lora``, or ``lora @ nf4`` on a quantized base."""
+    return label(record.get("method"), quantize_of(record))
 
 
 def phase(record: dict) -> str:
@@ -57,7 +69,8 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
         if is_baseline(r):
             continue
         row = {k: r.get(k) for k in ("run_id", "method", "task", "seed", "model", "status", "error")}
-        row["phase"] = phase(r)
+        row["method"] = method_label(r)  # a quantized base is a method of its own in every table and test
+        row["phase"], row["quantize"] = phase(r), quantize_of(r)
         row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
         env = r.get("env") or {}
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))
@@ -118,15 +131,16 @@ def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The baselines of every task: one row per baseline (the untrained base model, the trivial
     answers) with its score, and their answers in the shape of :func:`generations_frame`
     (``run_id`` names the baseline: ``<record run id>`` or ``<record run id>:trivial``)."""
-    rows, answers = [], []
+    rows, answers, trivial_of = [], [], set()
     for r in records:
         if not is_baseline(r) or r.get("status") != "ok":
             continue
         m = r.get("metrics") or {}
         trivial = r.get("trivial") or {}
-        entries = [(r["run_id"], r.get("method"), m.get("score"), m.get("eval_loss"), m.get("choice_accuracy"),
+        entries = [(r["run_id"], method_label(r), m.get("score"), m.get("eval_loss"), m.get("choice_accuracy"),
                     r.get("generations"))]
-        if trivial:
+        if trivial and r.get("task") not in trivial_of:  # once per task: the same answers on every base precision
+            trivial_of.add(r.get("task"))
             entries.append((f"{r['run_id']}:trivial", TRIVIAL_NAMES.get(trivial.get("kind"), trivial.get("kind")),
                             trivial.get("score"), None, None, trivial.get("generations")))
         for rid, name, score, loss, choice, gens in entries:
