@@ -49,8 +49,9 @@ NOTES = {
 COLUMNS = {
     # the output contract (suite.report.RESULT_COLUMNS)
     "run_id": "the run's id, `<task>__<method>__s<seed>` (a tuning run's adds its setting: "
-              "`<task>__<method>__tune-lr1e-03__s0`); its files are in `runs/<run_id>/`",
-    "method": "the method's name (`--methods`)",
+              "`<task>__<method>__tune-lr1e-03__s0`; a run on a quantized base its kind: `<task>__<method>__nf4__s0`); "
+              "its files are in `runs/<run_id>/`",
+    "method": "the method's name (`--methods`); on a quantized base followed by ` @ ` and the kind: `lora @ nf4`",
     "task": "the task's name (`--tasks`)",
     "seed": "the run's seed (every RNG; the batch order too)",
     "model": "the base model (`--model`)",
@@ -58,7 +59,8 @@ COLUMNS = {
     "error": "why the run did not finish `ok`: the exception's type and the first line of its message",
     "trainable_params": "parameters with `requires_grad` after the method was applied, tied tensors once, counted by "
                         "the core; recorded for a cell the run-time guard fails too",
-    "total_params": "the base model's parameters, counted by the core before the method is applied",
+    "total_params": "the base model's parameters, counted by the core before the method is applied (a packed 4-bit "
+                    "weight by the weights it holds, as its quantization state records its shape)",
     "trainable_pct": "100 × trainable_params / total_params: a percentage (0.29 means 0.29 %, not 29 %)",
     "adapter_bytes": "bytes on disk of what `Method.save` wrote (`runs/<run_id>/adapter/`)",
     "peak_memory_bytes": "peak memory of the training loop: `max_memory_allocated` on CUDA; on CPU the cell "
@@ -82,7 +84,8 @@ COLUMNS = {
     "class_prior_loss": "classification tasks: the loss per answer token of a model that knows the answer format "
                         "and each label's training frequency but not the input (compare with `eval_loss`)",
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
-    "weights_bytes": "bytes of the model's parameters (unique storages)",
+    "weights_bytes": "bytes of the model's parameters (unique storages); on a quantized base the packed weights "
+                     "and their quantization state (block and row scales)",
     "grads_bytes": "bytes of the gradients of one step",
     "optimizer_bytes": "bytes of the optimiser's state",
     "activation_bytes": "bytes autograd saves for backward in one step (unique storages, parameters excluded)",
@@ -100,7 +103,9 @@ COLUMNS = {
     "device": "`cpu` or `cuda`",
     "device_name": "the CPU's or GPU's name",
     "dtype": "the base weights' dtype and any autocast, e.g. `float32`, `bfloat16 + bf16 autocast` (`--dtype`)",
-    "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several)",
+    "quantize": "the base's quantization (`--quantize`): `none`, `nf4`, `fp4` or `int8`",
+    "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several; "
+                     "quantized layers by their kind, read from the layers: `float32+nf4`)",
     "trainable_dtype": "the dtype of what trains, measured after the core's cast to float32",
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
     # further measurements, passed through by name
@@ -119,6 +124,8 @@ COLUMNS = {
     "infer_prefill_tokens_per_second_base": "the same for the base model",
     "infer_prefill_tokens_per_second_merged": "the same for the merged model",
     "merge_max_logit_diff": "the largest difference between merged and unmerged logits on the timed prompts",
+    "infer_merged_not_applicable": "on a quantized base, why there are no merged figures: peft cannot merge into "
+                                   "the layer, or merging re-quantizes the weights and changes the logits",
     "peak_memory_per_device": "a distributed cell's peak memory on each device (JSON list)",
     "processes": "a distributed cell's process count",
 }
