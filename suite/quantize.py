@@ -104,7 +104,8 @@ def load(spec, dtype, quantize: str, device) -> tuple:
     require(quantize)
     kwargs = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": str(device)}}
     if "quantization" in inspect.signature(spec.load).parameters:
-        return spec.load(dtype=dtype, quantization=kwargs)
+        model, tokenizer = spec.load(dtype=dtype, quantization=kwargs)
+        return no_cpu_repacking(model), tokenizer
     model, tokenizer = load_base(spec, dtype)
     with tempfile.TemporaryDirectory(prefix="leitai-quantize-") as tmp:
         model.save_pretrained(tmp)
@@ -112,24 +113,28 @@ def load(spec, dtype, quantize: str, device) -> tuple:
         del model
         model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, **kwargs)
     model.generation_config = generation
-    return model, tokenizer
+    return no_cpu_repacking(model), tokenizer
 
 
 def prepare(model, gradient_checkpointing: bool):
     """peft's k-bit preparation: every base parameter frozen, the float ones (norms,
-    embeddings) in float32, and input gradients enabled for gradient checkpointing.
+    embeddings) in float32, and input gradients enabled for gradient checkpointing."""
+    from peft import prepare_model_for_kbit_training
 
-    And bitsandbytes' CPU inference repacking of 4-bit weights switched off: on a CPU with
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def no_cpu_repacking(model):
+    """Switch off bitsandbytes' CPU inference repacking of 4-bit weights, in place: on a CPU with
     AVX512-BF16, the first forward pass without gradients (the core's probe and forgetting
     measurement run before training) repacks each 4-bit weight for a kernel that passes no
     gradient back, after which an adapter before it gets none (bitsandbytes 0.50.2; the
-    conformance kit's ``quantized`` check found it)."""
-    from peft import prepare_model_for_kbit_training
-
+    conformance kit's ``quantized`` check found it). Every quantized base the core loads gets
+    this, the one timed for inference too, so trained and base models run the same kernels."""
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
 
 
 def quantized_layers(model) -> list[str]:

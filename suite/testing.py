@@ -534,7 +534,7 @@ def tiny_quantized_model(arch: str, quantize: str, directory: Path, seed: int = 
     tiny_model(arch, seed=seed).save_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map={"": "cpu"},
                                                  quantization_config=quantization.bnb_config(quantize, torch.float32))
-    return quantization.prepare(model, gradient_checkpointing=False)
+    return quantization.prepare(quantization.no_cpu_repacking(model), gradient_checkpointing=False)
 
 
 def _quantized(method, params, arch, seed, directory: Path, q: str) -> str | None:
