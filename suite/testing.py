@@ -226,7 +226,7 @@ def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | Non
         with tempfile.TemporaryDirectory(prefix="leitai-conformance-") as tmp:
             for arch in architectures:
                 report.results += _check_architecture(method, settings, arch, seed, Path(tmp) / arch)
-            report.results += _check_quantized(method, settings, seed, Path(tmp) / "quantized")
+            report.results += _check_quantized(method, settings, seed, Path(tmp) / "quantized", architectures)
     finally:
         torch.set_num_threads(threads)
         if bars:
@@ -350,7 +350,7 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
         return None
 
     if not record("applies", applies):
-        skip(*CHECKS[1:])
+        skip(*CHECKS[1:-1])  # the last, quantized, is checked once per method
         return results
     run: _Run = state["run"]
 
@@ -504,16 +504,18 @@ def _seed(method, params, arch, seed, batch, first: _Run) -> str | None:
 QUANTIZED_ARCHITECTURE = "mistral"
 
 
-def _check_quantized(method, params, seed, directory: Path, arch: str = QUANTIZED_ARCHITECTURE) -> list[CheckResult]:
+def _check_quantized(method, params, seed, directory: Path, architectures,
+                     arch: str = QUANTIZED_ARCHITECTURE) -> list[CheckResult]:
     """The ``quantized`` check: a ``quantized_base`` claim holds on ``arch`` in each kind it
-    claims (NF4 standing for FP4, the same layers with another code book)."""
+    claims (NF4 standing for FP4, the same layers with another code book); skipped on every
+    one of ``architectures`` when there is no claim, or no bitsandbytes."""
     import importlib.util
 
     from .quantize import kinds
 
     claimed = [q for q in kinds(method) if q != "fp4"] or list(kinds(method))  # fp4 runs as nf4 does
     if not claimed or importlib.util.find_spec("bitsandbytes") is None:
-        return [CheckResult(method.name, "quantized", arch, "skipped")]
+        return [CheckResult(method.name, "quantized", a, "skipped") for a in architectures]
     start = time.perf_counter()
     try:
         detail = next(filter(None, (_quantized(method, params, arch, seed, directory, q) for q in claimed)), None)
