@@ -137,7 +137,7 @@ def load_base(spec: ModelSpec, dtype, quantize: str = "none", device=None) -> tu
     if quantize not in ("none", "", None):
         from .quantize import load
 
-        return load(spec, dtype, quantize, device)
+        return load(spec, dtype, quantize, device, lambda: load_base(spec, dtype))
 
     if "dtype" in inspect.signature(spec.load).parameters:
         return spec.load(dtype=dtype)

@@ -6,8 +6,9 @@ by hand.
 The compute dtype of a 4-bit layer follows ``--dtype``. Which methods run on a quantized base
 is each method's declaration (:attr:`suite.Method.quantized_base`); the parent checks it, and
 that bitsandbytes is installed, before any cell starts (:func:`check`). A list
-(``--quantize none,nf4``) makes the base's precision a dimension of the shootout: each method
-runs once per entry, and the report names the quantized ones ``lora @ nf4`` (:func:`label`).
+(``--quantize none,nf4``) makes the base's precision a dimension of the shootout
+(:mod:`suite.variants`): each method runs once per entry, and the report names the quantized
+ones ``lora @ nf4``.
 """
 from __future__ import annotations
 
@@ -38,12 +39,6 @@ def parse(value) -> list[str]:
     if not items:
         raise UsageError("--quantize must name at least one of " + ", ".join(CHOICES))
     return list(dict.fromkeys(items))
-
-
-def label(method: str, quantize: str) -> str:
-    """The method's name as the report shows it: ``lora`` on a float base, ``lora @ nf4`` on a
-    quantized one (so the tables and the paired tests compare the two like any two methods)."""
-    return method if quantize in (NONE, "", None) else f"{method} @ {quantize}"
 
 
 def require(quantize: str) -> None:
@@ -86,27 +81,27 @@ def bnb_config(quantize: str, dtype):
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize, bnb_4bit_compute_dtype=dtype)
 
 
-def load(spec, dtype, quantize: str, device) -> tuple:
+def load(spec, dtype, quantize: str, device, load_float) -> tuple:
     """``(model, tokenizer)`` of ``spec`` with its linear layers quantized, on ``device``.
 
     A spec whose ``load`` takes ``quantization`` gets transformers' ``from_pretrained`` keyword
     arguments (``quantization_config``, ``device_map``) and loads the quantized model itself
-    (a hub model: no float copy is ever held). Any other spec loads in float, is saved to a
-    temporary directory and loaded back quantized through ``AutoModelForCausalLM``.
+    (a hub model: no float copy is ever held). Any other spec loads in float (``load_float()``:
+    :func:`suite.models.load_base`'s float path, passed in so this module does not import it
+    back), is saved to a temporary directory and loaded back quantized through
+    ``AutoModelForCausalLM``.
     """
     import inspect
     import tempfile
 
     from transformers import AutoModelForCausalLM
 
-    from .models import load_base
-
     require(quantize)
     kwargs = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": str(device)}}
     if "quantization" in inspect.signature(spec.load).parameters:
         model, tokenizer = spec.load(dtype=dtype, quantization=kwargs)
         return no_cpu_repacking(model), tokenizer
-    model, tokenizer = load_base(spec, dtype)
+    model, tokenizer = load_float()
     with tempfile.TemporaryDirectory(prefix="leitai-quantize-") as tmp:
         model.save_pretrained(tmp)
         generation = model.generation_config
