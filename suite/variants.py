@@ -1,5 +1,6 @@
 """Settings that are a dimension of a shootout, like seeds: ``--replay none,zh-news-side:0.3``
-runs every method at each value, and each value makes the method a variant of its own.
+(or ``--quantize none,nf4``) runs every method at each value, and each value makes the method a
+variant of its own (``full + replay 0.3``, ``lora @ nf4``).
 
 One place turns a cell's variant settings into what tells the variants apart:
 

@@ -184,8 +184,8 @@ def _per_step(ok: pd.DataFrame) -> float:
 def versus_float_base(df: pd.DataFrame, method: str) -> str:
     """What a quantized base (``lora @ nf4``) saves and costs against the same method, with the
     same other variant settings, on the float base (``lora``) in ``df`` (one task's runs):
-    ``weights ×0.5, memory ×0.61, s/step ×1.8`` (ratios of the means of ok runs); ``-`` for a
-    float base, or when the other is not there."""
+    ``weights ×0.5, memory ×0.61, s/step ×1.8`` (ratios of the means of ok runs);
+    :data:`formatting.MISSING` for a float base, or when the other is not there."""
     mine = df[(df.method == method) & (df.status == "ok")]
     if not len(mine) or (mine.quantize.fillna("none") == "none").all():
         return fmt.MISSING
