@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA machine: every built-in method (LST included) on a randomly initialised Qwen2-0.5B-shaped model,
 # float32 weights under bf16 autocast, a fixed number of steps, then LoRA again on the same base in bf16
-# (--dtype bfloat16, CUDA's default; what trains stays float32); prints tokens/s, peak
+# (--dtype bfloat16, CUDA's default; what trains stays float32), and QLoRA: LoRA on the same base
+# quantized to NF4 (--quantize nf4, bf16 compute; needs bitsandbytes: pip install 'leitai[quantize]',
+# else the row is left out with a note); prints tokens/s, peak
 # allocated/reserved memory and weight bytes per run, leitai plan's predicted peak against the measured
 # one for LoRA, full fine-tuning and LST; then benchmarks/throughput.py on the same model: the arena against a bare torch loop
 # and against HF Trainer + PEFT (ratios a/b, a/c) with model FLOPs utilisation (MFU, PaLM's
@@ -17,17 +19,26 @@ fi
 export LEITAI_PLUGINS="benchmarks.random_models${LEITAI_PLUGINS:+,$LEITAI_PLUGINS}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 OUT=${OUT:-/tmp/leitai-gpu-shootout}
-rm -rf "$OUT" "$OUT-bf16"
+rm -rf "$OUT" "$OUT-bf16" "$OUT-nf4"
 SHOOTOUT=(--model random-qwen2-0.5b --device cuda --tasks zh-sentiment --max-steps "${STEPS:-40}" --batch-size 16
           --task-size 1024 -q)
 python -m suite.cli run "${SHOOTOUT[@]}" --dtype float32 --out "$OUT" "$@"
 # the bf16 row: LoRA (or the methods given) with the base's weights in bf16
 python -m suite.cli run "${SHOOTOUT[@]}" --methods lora --out "$OUT-bf16" "$@" --dtype bfloat16
-python - "$OUT" "$OUT-bf16" <<'PY'
+# the QLoRA row: LoRA on the base quantized to NF4 (4-bit weights, bf16 compute)
+DIRS=("$OUT" "$OUT-bf16")
+if python -c "import bitsandbytes" 2>/dev/null; then
+    python -m suite.cli run "${SHOOTOUT[@]}" --methods lora --out "$OUT-nf4" "$@" --dtype bfloat16 --quantize nf4
+    DIRS+=("$OUT-nf4")
+else
+    echo "QLoRA row left out: bitsandbytes is not installed (pip install 'leitai[quantize]')"
+fi
+python - "${DIRS[@]}" <<'PY'
 import sys
 import pandas as pd
 r = pd.concat([pd.read_csv(f"{d}/results.csv") for d in sys.argv[1:]], ignore_index=True)
-cols = ["method", "weights_dtype", "status", "trainable_params", "tokens_per_second", "peak_memory_bytes",
+r["s/step"] = r.train_seconds / r.steps
+cols = ["method", "weights_dtype", "s/step", "status", "trainable_params", "tokens_per_second", "peak_memory_bytes",
         "peak_memory_reserved_bytes", "weights_bytes", "train_seconds", "final_train_loss"]
 t = r[cols].copy()
 for c in ("peak_memory_bytes", "peak_memory_reserved_bytes", "weights_bytes"):

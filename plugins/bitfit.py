@@ -21,6 +21,7 @@ def bitfit_parameters(model: torch.nn.Module) -> set[str]:
 class BitFit(Method):
     name = "bitfit"
     description = "trains the base model's own bias terms (its norm weights if it has no biases); no new weights"
+    quantized_base_reason = "not yet checked on a quantized base (its quantized_base is False)"
     paper = (
         "Ben Zaken, Ravfogel & Goldberg, 2022, BitFit: Simple Parameter-efficient Fine-tuning for "
         "Transformer-based Masked Language-models (ACL 2022): every bias term trains, nothing else. "

@@ -7,6 +7,7 @@ from .targets import LinearTuner
 class BOFT(LinearTuner):
     name = "boft"
     description = "orthogonal rotation of W as a product of sparse butterfly factors (peft BOFTConfig)"
+    quantized_base_reason = "peft cannot put BOFT on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Liu et al., 2024, Parameter-Efficient Orthogonal Finetuning via Butterfly Factorization (ICLR 2024): "
         "the rotation R as a product of m butterfly factors of b x b orthogonal blocks, initialised to the "

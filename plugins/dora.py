@@ -7,6 +7,9 @@ from .lora import LoRA
 class DoRA(LoRA):
     name = "dora"
     description = "weight-decomposed LoRA: trained magnitude vector plus a LoRA update of the direction (peft use_dora)"
+    quantized_base = ("nf4", "fp4")
+    quantized_base_reason = ("peft's DoRA reads an 8-bit weight in a way that drops its scales on the CPU "
+                             "(peft 0.21, bitsandbytes 0.50), so the next forward pass fails")
     paper = (
         "Liu et al., 2024, DoRA: Weight-Decomposed Low-Rank Adaptation (ICML 2024): W = m·(W0 + BA)/||W0 + BA||, "
         "m initialised to the column norms of W0 and B to zero, so training starts from the base. "

@@ -7,6 +7,7 @@ from .targets import targeted_modules
 class FourierFT(PeftMethod):
     name = "fourierft"
     description = "n trained Fourier coefficients per matrix at fixed random frequencies; dW is their inverse DFT (peft FourierFTConfig)"
+    quantized_base_reason = "peft cannot put FourierFT on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Gao et al., 2024, Parameter-Efficient Fine-Tuning with Discrete Fourier Transform (ICML 2024): "
         "dW = alpha · Re(IDFT2(F)), F zero except at n random frequencies (fixed by random_loc_seed), where "

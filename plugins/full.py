@@ -7,6 +7,7 @@ from suite import Method, hookimpl
 class Full(Method):
     name = "full"
     description = "every base weight trainable (the baseline)"
+    quantized_base_reason = "full fine-tuning trains every base weight, and 4- or 8-bit weights cannot train"
     paper = (
         "Baseline: every weight trains with the arena's AdamW. lr 1e-3, the best of the arena's sweep "
         "(docs/benchmarks.md, the defaults sweep: `leitai run --sweep lr`, 150 steps, seed 0, dev split): on zh-sentiment dev accuracy "

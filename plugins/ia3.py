@@ -8,6 +8,7 @@ from .targets import split_names
 class IA3(PeftMethod):
     name = "ia3"
     description = "(IA)³: learned rescaling of keys, values and feed-forward activations (peft IA3Config)"
+    quantized_base = True  # peft has (IA)³ layers for bitsandbytes 4 and 8 bits
     paper = (
         "Liu et al., 2022, Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context "
         "Learning (NeurIPS 2022): vectors l_k, l_v, l_ff rescale keys, values and the feed-forward "

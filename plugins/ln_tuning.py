@@ -9,6 +9,7 @@ from .targets import norm_targets, split_names
 class LNTuning(PeftMethod):
     name = "ln-tuning"
     description = "trains a copy of every normalisation layer, the rest frozen (peft LNTuningConfig)"
+    quantized_base_reason = "not yet checked on a quantized base (its quantized_base is False)"
     paper = (
         "Zhao et al., 2024, Tuning LayerNorm in Attention: Towards Efficient Multi-Modal LLM Finetuning "
         "(ICLR 2024): only the LayerNorm (here RMSNorm too) scales and shifts train. Every "

@@ -7,6 +7,7 @@ from .targets import LinearTuner
 class LoHa(LinearTuner):
     name = "loha"
     description = "low-rank Hadamard product update (W1a·W1b) ⊙ (W2a·W2b) (peft LoHaConfig, LyCORIS)"
+    quantized_base_reason = "peft cannot put LoHa on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Hyeon-Woo, Ye-Bin & Oh, 2022, FedPara: Low-Rank Hadamard Product for Communication-Efficient "
         "Federated Learning (ICLR 2022), as LyCORIS's LoHa (Yeh et al., 2024, ICLR 2024): rank r per factor, "

@@ -7,6 +7,7 @@ from .targets import LinearTuner
 class LoKr(LinearTuner):
     name = "lokr"
     description = "Kronecker-product update W1 ⊗ (W2a·W2b) (peft LoKrConfig, LyCORIS)"
+    quantized_base_reason = "peft cannot put LoKr on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Edalati et al., 2022, KronA: Parameter Efficient Tuning with Kronecker Adapter (arXiv 2212.10650), "
         "as LyCORIS's LoKr (Yeh et al., 2024, ICLR 2024): dW = W1 ⊗ W2, the matrix split by peft's "

@@ -24,6 +24,7 @@ def shared_options(method: PeftMethod, model, params: dict) -> dict:
 class LoRA(PeftMethod):
     name = "lora"
     description = "low-rank updates on the attention projections (peft LoraConfig)"
+    quantized_base = True  # peft puts LoRA on bitsandbytes 4- and 8-bit layers (QLoRA)
     paper = (
         "Hu et al., 2021, LoRA: Low-Rank Adaptation of Large Language Models (ICLR 2022): "
         "W_q and W_v adapted (Sec. 7.1), B initialised to zero, update scaled by alpha/r; "

@@ -7,6 +7,7 @@ from .targets import LinearTuner
 class OFT(LinearTuner):
     name = "oft"
     description = "block-diagonal orthogonal rotation of the input side of W, Cayley-parametrised (peft OFTConfig)"
+    quantized_base_reason = "peft cannot put OFT on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Qiu et al., 2023, Controlling Text-to-Image Diffusion by Orthogonal Finetuning (NeurIPS 2023): W "
         "multiplied by a block-diagonal orthogonal R = (I + Q)(I - Q)^-1 from skew-symmetric Q, "

@@ -5,6 +5,7 @@ from suite import PeftMethod, hookimpl
 class PTuning(PeftMethod):
     name = "p-tuning"
     description = "virtual-token embeddings from a prompt encoder, an MLP by default (peft PromptEncoderConfig)"
+    quantized_base = True  # only the prompt encoder trains; the base is only read
     paper = (
         "Liu et al., 2021, GPT Understands, Too: prompt embeddings produced by a bidirectional "
         "LSTM followed by an MLP (Sec. 3.2); peft prepends them to the input. Virtual tokens "

@@ -8,6 +8,8 @@ from .targets import PROBE, targeted_modules
 class PiSSA(LoRA):
     name = "pissa"
     description = "LoRA whose A, B start as the top-r singular triplets of W; the residual stays frozen (peft init 'pissa')"
+    quantized_base = False
+    quantized_base_reason = "its initialisation rewrites W as a residual, which peft does not do in 4 or 8 bits"
     paper = (
         "Meng, Wang & Zhang, 2024, PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large "
         "Language Models (NeurIPS 2024): A and B from the top r singular values and vectors of W, the base "

@@ -5,6 +5,7 @@ from suite import PeftMethod, hookimpl
 class PrefixTuning(PeftMethod):
     name = "prefix-tuning"
     description = "trainable key/value prefixes in every layer, MLP-reparametrised (peft PrefixTuningConfig)"
+    quantized_base = True  # only the prefixes train; the base is only read
     paper = (
         "Li & Liang, 2021, Prefix-Tuning: Optimizing Continuous Prompts for Generation (ACL 2021): "
         "prefix length 10 (their table-to-text setting), prefix trained through an MLP "

@@ -5,6 +5,7 @@ from suite import PeftMethod, hookimpl
 class PromptTuning(PeftMethod):
     name = "prompt-tuning"
     description = "trainable virtual-token embeddings prepended to the input (peft PromptTuningConfig)"
+    quantized_base = True  # only the virtual tokens train; the base is only read
     paper = (
         "Lester, Al-Rfou & Constant, 2021, The Power of Scale for Parameter-Efficient Prompt "
         "Tuning (EMNLP 2021): prompt initialised from sampled vocabulary embeddings, and 20 "

@@ -7,6 +7,7 @@ from suite import PeftMethod, hookimpl
 class VeRA(PeftMethod):
     name = "vera"
     description = "shared frozen random A, B; per layer trained vectors d, b scale them (peft VeraConfig)"
+    quantized_base_reason = "peft cannot put VeRA on a bitsandbytes 4- or 8-bit layer"
     paper = (
         "Kopiczko, Blankevoort & Asano, 2024, VeRA: Vector-based Random Matrix Adaptation (ICLR 2024): "
         "dW = diag(b)·B·diag(d)·A with A, B frozen, random and shared across layers, b initialised to zero "

@@ -5,6 +5,7 @@ with :data:`hookimpl` and register :class:`Method`, :class:`Task`, :class:`Model
 :class:`SideCorpus` and :class:`Command` instances and :class:`Executor` subclasses. Input a
 user must fix is a :class:`UsageError` (one line, exit status 2).
 """
+from . import quiet  # noqa: F401  (first: it quiets a library before peft can import it)
 from .commands import Command
 from .errors import UsageError
 from .executors import Executor

@@ -123,8 +123,15 @@ def _is_conv1d(module) -> bool:
 
 
 def weight_matrix(module) -> torch.Tensor:
-    """A linear map's weight as ``(out, in)`` (``Conv1D`` stores it as ``(in, out)``)."""
-    return module.weight.t() if _is_conv1d(module) else module.weight
+    """A linear map's weight as ``(out, in)`` (``Conv1D`` stores it as ``(in, out)``); a
+    bitsandbytes 4- or 8-bit layer's dequantized by peft (``--quantize``)."""
+    weight = module.weight
+    if hasattr(weight, "quant_state") or hasattr(weight, "SCB"):
+        # not dequantize_module_weight: on the CPU it puts back an 8-bit weight without its scales
+        from peft.utils.integrations import dequantize_bnb_weight
+
+        return dequantize_bnb_weight(weight, state=getattr(module, "state", None))
+    return weight.t() if _is_conv1d(module) else weight
 
 
 def _linears(module) -> dict[str, tuple[int, int]]:

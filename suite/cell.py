@@ -56,7 +56,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from tqdm.auto import tqdm
     from transformers import set_seed
 
-    from . import data, measure, models, planner, replay, taskdata
+    from . import data, measure, models, planner, quantize, replay, taskdata
     from .attention import ATTENTION_PROMPTS, prepended_attention
     from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
@@ -86,9 +86,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=amp)
     device = accelerator.device
     record["env"] = environment(device, precision_label(dtype, amp))
-    exact = dtype == torch.float32 and amp == "no"  # no rounding to half precision anywhere
+    quantized = cell.quantize != quantize.NONE  # --quantize: 4- or 8-bit linear layers (bitsandbytes)
+    exact = dtype == torch.float32 and amp == "no" and not quantized  # no rounding to half precision anywhere
 
-    base, tokenizer = models.load_base(spec, dtype)
+    base, tokenizer = models.load_base(spec, dtype, cell.quantize, device)
+    if quantized:
+        base = quantize.prepare(base, cell.gradient_checkpointing)  # peft's k-bit preparation, base frozen
     tokenizer = models.prepare_tokenizer(tokenizer)
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
@@ -96,7 +99,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         train_set = [e.last_turn_only() for e in train_set]
     max_new_tokens = prepared.max_new_tokens
     m = record["metrics"]
-    m["weights_dtype"] = dtype_name(base.parameters())  # measured: what the base loaded in
+    m["weights_dtype"] = quantize.weights_dtype(base)  # measured: what the base loaded in (nf4+float32...)
     m.update(data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
              train_examples=len(train_set), dev_examples=len(dev_set), test_examples=len(test_examples),
              max_new_tokens=max_new_tokens, truncated_examples=prepared.truncated,
@@ -155,7 +158,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     check_method_output(method, base_named, model, trained)
     if method.starts_from_base:
         # a half-precision base: a few units in the last place of the largest logit (bf16: 2^-8)
-        error = starts_from_base_error(model, probe, base_logits, rtol=1e-4 if dtype == torch.float32 else 1e-2)
+        error = starts_from_base_error(model, probe, base_logits, rtol=1e-4 if dtype == torch.float32 and not quantized else quantize.RTOL)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
     upcast_trainable(model)  # after the guards, which hold the method to what apply returned
@@ -170,8 +173,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
         grad_clip=cell.grad_clip, log_every=cell.log_every,
     )
-    weights_bytes = measure.tensor_bytes(measure.unique_parameters(model))
-    if not tuning:  # predicted beside measured in the report; a tuning cell's start-up stays lean
+    weights_bytes = measure.tensor_bytes(measure.unique_parameters(model)) + quantize.state_bytes(model)
+    if not tuning and not quantized:  # the planner knows float bases only; a tuning cell's start-up stays lean
         m["predicted_peak_bytes"] = planner.cell_prediction(method, cell.params, base.config, batches[0],
                                                             tokenizer.pad_token_id, dtype, cell.gradient_checkpointing,
                                                             device.type, cell.trust_remote_code)
@@ -236,8 +239,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         m.update(forgetting.after(model), forgetting_view_before=view_before)
     m.update(inference_costs(
-        method, model, lambda: models.load_base(spec, dtype)[0].to(device), prepared.test_prompts[: cell.infer_prompts],
-        cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast, rtol=1e-4 if exact else 2e-2,
+        method, model, lambda: models.load_base(spec, dtype, cell.quantize, device)[0].to(device),
+        prepared.test_prompts[: cell.infer_prompts], cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast,
+        rtol=1e-4 if exact else 2e-2, quantized=quantized,
     ))
     record["status"] = "ok"
     return True

@@ -20,6 +20,7 @@ import tomllib
 
 from . import sweep
 from .errors import UsageError
+from .quantize import parse as parse_quantize
 from .settings import TOML_NAMES, ShootoutConfig, check
 
 
@@ -117,6 +118,11 @@ def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
     data["method_overrides"] = overrides
     data["executor_options"] = {k: data.pop(k) for k in list(data) if k in executor_options}
     check(data, f"{path}: ")
+    if "quantize" in data:
+        try:
+            parse_quantize(data["quantize"])
+        except UsageError as e:
+            raise UsageError(f"{path}: {e}") from None
     return data
 
 
@@ -142,6 +148,8 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for key in ("seeds", "tune_seeds"):
         if key in values:
             values[key] = parse_seeds(values[key], "--" + key.replace("_", "-"))
+    if "quantize" in values:  # one or a list: each a dimension of the shootout, like the seeds
+        values["quantize"] = ",".join(parse_quantize(values["quantize"]))
     if "task_size" in values:
         values["task_size"] = str(values["task_size"])
         if values["task_size"] not in ("default", "full") and not values["task_size"].isdigit():

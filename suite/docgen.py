@@ -55,9 +55,11 @@ COLUMNS = {
     # the output contract (suite.report.RESULT_COLUMNS)
     "run_id": "the run's id, `<task>__<method>__s<seed>` (a tuning run's adds its setting: "
               "`<task>__<method>__tune-lr1e-03__s0`; a `--replay` run's its replay setting after the method: "
-              "`<task>__<method>__replay-zh-news-side-0.3__s0`); its files are in `runs/<run_id>/`",
-    "method": "the method's name (`--methods`), with its `--replay` setting when it has one: `full + replay 0.3` "
-              "(the name the tables and paired tests use; the method alone is `plain_method`)",
+              "`<task>__<method>__replay-zh-news-side-0.3__s0`; a run on a quantized base its kind: "
+              "`<task>__<method>__nf4__s0`); its files are in `runs/<run_id>/`",
+    "method": "the method's name (`--methods`), with its `--replay` setting when it has one: `full + replay 0.3`, "
+              "and on a quantized base ` @ ` and the kind: `lora @ nf4` (the name the tables and paired tests use; "
+              "the method alone is `plain_method`)",
     "task": "the task's name (`--tasks`)",
     "seed": "the run's seed (every RNG; the batch order too)",
     "model": "the base model (`--model`)",
@@ -65,7 +67,8 @@ COLUMNS = {
     "error": "why the run did not finish `ok`: the exception's type and the first line of its message",
     "trainable_params": "parameters with `requires_grad` after the method was applied, tied tensors once, counted by "
                         "the core; recorded for a cell the run-time guard fails too",
-    "total_params": "the base model's parameters, counted by the core before the method is applied",
+    "total_params": "the base model's parameters, counted by the core before the method is applied (a packed 4-bit "
+                    "weight by the weights it holds, as its quantization state records its shape)",
     "trainable_pct": "100 × trainable_params / total_params: a percentage (0.29 means 0.29 %, not 29 %)",
     "adapter_bytes": "bytes on disk of what `Method.save` wrote (`runs/<run_id>/adapter/`)",
     "peak_memory_bytes": "peak memory of the training loop: `max_memory_allocated` on CUDA; on CPU the cell "
@@ -108,8 +111,9 @@ COLUMNS = {
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
     "predicted_peak_bytes": "`leitai plan`'s prediction of `peak_memory_bytes` from the model's config alone, at the "
                             "cell's first batch, on the same basis (CPU: without the weights); empty where it could "
-                            "not be made, and in tuning runs (docs/plan.md)",
-    "weights_bytes": "bytes of the model's parameters (unique storages)",
+                            "not be made, in tuning runs and on a quantized base (docs/plan.md)",
+    "weights_bytes": "bytes of the model's parameters (unique storages); on a quantized base the packed weights "
+                     "and their quantization state (block and row scales)",
     "grads_bytes": "bytes of the gradients of one step",
     "optimizer_bytes": "bytes of the optimiser's state",
     "activation_bytes": "bytes autograd saves for backward in one step (unique storages, parameters excluded)",
@@ -127,10 +131,12 @@ COLUMNS = {
     "device": "`cpu` or `cuda`",
     "device_name": "the CPU's or GPU's name",
     "dtype": "the base weights' dtype and any autocast, e.g. `float32`, `bfloat16 + bf16 autocast` (`--dtype`)",
-    "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several)",
+    "quantize": "the base's quantization (`--quantize`): `none`, `nf4`, `fp4` or `int8`",
+    "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several; "
+                     "quantized layers by their kind, read from the layers: `float32+nf4`)",
     "trainable_dtype": "the dtype of what trains, measured after the core's cast to float32",
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
-    "plain_method": "the method's own name, without a `--replay` label",
+    "plain_method": "the method's own name, without a `--replay` or `--quantize` label",
     "replay": "the run's `--replay` setting: `none`, or `SOURCE:FRACTION` (docs/replay.md)",
     # further measurements, passed through by name
     "answer_head": "whether the output head ran only at the answer positions (else on full logits)",
@@ -153,6 +159,8 @@ COLUMNS = {
     "replay_texts": "`--replay` runs: the distinct replay texts the steps drew from",
     "task_examples_per_step": "`--replay` runs: task examples in each batch (the batch size less the replay sequences)",
     "replay_sequences_per_step": "`--replay` runs: replay sequences in each batch",
+    "infer_merged_not_applicable": "on a quantized base, why there are no merged figures: peft cannot merge into "
+                                   "the layer, or merging re-quantizes the weights and changes the logits",
     "peak_memory_per_device": "a distributed cell's peak memory on each device (JSON list)",
     "processes": "a distributed cell's process count",
 }

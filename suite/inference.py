@@ -11,7 +11,10 @@ into seconds and the figure into noise.
 
 :func:`inference_costs` is what a cell records: the trained model, a freshly loaded base model
 and, for methods that can merge, the merged model (after checking that merged and unmerged
-outputs agree).
+outputs agree). On a quantized base (``--quantize``) merging folds the adapter into 4- or 8-bit
+weights and quantizes them again, which changes the model: the merged figures are kept only
+where peft can merge and the outputs still agree; otherwise they are recorded as not
+applicable, with the reason in ``infer_merged_not_applicable``.
 """
 from __future__ import annotations
 
@@ -109,10 +112,11 @@ def merge_check(before: list[torch.Tensor], after: list[torch.Tensor], rtol: flo
 
 
 def inference_costs(method, model, load_base, prompts: list[list[int]], new_tokens: int, pad_id: int,
-                    autocast, rtol: float) -> dict:
+                    autocast, rtol: float, quantized: bool = False) -> dict:
     """Per-token decoding latency and prefill throughput of the trained model, of a freshly
     loaded base model (``load_base()``), and of the merged model where the method merges.
-    Call last: merging may change ``model`` in place."""
+    Call last: merging may change ``model`` in place. ``quantized``: the base is quantized (see
+    the module's docstring for what merging means there)."""
     from .guards import GuardError
 
     if not prompts or new_tokens < 2:
@@ -123,15 +127,21 @@ def inference_costs(method, model, load_base, prompts: list[list[int]], new_toke
     if method.mergeable:
         with autocast():
             unmerged = logits_on(model, prompts)
-            merged_model = method.merge(model)
-            merged = logits_on(merged_model, prompts)
-        diff, ok = merge_check(unmerged, merged, rtol)
+            merged_model, why_not = _merged(method, model, quantized)
+            merged = logits_on(merged_model, prompts) if merged_model is not None else None
+        diff, ok = merge_check(unmerged, merged, rtol) if merged is not None else (None, True)
         out["merge_max_logit_diff"] = diff
-        if not ok:
+        if not ok and quantized:  # the quantization of the merged weights, not a fault of the method
+            merged_model, why_not = None, (f"merging re-quantizes the base's weights: merged and unmerged logits "
+                                           f"differ by up to {diff:.3g}")
+        elif not ok:
             raise GuardError(f"method {method.name!r}: merged and unmerged logits differ by up to {diff:.3g}")
-        again = time_models({"base": base, "merged": merged_model}, prompts, new_tokens, pad_id, autocast)
-        keep_best(timed["base"], again["base"])  # the base's best over both rounds
-        timed["merged"] = again["merged"]
+        if merged_model is None:
+            out["infer_merged_not_applicable"] = why_not
+        else:
+            again = time_models({"base": base, "merged": merged_model}, prompts, new_tokens, pad_id, autocast)
+            keep_best(timed["base"], again["base"])  # the base's best over both rounds
+            timed["merged"] = again["merged"]
     suffix = {"method": "", "base": "_base", "merged": "_merged"}
     for name, figures in timed.items():
         out[f"infer_ms_per_token{suffix[name]}"] = figures["ms_per_token"]
@@ -143,3 +153,13 @@ def inference_costs(method, model, load_base, prompts: list[list[int]], new_toke
     out.setdefault("infer_ms_per_token_merged", None)
     out.setdefault("infer_overhead_merged", None)
     return out
+
+
+def _merged(method, model, quantized: bool):
+    """``(merged model, None)``, or on a quantized base where peft cannot merge ``(None, why)``."""
+    if not quantized:  # a float base: a method that declares it merges must merge
+        return method.merge(model), None
+    try:
+        return method.merge(model), None
+    except Exception as e:  # peft has no merge into this quantized layer
+        return None, f"cannot merge into a quantized layer ({type(e).__name__}: {str(e).strip().splitlines()[0][:120]})"

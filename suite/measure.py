@@ -22,7 +22,11 @@ def unique_parameters(model: torch.nn.Module, trainable_only: bool = False) -> l
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in unique_parameters(model, trainable_only))
+    """Parameters counted as weights: a packed 4-bit tensor (``--quantize nf4``) by the weights it
+    holds, two per byte, as its quantization state records its shape."""
+    from .quantize import logical_numel
+
+    return sum(logical_numel(p) for p in unique_parameters(model, trainable_only))
 
 
 def tensor_bytes(tensors) -> int:

@@ -49,6 +49,17 @@ class Method:
     #: (LoRA): the core then also times inference merged, after checking that merged and
     #: unmerged outputs agree.
     mergeable: bool = False
+    #: True when the method runs on a quantized base (``--quantize nf4|fp4|int8``: the base's
+    #: linear layers are bitsandbytes 4- or 8-bit layers, frozen by peft's k-bit preparation):
+    #: it must train only its own float parameters, or float tensors of the base, and every
+    #: layer it wraps must be one peft can put an adapter on in 4 and 8 bits (LoRA, (IA)³,
+    #: prompt learning, a side network). A tuple names the kinds it runs on, e.g.
+    #: ``("nf4", "fp4")``. False (the default): the shootout stops before anything runs with
+    #: one line naming the method and the setting. The conformance kit (:mod:`suite.testing`)
+    #: checks the claim on a quantized tiny model.
+    quantized_base: bool | tuple = False
+    #: why not, where :attr:`quantized_base` does not cover a kind: the end of that one line
+    quantized_base_reason: str = ""
     #: the values ``leitai run --sweep KEY`` tries for each setting, e.g. ``{"lr": [1e-4, 3e-4,
     #: 1e-3, 3e-3, 1e-2], "r": [4, 16]}``; a method that declares no ``lr`` grid gets its default
     #: lr times 0.1, 0.3, 1, 3 and 10 (:func:`tuning_grid`)

@@ -29,6 +29,11 @@ class ModelSpec:
         weights in every process (every method of a shootout starts from the same base).
         A ``load()`` without the ``dtype`` argument (written before there was one) still works:
         the core casts what it returns (:func:`load_base`).
+
+        For ``--quantize``, a ``load`` that also takes ``quantization`` gets transformers'
+        ``from_pretrained`` keyword arguments (``quantization_config``, ``device_map``) to pass
+        on; without it the core loads the float model, saves it to a temporary directory and
+        loads that back quantized (:func:`suite.quantize.load`).
         """
         raise NotImplementedError
 
@@ -52,13 +57,15 @@ class HubModel(ModelSpec):
         self.trust_remote_code = trust_remote_code
         self.description = f"{name} (transformers Auto classes)"
 
-    def load(self, dtype=None):
+    def load(self, dtype=None, quantization=None):
+        """``quantization``: transformers' keyword arguments for a quantized base
+        (``quantization_config``, ``device_map``), passed to ``from_pretrained`` as they are."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.name, trust_remote_code=self.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            self.name, trust_remote_code=self.trust_remote_code, dtype=dtype or torch.float32
+            self.name, trust_remote_code=self.trust_remote_code, dtype=dtype or torch.float32, **(quantization or {})
         )
         return model, tokenizer
 
@@ -118,13 +125,19 @@ def resolve(name: str, registry, trust_remote_code: bool = False) -> ModelSpec:
     return HubModel(name, trust_remote_code)
 
 
-def load_base(spec: ModelSpec, dtype) -> tuple:
+def load_base(spec: ModelSpec, dtype, quantize: str = "none", device=None) -> tuple:
     """``(model, tokenizer)`` of ``spec`` with its weights in ``dtype`` (a ``torch.dtype``): the
     spec loads them so where its ``load`` takes a ``dtype``; else what it returns is cast
-    (floating-point parameters only, :func:`suite.precision.cast_weights`)."""
+    (floating-point parameters only, :func:`suite.precision.cast_weights`). With ``quantize``
+    (``--quantize nf4``...), its linear layers quantized on ``device`` (:func:`suite.quantize.load`)."""
     import inspect
 
     from .precision import cast_weights
+
+    if quantize not in ("none", "", None):
+        from .quantize import load
+
+        return load(spec, dtype, quantize, device, lambda: load_base(spec, dtype))
 
     if "dtype" in inspect.signature(spec.load).parameters:
         return spec.load(dtype=dtype)

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import sweep, variants
+from . import quantize, sweep, variants
 from .cellspec import Cell
 from .errors import UsageError
 from .records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
@@ -85,6 +85,7 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
                 check_params(method, {**params[name], **setting}, setting, build)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    quantize.check(variants.values(config.quantize), methods)
     return Plan(tasks, methods, params, grids)
 
 
@@ -101,15 +102,17 @@ def _cell(config: ShootoutConfig, plan: Plan, variant: dict | None = None, **ide
 
 
 def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
-    """One cell per task that scores the untrained base model and the task's trivial answers."""
+    """One cell per task that scores the untrained base model and the task's trivial answers (and
+    one per value of a dimension that changes the base, :func:`suite.variants.baseline_combinations`)."""
     if not config.baselines:
         return []
-    return [_cell(config, plan, run_id=run_id(sweep.BASELINE, task, 0), method=sweep.BASE_MODEL, task=task, seed=0,
-                  params={}, phase=sweep.BASELINE) for task in config.tasks]
+    return [_cell(config, plan, variant, run_id=run_id(sweep.BASELINE, task, 0, variant=_slug(config, variant)),
+                  method=sweep.BASE_MODEL, task=task, seed=0, params={}, phase=sweep.BASELINE)
+            for task in config.tasks for variant in variants.baseline_combinations(config)]
 
 
 def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
-    """Every setting of every swept method on every task, with the tuning seeds."""
+    """Every setting of every swept method on every task and variant, with the tuning seeds."""
     return [
         _cell(config, plan, variant, run_id=run_id(name, task, seed, sweep.label(setting), _slug(config, variant)),
               method=name, task=task, seed=seed, params={**plan.params[name], **setting}, phase=sweep.TUNE)

@@ -54,6 +54,9 @@ class RunSettings:
     dtype: str = setting("auto", "the dtype the base model's weights load in (auto: float32 on the CPU, bfloat16 on "
                          "CUDA); trainable parameters stay float32", fair=True,
                          choices=("auto", "float32", "bfloat16", "float16"))
+    quantize: str = setting("none", "load the base model's linear layers in 4 or 8 bits (bitsandbytes, QLoRA's "
+                            "recipe; needs leitai[quantize]): none, nf4, fp4 or int8; a comma-separated list runs "
+                            "every method on each (see docs/quantize.md)", fair=True, metavar="none|nf4|fp4|int8")
     trust_remote_code: bool = setting(False, "allow a hub model's own code to run")
     log_every: int = setting(10, "steps between reading the loss back from the device", minimum=1)
     eval_batch_size: int = setting(32, "examples per batch for dev loss and generation", minimum=1)

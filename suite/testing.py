@@ -32,6 +32,12 @@ on) it checks, each under its own name:
                       switched off computes the untouched base model's logits
 ``merge``             (methods that declare ``mergeable``) the merged model's logits equal the
                       unmerged model's
+``quantized``         (methods that declare ``quantized_base``; needs bitsandbytes, else
+                      skipped) on a 64-wide LLaMA-layout model (Mistral's), loaded in 4 bits (NF4) and in 8 bits
+                      and prepared as a cell prepares it: the quantized layers are still there
+                      after ``apply``, the method starts from the quantized base (if it claims
+                      to), one step lowers the loss, the trainable count is the method's own,
+                      and the quantized weights are bit-identical after the step
 
 A failed check is one line naming the method and the check, e.g.
 ``conformance: lora: generation: cached generate differs from forward decoding on qwen2 (prompt 2)``.
@@ -64,7 +70,7 @@ ALL_ARCHITECTURES = ARCHITECTURES + (
     "gptj", "opt", "stablelm", "gpt_bigcode", "mpt", "codegen", "olmo2", "mixtral", "falcon_gqa",
 )
 CHECKS = ("applies", "params", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
-          "base-view", "merge")
+          "base-view", "merge", "quantized")
 VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
 
 #: 64 wide, 4 heads of 16, MLP 128, 2 layers, for every kind but the three defaults (32 wide);
@@ -220,6 +226,7 @@ def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | Non
         with tempfile.TemporaryDirectory(prefix="leitai-conformance-") as tmp:
             for arch in architectures:
                 report.results += _check_architecture(method, settings, arch, seed, Path(tmp) / arch)
+            report.results += _check_quantized(method, settings, seed, Path(tmp) / "quantized", architectures)
     finally:
         torch.set_num_threads(threads)
         if bars:
@@ -343,7 +350,7 @@ def _check_architecture(method, params, arch, seed, directory: Path) -> list[Che
         return None
 
     if not record("applies", applies):
-        skip(*CHECKS[1:])
+        skip(*CHECKS[1:-1])  # the last, quantized, is checked once per method
         return results
     run: _Run = state["run"]
 
@@ -490,3 +497,76 @@ def _seed(method, params, arch, seed, batch, first: _Run) -> str | None:
     if not all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7) for x, y in zip(a, b)):
         return f"two runs from seed {seed} give different losses ({a[2]:.6f} vs {b[2]:.6f}) on {arch}"
     return None
+
+
+#: the architecture of the ``quantized`` check: LLaMA's layout 64 wide (bitsandbytes' CPU 4-bit
+#: kernels need layers at least one 64-weight block wide, wider than the 32 of the kit's llama)
+QUANTIZED_ARCHITECTURE = "mistral"
+
+
+def _check_quantized(method, params, seed, directory: Path, architectures,
+                     arch: str = QUANTIZED_ARCHITECTURE) -> list[CheckResult]:
+    """The ``quantized`` check: a ``quantized_base`` claim holds on ``arch`` in each kind it
+    claims (NF4 standing for FP4, the same layers with another code book); skipped on every
+    one of ``architectures`` when there is no claim, or no bitsandbytes."""
+    import importlib.util
+
+    from .quantize import kinds
+
+    claimed = [q for q in kinds(method) if q != "fp4"] or list(kinds(method))  # fp4 runs as nf4 does
+    if not claimed or importlib.util.find_spec("bitsandbytes") is None:
+        return [CheckResult(method.name, "quantized", a, "skipped") for a in architectures]
+    start = time.perf_counter()
+    try:
+        detail = next(filter(None, (_quantized(method, params, arch, seed, directory, q) for q in claimed)), None)
+    except Exception as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f"raised {type(e).__name__}: {message} on {arch}"
+    return [CheckResult(method.name, "quantized", arch, "failed" if detail else "passed", detail or "",
+                        time.perf_counter() - start)]
+
+
+def tiny_quantized_model(arch: str, quantize: str, directory: Path, seed: int = 0):
+    """:func:`tiny_model` saved to ``directory`` and loaded back with its linear layers quantized
+    (``nf4``, ``fp4`` or ``int8``) and prepared as a cell prepares a quantized base."""
+    from transformers import AutoModelForCausalLM
+
+    from . import quantize as quantization
+
+    tiny_model(arch, seed=seed).save_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map={"": "cpu"},
+                                                 quantization_config=quantization.bnb_config(quantize, torch.float32))
+    return quantization.prepare(quantization.no_cpu_repacking(model), gradient_checkpointing=False)
+
+
+def _quantized(method, params, arch, seed, directory: Path, q: str) -> str | None:
+    from .quantize import RTOL, quantized_layers
+
+    where = f"{arch} in {q}"
+    base = tiny_quantized_model(arch, q, directory / q)
+    layers = quantized_layers(base)
+    batch = fixed_batch()
+    base_logits = real_logits(base, batch)  # on the CPU the first forward repacks 4-bit weights: copy them after it
+    # the quantized weights, and a copy: peft wraps their layers, the tensors stay the same objects
+    packed = [(n, p, p.detach().clone()) for n, p in base.named_parameters() if p.dtype in (torch.uint8, torch.int8)]
+    torch.manual_seed(seed)
+    model = method.apply(base, dict(params))
+    if not quantized_layers(model) or len(quantized_layers(model)) < len(layers):
+        return f"apply() replaced the quantized layers of the base ({len(layers)} before) on {where}"
+    if method.starts_from_base:
+        error = starts_from_base_error(model, batch, base_logits, rtol=RTOL)
+        if error:
+            return f"{error} on {where}"
+    count = count_parameters(model, trainable_only=True)
+    claimed = method.trainable_count(model)
+    if count == 0 or (claimed is not None and claimed != count):
+        return f"the core counts {count:,} trainable parameters, the method {claimed} on {where}"
+    run = _Run([], set(), {}, base_logits, model)
+    _step(method, run, params, batch)
+    if not run.loss_after < run.loss_before:
+        return f"one step did not lower the loss ({run.loss_before:.5f} -> {run.loss_after:.5f}) on {where}"
+    changed = [n for n, p, before in packed if p.requires_grad or not torch.equal(p.detach(), before)]
+    if changed:
+        return f"{len(changed)} quantized base weights changed or require grad after one step (e.g. {changed[0]}) on {where}"
+    return None
+

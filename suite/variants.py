@@ -1,5 +1,6 @@
 """Settings that are a dimension of a shootout, like seeds: ``--replay none,zh-news-side:0.3``
-runs every method at each value, and each value makes the method a variant of its own.
+(or ``--quantize none,nf4``) runs every method at each value, and each value makes the method a
+variant of its own (``full + replay 0.3``, ``lora @ nf4``).
 
 One place turns a cell's variant settings into what tells the variants apart:
 
@@ -31,6 +32,9 @@ class Dimension:
     label: Callable[[str, dict], str]
     #: value -> the run id's part, e.g. ``"replay-zh-news-side-0.3"``
     slug: Callable[[str], str]
+    #: True where the value changes the base model itself (``--quantize``): the baselines, which
+    #: score the untrained base, then run at each value too (:func:`baseline_combinations`)
+    baselines: bool = False
 
 
 def _replay_label(value: str, config: dict) -> str:
@@ -52,6 +56,8 @@ def _replay_slug(value: str) -> str:
 
 DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("replay", "none", _replay_label, _replay_slug),
+    # the base's precision (suite/quantize.py): ``lora @ nf4``, ``task__lora__nf4__s0``
+    Dimension("quantize", "none", lambda value, config: f" @ {value}", lambda value: _safe(value), baselines=True),
 )
 #: the settings that are dimensions: runs of one task differ in them on purpose
 SETTINGS = tuple(d.setting for d in DIMENSIONS)
@@ -71,8 +77,16 @@ def combinations(config) -> list[dict]:
 
 
 def off() -> dict:
-    """Every dimension at its off value (for cells no variant applies to: the baselines)."""
+    """Every dimension at its off value."""
     return {d.setting: d.off for d in DIMENSIONS}
+
+
+def baseline_combinations(config) -> list[dict]:
+    """The variants the baselines run at: every value of a dimension that changes the base
+    (:attr:`Dimension.baselines`: ``--quantize none,nf4`` scores the untrained base on each),
+    every other dimension off (a ``--replay`` setting changes only training)."""
+    lists = [(values(getattr(config, d.setting)) or [d.off]) if d.baselines else [d.off] for d in DIMENSIONS]
+    return [dict(zip(SETTINGS, combo)) for combo in itertools.product(*lists)]
 
 
 def label(config: dict) -> str:
@@ -104,5 +118,5 @@ def along(record: dict, setting: str) -> tuple[str, str, str]:
     config = record.get("config") or {}
     dimension = next(d for d in DIMENSIONS if d.setting == setting)
     value = config.get(setting, dimension.off)
-    own = dimension.label(value, config).removeprefix(" + ") if value != dimension.off else ""
+    own = dimension.label(value, config).lstrip(" +@") if value != dimension.off else ""
     return display(str(record.get("method")), {**config, setting: dimension.off}), own, value

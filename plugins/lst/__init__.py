@@ -90,6 +90,7 @@ class LST(Method):
     paper = PAPER
     defaults = DEFAULTS
     freezes_base = True
+    quantized_base = True  # the backbone is only read (its hidden states feed the ladders)
 
     def apply(self, model, params):
         return build(model, params)

@@ -34,7 +34,8 @@ class TinyZh(ModelSpec):
         _weights()
         return AutoConfig.from_pretrained(str(HERE))
 
-    def load(self, dtype=None):
+    def load(self, dtype=None, quantization=None):
+        """``quantization``: transformers' keyword arguments for a quantized base (``--quantize``)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,7 +46,7 @@ class TinyZh(ModelSpec):
         if file_sha256(weights) != expected:
             raise ValueError(f"{weights} does not match its recorded checksum {CHECKSUM}: corrupted or replaced")
         tokenizer = AutoTokenizer.from_pretrained(str(HERE))
-        model = AutoModelForCausalLM.from_pretrained(str(HERE), dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(str(HERE), dtype=dtype or torch.float32, **(quantization or {}))
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         return model, tokenizer
 

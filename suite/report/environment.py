@@ -42,7 +42,7 @@ def environment_frame(records: list[dict]) -> pd.DataFrame:
         env = r.get("env") or {}
         if not env:
             continue
-        row = {"run_id": r["run_id"], "method": r.get("method"), "task": r.get("task")}
+        row = {"run_id": r["run_id"], "method": variants.record_name(r), "task": r.get("task")}
         row.update({name: _text(_get(env, path)) for name, path in ENV_FIELDS})
         row["commit"] = _short(row["commit"])
         rows.append(row)

@@ -38,6 +38,12 @@ def is_baseline(record: dict) -> bool:
     return record.get("phase") == "baseline"
 
 
+def _float_first(records: list[dict]) -> list[dict]:
+    """``records`` with those of no variant first (a baseline on the float base before one on
+    a quantized base), otherwise in their order."""
+    return sorted(records, key=lambda r: variants.label(r.get("config") or {}) != "")
+
+
 def phase(record: dict) -> str:
     """A record's phase (records written before tuning existed are final runs)."""
     return record.get("phase") or "final"
@@ -62,8 +68,10 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     dimensions' settings (``replay``) have a column each. ``probe_score`` is the task's
     linear-probe baseline (from its baseline record), beside each run's own score.
     """
-    probes = {r.get("task"): (r.get("probe") or {}).get("score") for r in records
-              if is_baseline(r) and r.get("status") == "ok" and r.get("probe")}
+    probes = {}
+    for r in _float_first(records):  # the probe of the float base where there are several (as baselines_frame)
+        if is_baseline(r) and r.get("status") == "ok" and r.get("probe"):
+            probes.setdefault(r.get("task"), r["probe"].get("score"))
     rows = []
     for r in records:
         if is_baseline(r):
@@ -134,20 +142,24 @@ def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The baselines of every task: one row per baseline (the untrained base model, the trivial
     answers, the linear probe of a task with a closed answer set) with its score, and their
     answers in the shape of :func:`generations_frame` (``run_id`` names the baseline: ``<record
-    run id>``, ``<record run id>:trivial`` or ``<record run id>:probe``)."""
-    rows, answers = [], []
-    for r in records:
+    run id>``, ``<record run id>:trivial`` or ``<record run id>:probe``). A dimension that
+    changes the base (``--quantize``) runs the baselines at each value: the untrained base is
+    then named like a method (``base model @ nf4``), and the trivial answers and the probe are
+    the float base's (the first of the task's baselines, float first: :func:`_float_first`)."""
+    rows, answers, once = [], [], set()
+    for r in _float_first(records):
         if not is_baseline(r) or r.get("status") != "ok":
             continue
         m = r.get("metrics") or {}
         trivial = r.get("trivial") or {}
-        entries = [(r["run_id"], r.get("method"), m.get("score"), m.get("eval_loss"), m.get("choice_accuracy"),
+        entries = [(r["run_id"], variants.record_name(r), m.get("score"), m.get("eval_loss"), m.get("choice_accuracy"),
                     r.get("generations"))]
-        if trivial:
+        first, _ = r.get("task") not in once, once.add(r.get("task"))
+        if trivial and first:
             entries.append((f"{r['run_id']}:trivial", TRIVIAL_NAMES.get(trivial.get("kind"), trivial.get("kind")),
                             trivial.get("score"), None, None, trivial.get("generations")))
         probe = r.get("probe") or {}
-        if probe:
+        if probe and first:
             entries.append((f"{r['run_id']}:probe", PROBE, probe.get("score"), None, probe.get("choice_accuracy"),
                             probe.get("generations")))
         for rid, name, score, loss, choice, gens in entries:

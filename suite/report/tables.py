@@ -13,6 +13,7 @@ import re
 
 import pandas as pd
 
+from .. import variants
 from ..records import STATUSES
 from . import formatting as fmt
 from .frames import TEXT_COLUMNS, answer_key
@@ -110,14 +111,17 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     shares = {m: summary_of(stats, task, m, "format_share").mean for m in methods}
     show_format = any(x < FORMAT_MIN for x in shares.values())
     learning = {m: still_learning(results, task, m) for m in methods}
+    quantized = "quantize" in df and (df.quantize.fillna("none") != "none").any()  # --quantize: say each base
     rows = {}
     for method in methods:
         runs = df[df.method == method]
         ok = runs[runs.status == "ok"]
         score = summary_of(stats, task, method, "score")
         # the score first: it is what a reader decides by; the costs next to it
-        row = {"runs": status_counts(runs.status), "n": str(len(ok)),
-               score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)}
+        row = {"runs": status_counts(runs.status), "n": str(len(ok))}
+        if quantized:
+            row["base"] = " / ".join(sorted(ok.weights_dtype.dropna().unique())) or fmt.MISSING
+        row.update({score_name(results, task): fmt.mean_std(score), "95% CI": fmt.interval(score)})
         if verdict is not None and verdict.baseline:
             c = verdict.above_baseline.get(method)
             row["vs baseline"] = fmt.MISSING if c is None else ("above" if c.above else "not above")
@@ -146,6 +150,9 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
                 row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
             if col == "train_seconds" and tuning:
                 row["tuning train s"] = fmt.number((tuning_seconds or {}).get(method)) if method in (tuning_seconds or {}) else fmt.MISSING
+            if col == "train_seconds" and quantized:
+                row["s/step"] = fmt.number(_per_step(ok))
+                row["vs float base"] = versus_float_base(df, method)
         rows[method] = row
     for _, b in (baselines if baselines is not None else pd.DataFrame()).iterrows():
         rows[f"baseline: {b.baseline}"] = {"runs": "baseline", score_name(results, task): fmt.number(b.score),
@@ -164,6 +171,34 @@ def _edge(chosen: dict) -> str:
     """`` (edge)`` (or ``(edge: lr)`` of several swept settings) for a choice at a grid's edge."""
     edge = chosen.get("edge") or []
     return "" if not edge else " (edge)" if len(chosen.get("keys") or []) <= 1 else f" (edge: {', '.join(edge)})"
+
+
+def _per_step(ok: pd.DataFrame) -> float:
+    """Mean training seconds per step of ``ok`` runs (nan without any)."""
+    if not len(ok) or "steps" not in ok:
+        return math.nan
+    return float((pd.to_numeric(ok.train_seconds) / pd.to_numeric(ok.steps)).mean())
+
+
+def versus_float_base(df: pd.DataFrame, method: str) -> str:
+    """What a quantized base (``lora @ nf4``) saves and costs against the same method, with the
+    same other variant settings, on the float base (``lora``) in ``df`` (one task's runs):
+    ``weights ×0.5, memory ×0.61, s/step ×1.8`` (ratios of the means of ok runs);
+    :data:`formatting.MISSING` for a float base, or when the other is not there."""
+    mine = df[(df.method == method) & (df.status == "ok")]
+    if not len(mine) or (mine.quantize.fillna("none") == "none").all():
+        return fmt.MISSING
+    first = mine.iloc[0]
+    same = (df.plain_method == first.plain_method) & (df.quantize.fillna("none") == "none") & (df.status == "ok")
+    for setting in (s for s in variants.SETTINGS if s != "quantize"):  # the same variant, on the float base
+        same &= df[setting] == first[setting]
+    other = df[same]
+    if not len(other):
+        return fmt.MISSING
+    memory = pd.to_numeric(mine.peak_memory_bytes).mean() / pd.to_numeric(other.peak_memory_bytes).mean()
+    weights = pd.to_numeric(mine.weights_bytes).mean() / pd.to_numeric(other.weights_bytes).mean()
+    step = _per_step(mine) / _per_step(other)
+    return f"weights ×{fmt.number(weights)}, memory ×{fmt.number(memory)}, s/step ×{fmt.number(step)}"
 
 
 def memory_kinds(results: pd.DataFrame, task: str) -> list[str]:
