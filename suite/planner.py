@@ -40,8 +40,9 @@ from .errors import UsageError
 aten = torch.ops.aten
 #: values of tensors larger than this are not shadowed (masks of long sequences still are)
 SHADOW_LIMIT = 1 << 26
-#: floating-point results are shadowed only up to this size (a float attention mask per layer
-#: of a long sequence would hold gigabytes; control flow reads integer tensors)
+#: floating-point results of more than two dimensions are shadowed only up to this size (a
+#: float 4-D attention mask per layer of a long sequence would hold gigabytes); a 2-D one, such
+#: as peft's float mask for prepended virtual tokens (batch x tokens), up to SHADOW_LIMIT
 FLOAT_LIMIT = 1 << 12
 #: torch's SDPBackend numbers, as ``aten._fused_sdp_choice`` returns them
 _SDP = {"math": 0, "flash": 1, "efficient": 2}
@@ -97,7 +98,8 @@ class _Shadow(TorchDispatchMode):
         if out is not None:  # integer values (ids, masks, positions) are shadowed; floats only when tiny
             outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) and t.device.type == "meta"]
             size = sum(t.numel() for t in outs)
-            if not outs or size > SHADOW_LIMIT or (size > FLOAT_LIMIT and any(t.is_floating_point() for t in outs)):
+            big_float = size > FLOAT_LIMIT and any(t.is_floating_point() and t.dim() > 2 for t in outs)
+            if not outs or size > SHADOW_LIMIT or big_float:
                 return out
         real = func(*tree_map(self._real, args), **tree_map(self._real, kwargs))
         if out is None:

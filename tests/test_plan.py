@@ -161,6 +161,22 @@ def test_plan_command(tmp_path, capsys):
         assert len(err.strip().splitlines()) == 1 and message in err, (args, err)
 
 
+def test_methods_that_prepend_plan_at_a_real_shape(registry):
+    """peft builds the mask of prepended virtual tokens as a float tensor (batch x tokens), and
+    transformers reads it (``mask.all()``) to choose its attention path: at 16 x 256 it is larger
+    than a float result the shadow keeps by default, and planning once failed there."""
+    from suite.methods import method_params
+    from suite.plancmd import read_config
+    from suite.planner import predict, synthetic_batch
+
+    config = read_config("tiny-zh", registry)
+    batch = synthetic_batch(16, 256, config.vocab_size)
+    for name in ("prompt-tuning", "p-tuning"):
+        method = registry.methods[name]
+        plan = predict(method, method_params(method, {}), config, batch)
+        assert plan.activation_bytes > 0 and plan.trainable_params > 0, name
+
+
 def test_shootout_records_the_prediction_and_refuses_what_would_not_fit(tmp_path):
     """One small shootout: each record carries predicted_peak_bytes, results.csv and the
     summary show it; the same run with a budget too small refuses, one line per cell, before
