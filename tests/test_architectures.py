@@ -88,7 +88,8 @@ def test_every_method_conforms_on_every_architecture(name, registry):
     # step on Gemma-2's tiny random model (4.8008 -> 4.8024), so the kit checks P-tuning at 0.03.
     params = {"lr": 0.03} if name == "p-tuning" else None
     report = check_method(name, architectures=kinds, params=params)  # raises ConformanceError, one line per failure
-    assert report.ok and {r.architecture for r in report.results if r.status == "passed"} == set(kinds)
+    passed = {r.architecture for r in report.results if r.status == "passed" and r.check != "quantized"}
+    assert report.ok and passed == set(kinds)  # the quantized check runs once, on its own 64-wide model
 
 
 @pytest.mark.parametrize("kind", ALL_ARCHITECTURES)
