@@ -325,7 +325,8 @@ def test_the_guides_peft_tuner_in_30_lines_conforms():
     module = types.ModuleType("guide_randlora")
     exec(compile(code, "docs/plugins/examples.md", "exec"), module.__dict__)
     report = check_method(module.RandLoRA())
-    assert report.ok and not {r.check for r in report.results if r.status == "skipped"}
+    skipped = {r.check for r in report.results if r.status == "skipped"}
+    assert report.ok and skipped <= {"quantized"}  # the guide's tuner claims no quantized base
 
 
 @pytest.mark.parametrize("name", ["lora", "prompt-tuning", "adalora"])
