@@ -24,6 +24,7 @@ in a real run.
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 import warnings
@@ -299,7 +300,7 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
         enable_gradient_checkpointing(base)
         if amp is not None:  # backward of a meta tensor runs on another thread, without this thread's modes
             _recompute_under(base, lambda: _Autocast(amp))
-    model = method.apply(base, dict(params))  # outside the shadow mode: every op through it costs time
+    model = _apply_on_meta(method, base, params)  # outside the shadow mode: every op through it costs time
     upcast_trainable(model)
     with shadow:
         plan.trainable_params = count_parameters(model, trainable_only=True)
@@ -348,6 +349,19 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     plan.predicted_peak_bytes = (plan.weights_bytes + plan.optimizer_bytes + plan.peak_activation_bytes
                                  + plan.transient_bytes)
     return plan
+
+
+def _apply_on_meta(method, base, params: dict):
+    """``method.apply`` with what it creates on the meta device, as the base is: nothing is
+    allocated, and peft's move of a new adapter to its base layer's device keeps each parameter
+    as the method made it (a copy to another device re-wraps a frozen one, AdaLoRA's ``ranknum``,
+    as a trainable Parameter, which a real cell, applied on the CPU, never has). A method whose
+    initialisation reads values (BOFT's) is applied outside the meta context instead."""
+    try:
+        with torch.device("meta"):
+            return method.apply(copy.deepcopy(base), dict(params))
+    except (RuntimeError, NotImplementedError):
+        return method.apply(base, dict(params))
 
 
 def _recompute_under(model, context) -> None:

@@ -59,8 +59,8 @@ def _measured(method, params, arch, items, dtype, checkpointing=False):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_predicted_equals_measured(registry, arch):
     """Weights, gradients and optimizer state exactly what the arena measures, activations
-    within 5%, for four methods at two shapes (float32), and LoRA on a bfloat16 base under
-    autocast, without and with gradient checkpointing."""
+    within 5%, for four methods at two shapes (float32), LoRA on a bfloat16 base under
+    autocast, without and with gradient checkpointing, and AdaLoRA."""
     from suite.data import collate
     from suite.methods import method_params
     from suite.planner import predict
@@ -68,6 +68,7 @@ def test_predicted_equals_measured(registry, arch):
 
     cases = [(name, shape, torch.float32, False) for name in METHODS for shape in SHAPES]
     cases += [("lora", SHAPES[0], torch.bfloat16, False), ("lora", SHAPES[0], torch.bfloat16, True)]
+    cases += [("adalora", SHAPES[0], torch.float32, False)]  # a frozen parameter of its own (ranknum) stays frozen
     for name, shape, dtype, checkpointing in cases:
         method = registry.method(name)
         params = method_params(method, None)
