@@ -12,6 +12,8 @@ ones ``lora @ nf4``.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from .errors import UsageError
 
 NONE = "none"
@@ -99,16 +101,31 @@ def load(spec, dtype, quantize: str, device, load_float) -> tuple:
     require(quantize)
     kwargs = {"quantization_config": bnb_config(quantize, dtype), "device_map": {"": str(device)}}
     if "quantization" in inspect.signature(spec.load).parameters:
-        model, tokenizer = spec.load(dtype=dtype, quantization=kwargs)
+        with _no_loading_bar():  # the model's own loader; a float load shows none either
+            model, tokenizer = spec.load(dtype=dtype, quantization=kwargs)
         return no_cpu_repacking(model), tokenizer
     model, tokenizer = load_float()
     with tempfile.TemporaryDirectory(prefix="leitai-quantize-") as tmp:
         model.save_pretrained(tmp)
         generation = model.generation_config
         del model
-        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, **kwargs)
+        with _no_loading_bar():  # a temporary copy: its progress bar would tell the user nothing
+            model = AutoModelForCausalLM.from_pretrained(tmp, dtype=dtype, **kwargs)
     model.generation_config = generation
     return no_cpu_repacking(model), tokenizer
+
+
+@contextmanager
+def _no_loading_bar():
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def prepare(model, gradient_checkpointing: bool):
