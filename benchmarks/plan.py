@@ -61,10 +61,13 @@ def measured(args) -> list[dict]:
     r = r[r.status == "ok"]
     rows = []
     for _, x in r.sort_values("method").iterrows():
-        rows.append({"method": x.method, "measured MiB": x.peak_memory_bytes / 2**20,
-                     "predicted MiB": x.predicted_peak_bytes / 2**20,
-                     "predicted / measured": x.predicted_peak_bytes / x.peak_memory_bytes,
-                     "activations MiB": x.activation_bytes / 2**20, "memory kind": x.memory_kind})
+        record = json.loads((out / "runs" / x.run_id / "record.json").read_text(encoding="utf-8"))
+        plan = record.get("plan") or {}
+        exact = all(plan.get(k) == x[k] for k in ("weights_bytes", "grads_bytes", "optimizer_bytes"))
+        rows.append({"method": x.method, "weights, grads, optimizer equal": "yes" if exact else "NO",
+                     "activations predicted / measured": plan.get("activation_bytes", float("nan")) / x.activation_bytes,
+                     "measured MiB": x.peak_memory_bytes / 2**20, "predicted MiB": x.predicted_peak_bytes / 2**20,
+                     "predicted / measured": x.predicted_peak_bytes / x.peak_memory_bytes, "memory kind": x.memory_kind})
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".2f"))
     return rows
 

@@ -177,10 +177,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         grad_clip=cell.grad_clip, log_every=cell.log_every,
     )
     weights_bytes = measure.tensor_bytes(measure.unique_parameters(model)) + quantize.state_bytes(model)
-    if not tuning and not quantized:  # the planner knows float bases only; a tuning cell's start-up stays lean
-        m["predicted_peak_bytes"] = planner.cell_prediction(method, cell.params, base.config, batches[0],
-                                                            tokenizer.pad_token_id, dtype, cell.gradient_checkpointing,
-                                                            device.type, cell.trust_remote_code)
+    # the planner knows float bases and task batches only (not replay's whole-sequence loss);
+    # a tuning cell's start-up stays lean
+    if not tuning and not quantized and mix.replay is None:
+        plan = planner.cell_prediction(method, cell.params, base.config, batches[0], tokenizer.pad_token_id, dtype,
+                                       cell.gradient_checkpointing, device.type, cell.trust_remote_code)
+        m["predicted_peak_bytes"] = plan and plan.pop("predicted_peak_bytes")
+        record["plan"] = plan  # the predicted breakdown, beside the measured one in metrics
     quiet = os.environ.get("LEITAI_PROGRESS") == "0"
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:

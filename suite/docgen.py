@@ -111,7 +111,7 @@ COLUMNS = {
     "peak_memory_reserved_bytes": "on CUDA, the allocator's peak reserved bytes (empty on CPU)",
     "predicted_peak_bytes": "`leitai plan`'s prediction of `peak_memory_bytes` from the model's config alone, at the "
                             "cell's first batch, on the same basis (CPU: without the weights); empty where it could "
-                            "not be made, in tuning runs and on a quantized base (docs/plan.md)",
+                            "not be made, in tuning runs, on a quantized base and with replay (docs/plan.md)",
     "weights_bytes": "bytes of the model's parameters (unique storages); on a quantized base the packed weights "
                      "and their quantization state (block and row scales)",
     "grads_bytes": "bytes of the gradients of one step",

@@ -448,12 +448,14 @@ def gib(n: int | None) -> str:
 
 
 def cell_prediction(method, params: dict, config, items: list, pad_id: int, dtype: torch.dtype,
-                    gradient_checkpointing: bool, device: str, trust_remote_code: bool = False) -> int | None:
-    """A cell's ``predicted_peak_bytes``, on the basis its ``peak_memory_bytes`` is measured on:
-    on CUDA the whole (``max_memory_allocated`` counts the weights already there), on the CPU
-    without the weights (the RSS is measured from just before training, weights loaded). The
-    cell's first batch (``items``) is the shape. None where the plan cannot be made: the
-    prediction never fails a cell. The global RNG is left as it was (the cell's seed decides)."""
+                    gradient_checkpointing: bool, device: str, trust_remote_code: bool = False) -> dict | None:
+    """A cell's prediction: ``predicted_peak_bytes`` on the basis its ``peak_memory_bytes`` is
+    measured on (on CUDA the whole, as ``max_memory_allocated`` counts the weights already there;
+    on the CPU without the weights, as the RSS is measured from just before training, weights
+    loaded), and the breakdown the cell measures too (``weights_bytes``, ``grads_bytes``,
+    ``optimizer_bytes``, ``activation_bytes``). The cell's first batch (``items``) is the shape.
+    None where the plan cannot be made: the prediction never fails a cell. The global RNG is left
+    as it was (the cell's seed decides)."""
     from .data import collate
 
     try:
@@ -463,4 +465,5 @@ def cell_prediction(method, params: dict, config, items: list, pad_id: int, dtyp
                            device, trust_remote_code)
     except Exception:
         return None
-    return plan.predicted_peak_bytes - (plan.weights_bytes if device != "cuda" else 0)
+    return {"predicted_peak_bytes": plan.predicted_peak_bytes - (plan.weights_bytes if device != "cuda" else 0),
+            **{k: getattr(plan, k) for k in ("weights_bytes", "grads_bytes", "optimizer_bytes", "activation_bytes")}}

@@ -196,5 +196,7 @@ def test_shootout_records_the_prediction_and_refuses_what_would_not_fit(tmp_path
     record = json.loads((out / "runs" / "zh-sentiment__lora__s0" / "record.json").read_text(encoding="utf-8"))
     m = record["metrics"]
     assert m["predicted_peak_bytes"] > m["grads_bytes"] + m["optimizer_bytes"] + m["activation_bytes"]
+    for key in ("weights_bytes", "grads_bytes", "optimizer_bytes", "activation_bytes"):  # the real tiny-zh too
+        assert record["plan"][key] == m[key], key
     assert "predicted_peak_bytes" in (out / "results.csv").read_text(encoding="utf-8").splitlines()[0]
     assert "predicted peak" in (out / "summary.md").read_text(encoding="utf-8")

@@ -179,6 +179,8 @@ def test_a_replay_shootout(tmp_path):
     splits = [p["split"] for p in mixed["curve"]]
     assert splits.count("train") == splits.count("replay") == 3
     assert m["final_replay_loss"] == [p["loss"] for p in mixed["curve"] if p["split"] == "replay"][-1]
+    # the planner models task batches only: no prediction beside replay's measured peak
+    assert "predicted_peak_bytes" not in m and none["metrics"]["predicted_peak_bytes"] > 0
 
     import pandas as pd
 
