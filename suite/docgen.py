@@ -116,7 +116,7 @@ COLUMNS = {
                      "and their quantization state (block and row scales)",
     "grads_bytes": "bytes of the gradients of one step",
     "optimizer_bytes": "bytes of the optimiser's state",
-    "activation_bytes": "bytes autograd saves for backward in one step (unique storages, parameters excluded)",
+    "activation_bytes": "bytes autograd holds for backward at the end of one step's forward (unique storages, parameters excluded)",
     "steps": "optimiser steps taken",
     "lr": "the learning rate the run used (`params[\"lr\"]`)",
     "truncated_examples": "training examples cut to `--max-len`",

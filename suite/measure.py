@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,23 +46,33 @@ def dir_bytes(path: Path) -> int:
 def saved_for_backward(exclude: list[torch.Tensor] = ()):
     """Count the bytes autograd saves for backward while the block runs (unique storages).
 
-    Yields a dict whose ``bytes`` is filled in on exit. Storages of ``exclude`` (the model's
-    parameters, already counted as weights) are left out, so what remains is activations.
+    Yields a dict whose ``bytes`` is filled in on exit: the storages still held for backward
+    then. Storages of ``exclude`` (the model's parameters, already counted as weights) are left
+    out, so what remains is activations. A storage saved by a branch whose graph the block drops
+    (DoRA's detached weight norm) is freed before the end, and its address may serve a later
+    storage: each address keeps weak references to the tensors saved on it, to tell the two apart.
     """
     skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
+    seen: dict[int, tuple[int, list]] = {}  # address: (bytes, weak references to the tensors saved there)
     result = {"bytes": 0}
+
+    def alive(refs) -> bool:
+        return any(r() is not None for r in refs)
 
     def pack(t):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in skip and ptr != 0:
-            seen[ptr] = max(seen.get(ptr, 0), storage.nbytes())
+            nbytes, refs = seen.get(ptr, (0, []))
+            if refs and not alive(refs):  # that storage was freed; a new one lies at its address
+                nbytes, refs = 0, []
+            refs.append(weakref.ref(t))
+            seen[ptr] = (max(nbytes, storage.nbytes()), refs)
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
-    result["bytes"] = sum(seen.values())
+    result["bytes"] = sum(nbytes for nbytes, refs in seen.values() if alive(refs))
 
 
 def _status_kib(field: str) -> int | None:

@@ -28,6 +28,7 @@ import copy
 import math
 import re
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -183,6 +184,10 @@ class _Autocast(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _alive(refs) -> bool:
+    return any(r() is not None for r in refs)
+
+
 def storage_key(t: torch.Tensor) -> int:
     """What identifies ``t``'s storage on any device (meta storages have no data pointer)."""
     return t.untyped_storage()._cdata
@@ -199,18 +204,32 @@ class SavedTensors:
         self.size: dict[int, int] = {}
         self.refs: dict[int, int] = {}
         self.live = self.grads = self.peak = 0
+        self.saved: dict[int, list] = {}  # weak references to the tensors saved on each storage
 
     def pack(self, t):
         key = storage_key(t)
         nbytes = t.untyped_storage().nbytes()
         if key in self.skip or nbytes == 0:
             return t
+        if not _alive(self.saved.get(key, ())) and self.refs.get(key):  # freed (a dropped branch), its key reused
+            self.live -= self.size[key]
+            self.refs[key] = 0
+        self.saved.setdefault(key, []).append(weakref.ref(t))
         if key not in self.refs or self.refs[key] == 0:
             self.live += nbytes
             self.size[key] = nbytes
         self.refs[key] = self.refs.get(key, 0) + 1
         self._high()
         return (t, key)
+
+    def settle(self) -> int:
+        """At the end of the forward: the bytes of the saved storages still held for backward
+        (a branch whose graph the forward dropped, as DoRA's detached weight norm, is freed)."""
+        for key, refs in self.saved.items():
+            if self.refs.get(key) and not _alive(refs):
+                self.live -= self.size[key]
+                self.refs[key] = 0
+        return self.live
 
     def unpack(self, packed):
         if not isinstance(packed, tuple):
@@ -329,7 +348,7 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
                     if loss is None:
                         logits_bytes.clear()
                         loss = model(**inputs).loss
-                plan.activation_bytes = counter.live
+                plan.activation_bytes = counter.settle()
                 plan.answer_head = head.active
                 with autocast():  # checkpointing's recomputation runs under the forward's autocast
                     loss.backward()
