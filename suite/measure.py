@@ -56,15 +56,12 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
     seen: dict[int, tuple[int, list]] = {}  # address: (bytes, weak references to the tensors saved there)
     result = {"bytes": 0}
 
-    def alive(refs) -> bool:
-        return any(r() is not None for r in refs)
-
     def pack(t):
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in skip and ptr != 0:
             nbytes, refs = seen.get(ptr, (0, []))
-            if refs and not alive(refs):  # that storage was freed; a new one lies at its address
+            if refs and not any_alive(refs):  # that storage was freed; a new one lies at its address
                 nbytes, refs = 0, []
             refs.append(weakref.ref(t))
             seen[ptr] = (max(nbytes, storage.nbytes()), refs)
@@ -72,7 +69,12 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
-    result["bytes"] = sum(nbytes for nbytes, refs in seen.values() if alive(refs))
+    result["bytes"] = sum(nbytes for nbytes, refs in seen.values() if any_alive(refs))
+
+
+def any_alive(refs) -> bool:
+    """Whether any of these weak references still has its object (a saved storage still held)."""
+    return any(r() is not None for r in refs)
 
 
 def _status_kib(field: str) -> int | None:

@@ -38,6 +38,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import UsageError
+from .measure import any_alive
 
 aten = torch.ops.aten
 #: values of tensors larger than this are not shadowed (masks of long sequences still are)
@@ -184,10 +185,6 @@ class _Autocast(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _alive(refs) -> bool:
-    return any(r() is not None for r in refs)
-
-
 def storage_key(t: torch.Tensor) -> int:
     """What identifies ``t``'s storage on any device (meta storages have no data pointer)."""
     return t.untyped_storage()._cdata
@@ -211,7 +208,7 @@ class SavedTensors:
         nbytes = t.untyped_storage().nbytes()
         if key in self.skip or nbytes == 0:
             return t
-        if not _alive(self.saved.get(key, ())) and self.refs.get(key):  # freed (a dropped branch), its key reused
+        if not any_alive(self.saved.get(key, ())) and self.refs.get(key):  # freed (a dropped branch), its key reused
             self.live -= self.size[key]
             self.refs[key] = 0
         self.saved.setdefault(key, []).append(weakref.ref(t))
@@ -226,7 +223,7 @@ class SavedTensors:
         """At the end of the forward: the bytes of the saved storages still held for backward
         (a branch whose graph the forward dropped, as DoRA's detached weight norm, is freed)."""
         for key, refs in self.saved.items():
-            if self.refs.get(key) and not _alive(refs):
+            if self.refs.get(key) and not any_alive(refs):
                 self.live -= self.size[key]
                 self.refs[key] = 0
         return self.live
