@@ -34,7 +34,9 @@ def test_warm_and_cold_cells_agree(tmp_path):
     warm, cold = runs["warm"], runs["cold"]
     pd.testing.assert_frame_equal(warm[COMPARED], cold[COMPARED])
     peak_warm, peak_cold = warm.peak_memory_bytes.iloc[0], cold.peak_memory_bytes.iloc[0]
-    assert abs(peak_warm - peak_cold) <= max(24 << 20, 0.15 * peak_cold), (peak_warm, peak_cold)
+    # run-to-run noise of one cell's peak RSS is up to ~35 MB here (the same LoRA cell: 291, 309, 324 MB in
+    # three runs); counting the server's shared pages would add hundreds of MB
+    assert abs(peak_warm - peak_cold) <= max(48 << 20, 0.25 * peak_cold), (peak_warm, peak_cold)
 
 
 @pytest.fixture
