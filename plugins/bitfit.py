@@ -5,7 +5,7 @@ import torch
 
 from suite import Method, hookimpl
 
-from .targets import norm_modules
+from .targets import SWEPT, norm_modules
 
 
 def bitfit_parameters(model: torch.nn.Module) -> set[str]:
@@ -26,12 +26,12 @@ class BitFit(Method):
         "Ben Zaken, Ravfogel & Goldberg, 2022, BitFit: Simple Parameter-efficient Fine-tuning for "
         "Transformer-based Masked Language-models (ACL 2022): every bias term trains, nothing else. "
         "LLaMA-style models have no biases: there the normalisation weights train instead, the closest "
-        "vector-shaped parameters. The paper searches lr in 1e-4 to 1e-3 over many epochs; lr: see grid, "
-        "for 150 steps."
+        "vector-shaped parameters. The paper searches lr in 1e-4 to 1e-3 over many epochs; lr 3e-2 "
+        f"here, the best of {SWEPT}: 0.688 (9e-3: 0.594, 0.1: 0.562)."
     )
     default = False
-    defaults = {"lr": 1e-2}
-    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    defaults = {"lr": 3e-2}
+    grid = {"lr": [3e-3, 1e-2, 3e-2, 0.1, 0.3]}
     # the model stays the base's own architecture: there is nothing to merge
     mergeable = False
 

@@ -2,6 +2,7 @@
 from suite import hookimpl
 
 from .lora import LoRA
+from .targets import SWEPT
 
 
 class DoRA(LoRA):
@@ -14,11 +15,13 @@ class DoRA(LoRA):
         "Liu et al., 2024, DoRA: Weight-Decomposed Low-Rank Adaptation (ICML 2024): W = m·(W0 + BA)/||W0 + BA||, "
         "m initialised to the column norms of W0 and B to zero, so training starts from the base. "
         "The paper adapts q, k, v, up and down projections at r 32 with lr 1e-4 to 2e-4 (App., commonsense "
-        "reasoning on LLaMA); here r, alpha, dropout, targets and lr are the arena's LoRA settings, so that "
-        "dora differs from lora only by the decomposition."
+        "reasoning on LLaMA); here r, alpha, dropout and targets are the arena's LoRA settings, so that "
+        "dora differs from lora by the decomposition and its lr: 3e-3, the best of "
+        f"{SWEPT}: 0.797 with dev loss 0.186 (lora's 1e-3: 0.797 / 0.244; 9.5e-3: 0.766)."
     )
     default = False
-    grid = {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
+    defaults = {**LoRA.defaults, "lr": 3e-3}
+    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
 
     def variant_options(self, model, params):
         return {"use_dora": True}

@@ -1,7 +1,7 @@
 """FourierFT: the weight update as the inverse DFT of a few trained spectral coefficients (peft)."""
 from suite import PeftMethod, hookimpl
 
-from .targets import targeted_modules
+from .targets import SWEPT, targeted_modules
 
 
 class FourierFT(PeftMethod):
@@ -14,12 +14,13 @@ class FourierFT(PeftMethod):
         "its entries train; n 1000 and alpha 300 as in PEFT's method_comparison (the paper's "
         "LLaMA instruction-tuning setting uses n 1000); at most every entry of a smaller matrix. The "
         "paper initialises the coefficients from a Gaussian; here they start at zero (peft "
-        "init_weights=True), so training starts from the base. targets: peft's defaults; lr: see grid."
+        "init_weights=True), so training starts from the base. targets: peft's defaults. lr 0.3, the best "
+        f"of {SWEPT}: 0.703 at 0.316 (0.1: 0.594, 1.0: 0.547; peft's 3e-3 answers nothing well-formed in 150 steps)."
     )
     default = False
     mergeable = True
-    defaults = {"lr": 3e-3, "n_frequency": 1000, "scaling": 300.0, "targets": None}
-    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+    defaults = {"lr": 0.3, "n_frequency": 1000, "scaling": 300.0, "targets": None}
+    grid = {"lr": [0.03, 0.1, 0.3, 1.0]}
 
     def peft_config(self, model, params):
         from peft import FourierFTConfig, TaskType

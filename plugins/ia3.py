@@ -2,7 +2,7 @@
 from suite import PeftMethod, architecture, hookimpl
 from suite.methods import peft_default
 
-from .targets import split_names
+from .targets import SWEPT, split_names
 
 
 class IA3(PeftMethod):
@@ -15,18 +15,18 @@ class IA3(PeftMethod):
         "activations, initialised to ones (Sec. 3.3); targets are peft's defaults for the architecture "
         "(k_proj, v_proj, down_proj on LLaMA), else the keys, values and MLP down maps found by role. "
         "The paper trains at lr 3e-3 with Adafactor for 1,000 steps; "
-        "lr here: see grid, for the arena's AdamW and 150 steps."
+        f"lr 0.1 here, for the arena's AdamW and 150 steps: the best of {SWEPT}: 0.688 (0.03: 0.609, 0.32: 0.672)."
     )
     default = False
     mergeable = True  # each vector scales one matrix: folded into it, no extra inference cost
     defaults = {
-        "lr": 3e-2,
+        "lr": 0.1,
         # None: peft's defaults for the architecture; or module names, and which of them are
         # feed-forward (their input is rescaled instead of their output)
         "targets": None,
         "feedforward": None,
     }
-    grid = {"lr": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}
+    grid = {"lr": [1e-2, 3e-2, 0.1, 0.3, 1.0]}
 
     def peft_config(self, model, params):
         from peft import IA3Config, TaskType

@@ -3,7 +3,7 @@ import warnings
 
 from suite import PeftMethod, hookimpl
 
-from .targets import norm_targets, split_names
+from .targets import SWEPT, norm_targets, split_names
 
 
 class LNTuning(PeftMethod):
@@ -14,13 +14,13 @@ class LNTuning(PeftMethod):
         "Zhao et al., 2024, Tuning LayerNorm in Attention: Towards Efficient Multi-Modal LLM Finetuning "
         "(ICLR 2024): only the LayerNorm (here RMSNorm too) scales and shifts train. Every "
         "normalisation layer of the model, found by its role (peft's default list for Qwen2 has only "
-        "post_attention_layernorm; the paper tunes all of them). lr: see grid (the paper's runs are far "
-        "longer)."
+        "post_attention_layernorm; the paper tunes all of them). lr 3e-2 (the paper's runs are far "
+        f"longer), the best of {SWEPT}: 0.688 (0.01: 0.594, 0.095: 0.578)."
     )
     default = False
     mergeable = True  # the trained copies replace the originals: the base's own architecture
-    defaults = {"lr": 1e-2, "targets": None}
-    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    defaults = {"lr": 3e-2, "targets": None}
+    grid = {"lr": [3e-3, 1e-2, 3e-2, 0.1, 0.3]}
 
     def peft_config(self, model, params):
         from peft import LNTuningConfig, TaskType

@@ -1,7 +1,7 @@
 """LoHa: the weight update as the Hadamard product of two low-rank products (through peft)."""
 from suite import hookimpl
 
-from .targets import LinearTuner
+from .targets import SWEPT, LinearTuner
 
 
 class LoHa(LinearTuner):
@@ -13,12 +13,13 @@ class LoHa(LinearTuner):
         "Federated Learning (ICLR 2022), as LyCORIS's LoHa (Yeh et al., 2024, ICLR 2024): rank r per factor, "
         "so rank up to r² with 2x LoRA's parameters at the same r; update scaled by alpha/r, one factor of "
         "the second product zero so training starts from the base. alpha = 2r as in PEFT's "
-        "method_comparison; r 4 and targets (q, v) as the arena's LoRA; lr: see grid."
+        "method_comparison; r 4 and targets (q, v) as the arena's LoRA. lr 1e-2, the best "
+        f"of {SWEPT}: 0.672 (3e-3: 0.453, 0.032: 0.656)."
     )
     default = False
     mergeable = True
-    defaults = {"lr": 3e-3, "r": 4, "alpha": 8, "targets": None}
-    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+    defaults = {"lr": 1e-2, "r": 4, "alpha": 8, "targets": None}
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
 
     def peft_config(self, model, params):
         from peft import LoHaConfig, TaskType

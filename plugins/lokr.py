@@ -1,7 +1,7 @@
 """LoKr: the weight update as a Kronecker product of a small and a low-rank matrix (through peft)."""
 from suite import hookimpl
 
-from .targets import LinearTuner
+from .targets import SWEPT, LinearTuner
 
 
 class LoKr(LinearTuner):
@@ -13,12 +13,12 @@ class LoKr(LinearTuner):
         "as LyCORIS's LoKr (Yeh et al., 2024, ICLR 2024): dW = W1 ⊗ W2, the matrix split by peft's "
         "default factorisation, W2 itself rank r, scaled by alpha/r, zero-initialised so training starts "
         "from the base. alpha = 2r as in PEFT's method_comparison; r 4 and targets (q, v) as the arena's "
-        "LoRA; lr: see grid."
+        f"LoRA. lr 1e-2, the best of {SWEPT}: 0.688 (3e-3: 0.469, 0.032: 0.609)."
     )
     default = False
     mergeable = True
-    defaults = {"lr": 3e-3, "r": 4, "alpha": 8, "targets": None}
-    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+    defaults = {"lr": 1e-2, "r": 4, "alpha": 8, "targets": None}
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
 
     def peft_config(self, model, params):
         from peft import LoKrConfig, TaskType

@@ -1,7 +1,7 @@
 """OFT: a trained block-diagonal orthogonal rotation of each adapted weight (through peft)."""
 from suite import hookimpl
 
-from .targets import LinearTuner
+from .targets import SWEPT, LinearTuner
 
 
 class OFT(LinearTuner):
@@ -13,12 +13,13 @@ class OFT(LinearTuner):
         "multiplied by a block-diagonal orthogonal R = (I + Q)(I - Q)^-1 from skew-symmetric Q, "
         "initialised to the identity, so training starts from the base; blocks of 32 (peft's "
         "OFT v2 default, with its Cayley-Neumann approximation of the inverse); targets (q, v) as the "
-        "arena's LoRA; lr: see grid."
+        "arena's LoRA. lr 1e-2, the best of "
+        f"{SWEPT}: 0.734 with dev loss 0.200 (1e-3: 0.734 / 0.273, 3e-3: 0.719, 0.032: 0.547)."
     )
     default = False
     mergeable = True
-    defaults = {"lr": 3e-3, "block_size": 32, "targets": None}
-    grid = {"lr": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+    defaults = {"lr": 1e-2, "block_size": 32, "targets": None}
+    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
 
     def peft_config(self, model, params):
         from peft import OFTConfig, TaskType

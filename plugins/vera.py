@@ -3,6 +3,8 @@ import warnings
 
 from suite import PeftMethod, hookimpl
 
+from .targets import SWEPT
+
 
 class VeRA(PeftMethod):
     name = "vera"
@@ -14,12 +16,13 @@ class VeRA(PeftMethod):
         "and d to d_initial 0.1; r 256 as in PEFT's method_comparison (the paper uses 256 to "
         "1024). The projections are regenerated from projection_prng_key, not saved "
         "(save_projection=False): the paper's point that only the vectors and a seed need storing. "
-        "The paper trains the vectors at about ten times LoRA's learning rate; lr: see grid."
+        "The paper trains the vectors at about ten times LoRA's learning rate; lr 0.1 here, the best of "
+        f"{SWEPT}: 0.609 with dev loss 0.239 at 0.09 (0.3: 0.609 / 0.268, 0.027: 0.484, 1.0: 0.172)."
     )
     default = False
     mergeable = True
-    defaults = {"lr": 1e-2, "r": 256, "d_initial": 0.1, "dropout": 0.0, "targets": None}
-    grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+    defaults = {"lr": 0.1, "r": 256, "d_initial": 0.1, "dropout": 0.0, "targets": None}
+    grid = {"lr": [1e-2, 3e-2, 0.1, 0.3, 1.0]}
 
     def peft_config(self, model, params):
         from peft import TaskType, VeraConfig
