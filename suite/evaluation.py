@@ -9,7 +9,7 @@ from collections import Counter
 
 import torch
 
-from .data import Encoded, collate
+from .data import IGNORE, Encoded, collate, eval_batches
 from .generate import greedy_generate
 
 
@@ -49,20 +49,22 @@ def scored(task, texts: list[str], asks: list, prompts: list[str] | None = None)
 def choice_log_likelihoods(model, prompts: list[list[int]], choices: list[list[int]], pad_id: int, device,
                            batch_size: int = 32) -> torch.Tensor:
     """``(prompts, choices)`` log-likelihoods: the sum of the log-probabilities of each choice's
-    tokens (its end token included) after each prompt, from one forward pass per batch."""
+    tokens (its end token included) after each prompt, from one forward pass per batch. The
+    pairs are batched by length (:func:`~suite.data.eval_batches`), so padding is minimal, and
+    the softmax over the vocabulary is taken only where a choice token is predicted."""
     model.eval()
-    pairs = [Encoded(f"{i}:{j}", p, c) for i, p in enumerate(prompts) for j, c in enumerate(choices)]
+    pairs = [Encoded(str(n), p, c) for n, (p, c) in enumerate((p, c) for p in prompts for c in choices)]
     out = torch.empty(len(pairs))
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start: start + batch_size]
+    for chunk in eval_batches(pairs, batch_size):
         batch = collate(chunk, pad_id)
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]  # drop prepended positions
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         target = labels[:, 1:]
-        keep = target != -100
-        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out[start: start + len(chunk)] = (picked * keep).sum(dim=1).cpu()
+        rows, cols = (target != IGNORE).nonzero(as_tuple=True)
+        logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # at the predicting positions only
+        picked = logp.gather(-1, target[rows, cols].unsqueeze(-1)).squeeze(-1)
+        sums = torch.zeros(len(chunk), device=picked.device).index_add_(0, rows, picked)
+        out[[int(pair.example_id) for pair in chunk]] = sums.cpu()
     return out.view(len(prompts), len(choices))
 
 
