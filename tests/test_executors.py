@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from conftest import CELLS_ONLY, MISBEHAVING, leitai, start
 
+from suite.executors import cpu_count
+
 # these shootouts are about where cells run, not what a cell measures
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]
 
@@ -33,7 +35,7 @@ def test_local_workers_give_the_same_results(tmp_path):
     assert (a.status == "ok").all() and a.index.equals(b.index)
     pd.testing.assert_frame_equal(a, b, rtol=1e-5)
     threads = [json.loads(p.read_text())["env"]["torch_threads"] for p in (tmp_path / "w2").glob("runs/*/record.json")]
-    assert threads == [max(1, (os.cpu_count() or 1) // 2)] * 2  # the cores were shared out
+    assert threads == [max(1, cpu_count() // 2)] * 2  # the cores were shared out
 
 
 def test_cell_over_two_processes(tmp_path):

@@ -2,10 +2,13 @@
 
 One shootout runs the guide's worked example (extracted from docs/plugins/examples.md and installed)
 and three methods that cheat (tests/misbehaving.py): the core's guard fails the cheaters' cells and the rest finish.
-The package ``leitai new-plugin`` writes is installed with ``pip install -e``, listed, and
-passes its own generated test.
+The package ``leitai new-plugin`` writes is installed with pip, listed, and passes its own
+generated test. Both packages are installed into target directories that only these tests'
+subprocesses see (``PYTHONPATH``), never into the environment, so tests running beside these
+ones (``pytest -n``) never see a method they did not install.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,17 +47,15 @@ def doc_example(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scaffold(tmp_path_factory):
-    """`leitai new-plugin`'s package, installed with `pip install -e` into this environment,
-    and uninstalled afterwards."""
+    """`leitai new-plugin`'s package, installed by pip (into a target directory), and the
+    environment of a process that sees it."""
     from suite.cli import main
 
-    package = tmp_path_factory.mktemp("new-plugin") / "pkg"
+    root = tmp_path_factory.mktemp("new-plugin")
+    package = root / "pkg"
     assert main(["new-plugin", SCAFFOLD, "--dir", str(package)]) == 0
-    pip("install", "-q", "--no-deps", "--no-build-isolation", "-e", str(package))
-    try:
-        yield package
-    finally:
-        pip("uninstall", "-y", "-q", f"leitai-{SCAFFOLD}")
+    pip("install", "-q", "--no-deps", "--no-build-isolation", "--target", str(root / "site"), str(package))
+    return package, {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root / "site"), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="module")
@@ -112,17 +113,19 @@ def test_guard_fails_cheating_methods_while_the_rest_finish(shootout):
 
 def test_new_plugin_package_is_listed_with_its_package(scaffold):
     # `leitai list methods` then `leitai list plugins`, in one fresh process
+    _, env = scaffold
     listed = subprocess.run(
         [sys.executable, "-c", "from suite.cli import main; main(['list', 'methods']); main(['list', 'plugins'])"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=env,
     ).stdout
     assert re.search(rf"^{SCAFFOLD} .*\[leitai-{SCAFFOLD} 0\.1\.0\]$", listed, re.M), listed
     assert re.search(rf"^{SCAFFOLD} +leitai-{SCAFFOLD} 0\.1\.0 +methods: {SCAFFOLD}$", listed, re.M), listed
 
 
 def test_new_plugin_package_passes_its_own_test(scaffold):
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(scaffold)],
-                          capture_output=True, text=True, cwd=scaffold, timeout=300)
+    package, env = scaffold
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package)],
+                          capture_output=True, text=True, cwd=package, timeout=300, env=env)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-2000:]
 
 
