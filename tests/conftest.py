@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("LEITAI_PROGRESS", "0")
+# tokenised task data is cached per test session, not in the user's cache
+os.environ["LEITAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="leitai-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LEITAI_CACHE_DIR"], ignore_errors=True)
 
 
 def _own_cores() -> None:
@@ -40,9 +43,6 @@ def pytest_collection_modifyitems(items):
     """Put :data:`SLOWEST_FIRST`'s modules first, in that order; the rest keep theirs."""
     rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-# tokenised task data is cached per test session, not in the user's cache
-os.environ["LEITAI_CACHE_DIR"] = tempfile.mkdtemp(prefix="leitai-test-cache-")
-atexit.register(shutil.rmtree, os.environ["LEITAI_CACHE_DIR"], ignore_errors=True)
 
 
 #: a shootout of the cells alone: no baseline cell, no forgetting, no inference timing (each costs
