@@ -4,6 +4,7 @@ and the loss of a model that knows a classification task's answer format but not
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -53,7 +54,7 @@ def choice_log_likelihoods(model, prompts: list[list[int]], choices: list[list[i
     pairs are batched by length (:func:`~suite.data.eval_batches`), so padding is minimal, and
     the softmax over the vocabulary is taken only where a choice token is predicted."""
     model.eval()
-    pairs = [Encoded(str(n), p, c) for n, (p, c) in enumerate((p, c) for p in prompts for c in choices)]
+    pairs = [Encoded(str(n), p, c) for n, (p, c) in enumerate(itertools.product(prompts, choices))]  # id: row of out
     out = torch.empty(len(pairs))
     for chunk in eval_batches(pairs, batch_size):
         batch = collate(chunk, pad_id)

@@ -208,9 +208,7 @@ class SavedTensors:
         nbytes = t.untyped_storage().nbytes()
         if key in self.skip or nbytes == 0:
             return t
-        if not any_alive(self.saved.get(key, ())) and self.refs.get(key):  # freed (a dropped branch), its key reused
-            self.live -= self.size[key]
-            self.refs[key] = 0
+        self._drop_if_freed(key)  # its key may be reused by a new storage
         self.saved.setdefault(key, []).append(weakref.ref(t))
         if key not in self.refs or self.refs[key] == 0:
             self.live += nbytes
@@ -222,11 +220,15 @@ class SavedTensors:
     def settle(self) -> int:
         """At the end of the forward: the bytes of the saved storages still held for backward
         (a branch whose graph the forward dropped, as DoRA's detached weight norm, is freed)."""
-        for key, refs in self.saved.items():
-            if self.refs.get(key) and not any_alive(refs):
-                self.live -= self.size[key]
-                self.refs[key] = 0
+        for key in self.saved:
+            self._drop_if_freed(key)
         return self.live
+
+    def _drop_if_freed(self, key) -> None:
+        """Stop counting a storage whose saved tensors are all gone (freed with a dropped branch)."""
+        if self.refs.get(key) and not any_alive(self.saved.get(key, ())):
+            self.live -= self.size[key]
+            self.refs[key] = 0
 
     def unpack(self, packed):
         if not isinstance(packed, tuple):
