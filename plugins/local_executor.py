@@ -62,6 +62,10 @@ class LocalExecutor(Executor):
             env.update(thread_env(s.cpus_per_cell or cpu_count() // self.workers // max(1, s.gpus_per_cell)))
         return env
 
+    def prepare(self):
+        if self.warm is not None:
+            self.warm.start()  # forked from the driver, whose imports it shares (suite.warm)
+
     def map(self, cells, out_dir: Path):
         free: queue.Queue = queue.Queue()
         for env in self.slots:

@@ -70,6 +70,13 @@ class Executor:
         """
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Get ready before any cell is listed. The runner calls it once, in the driver's main
+        thread, after the shootout's settings are checked and before its output directory is
+        locked or any thread is started: the moment to start what takes long and must not
+        inherit the driver's threads or files (the local executor forks its warm-start server
+        here). The default does nothing."""
+
     def close(self) -> None:
         """Release what :meth:`map` kept for later calls (the local executor's warm-start
         server); the runner calls it once the shootout's cells are done."""

@@ -228,8 +228,11 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     resolved = resolve(config, registry)
     check_budget(config, resolved, final_cells(config, resolved))  # --memory: cells that would not fit, before any runs
     executor = executor or make_executor(config, registry, progress)
-    out = outdir.prepare(config.out)
     try:
+        # before the directory's lock is taken and any thread starts: the local executor forks
+        # its warm-start server from this process, which has imported torch for the checks above
+        getattr(executor, "prepare", lambda: None)()
+        out = outdir.prepare(config.out)
         with outdir.locked(out):
             return _run_locked(config, resolved, executor, out, progress)
     finally:

@@ -8,6 +8,13 @@ pool, no plugin, no model), then forks one child per cell. The cell's own work (
 ``LEITAI_THREADS``, ``CUDA_VISIBLE_DEVICES``, seed, plugins, model) happens in the child,
 after the fork, in :func:`suite.cell.main`, exactly as in a cold ``python -m suite.cell``.
 
+The server is forked from the driver itself where that is safe (:func:`forkable`: Linux, the
+driver's main thread, no other thread, no CUDA driver loaded), once the driver has checked the
+shootout's settings and so imported torch, transformers and peft for the stand-in models:
+then it costs no imports at all. Elsewhere (a driver with threads, a restart after the server
+died) it is a fresh ``python -m suite.warm FD`` that imports them itself. Either way it
+starts with the same state: :data:`PRELOAD` imported, no plugin registered, no model or data.
+
 The driver talks to the server over a Unix socket pair (``SOCK_SEQPACKET``: one message a
 datagram): it sends ``{"op": "run", "id", "spec", "env", "cwd"}`` with the write end of the
 cell's stderr pipe attached (``SCM_RIGHTS``), the server answers ``{"id", "pid"}`` and, when
@@ -29,6 +36,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -100,11 +108,97 @@ def _state() -> dict:
     with open("/proc/self/status") as f:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     return {"pid": os.getpid(), "cuda_initialized": torch.cuda.is_initialized(), "os_threads": threads,
-            "python_threads": threading.active_count(), "modules": len(sys.modules)}
+            "python_threads": threading.active_count(), "modules": len(sys.modules), "forked": FORKED,
+            "plugins_registered": sys.modules["suite.plugins"]._cached is not None}
 
 
-def serve(fd: int) -> int:
-    """The server's loop, on the socket ``fd`` the driver passed."""
+#: whether this server process was forked from the driver (:func:`fork_server`)
+FORKED = False
+
+
+def forkable() -> bool:
+    """Whether the server may be forked from this process rather than started fresh: Linux, the
+    main thread, no other Python thread (a fork keeps only the calling thread, and a lock
+    another one held would stay held in the child), and no CUDA driver loaded (a process forked
+    after a call into CUDA, even ``torch.cuda.is_available()``, cannot use it)."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return False
+    if threading.active_count() > 1:
+        return False
+    with open("/proc/self/maps") as f:
+        return not any("libcuda.so" in line for line in f)
+
+
+def fork_server(theirs: socket.socket, ours: socket.socket) -> ForkedServer:
+    """Fork the server from this process (:func:`forkable` must hold): the child keeps only
+    ``theirs``, standard streams on /dev/null and stderr on a pipe to the driver, forgets the
+    driver's plugin registry (each cell registers its own), and serves until the driver goes."""
+    read, write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked server
+        code = 1
+        try:
+            ours.close()
+            os.close(read)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for target, source in ((0, devnull), (1, devnull), (2, write)):
+                os.dup2(source, target)
+            os.close(devnull)
+            os.close(write)
+            atexit._clear()  # the driver's exit handlers are not the server's
+            from . import plugins
+
+            plugins._cached = None
+            code = serve(theirs.detach(), forked=True)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write)
+    return ForkedServer(pid, os.fdopen(read, "rb"))
+
+
+class ForkedServer:
+    """A server forked from this process, with what :class:`WarmServer` uses of ``subprocess.Popen``."""
+
+    def __init__(self, pid: int, stderr):
+        self.pid, self.stderr, self.returncode = pid, stderr, None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: its status is lost
+                    pid, status = self.pid, 255 << 8
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"warm-start server {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def serve(fd: int, forked: bool = False) -> int:
+    """The server's loop, on the socket ``fd`` the driver passed (``forked``: this process is a
+    fork of the driver, :func:`fork_server`)."""
+    global FORKED
+    FORKED = forked
     inherited_sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the cells, which stop themselves
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so does SIGTERM; the driver decides
@@ -263,9 +357,10 @@ class WarmJob:
 class WarmServer:
     """The driver's handle on the fork server: started on first use, started again if it died."""
 
-    def __init__(self):
+    def __init__(self, fork: bool = True):
+        self.fork = fork  # False: always a fresh process, never forked from this one
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | ForkedServer | None = None
         self._sock: socket.socket | None = None
         self._jobs: dict[int, WarmJob] = {}
         self._ids = itertools.count()
@@ -287,13 +382,16 @@ class WarmServer:
                 raise ServerDied("the warm-start server was closed")
             if self._proc is not None and self._proc.poll() is None:
                 return
-            if self._launcher is None:
-                # the server dies with the thread that started it (PR_SET_PDEATHSIG): one thread
-                # that lives as long as this handle starts it, whichever cell's thread asks
-                self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leitai-warm-start")
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                self._proc = self._launcher.submit(self._popen, theirs).result()
+                if self.fork and forkable():  # the main thread, which lives as long as the driver
+                    self._proc = fork_server(theirs, ours)
+                else:
+                    if self._launcher is None:
+                        # the server dies with the thread that started it (PR_SET_PDEATHSIG): one thread
+                        # that lives as long as this handle starts it, whichever cell's thread asks
+                        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leitai-warm-start")
+                    self._proc = self._launcher.submit(self._popen, theirs).result()
             finally:
                 theirs.close()
             self._sock, self._ready, self.state, self.starts = ours, threading.Event(), {}, self.starts + 1

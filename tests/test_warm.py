@@ -4,6 +4,8 @@ the cells after it."""
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,12 +80,13 @@ def _wait_for(path: Path, timeout: float = 300) -> int:
 def test_server_is_clean_and_outlives_its_cells(hanging_cell, tmp_path):
     cells, pid_file = hanging_cell
     env = {"LEITAI_PROGRESS": "0", **thread_env(1)}
-    server = WarmServer()
+    server = WarmServer(fork=False)  # a fresh process (this one, a pytest-xdist worker, has threads)
     server.start()
     try:
         state = server.query()  # asked in the server process itself
-        assert state["cuda_initialized"] is False
+        assert state["cuda_initialized"] is False and not state["plugins_registered"]
         assert state["python_threads"] == 1  # no thread of its own to fork under
+        assert state["forked"] is False
 
         # kill -9 of a warm cell: that cell's failed record with its reason; the server lives on
         thread, result = _in_thread(run_cell_process, cells["hangs"], tmp_path / "a", env, 1, server)
@@ -112,3 +115,24 @@ def test_server_is_clean_and_outlives_its_cells(hanging_cell, tmp_path):
         assert server.query()["cuda_initialized"] is False
     finally:
         server.close()
+
+
+def test_a_driver_without_threads_forks_its_server():
+    """A driver with no thread but its main one (``leitai run`` once it has checked the settings,
+    and so imported torch) forks the server from itself instead of starting one that imports
+    everything again; the forked server is as clean as a fresh one."""
+    script = (
+        "import json, os, torch\n"
+        "from suite.plugins import registry\n"
+        "from suite.warm import WarmServer\n"
+        "registry()\n"  # the driver has registered its plugins; the server must not keep them
+        "server = WarmServer()\n"
+        "server.start()\n"
+        "print(json.dumps({**server.query(), 'driver': os.getpid()}))\n"
+        "server.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    state = json.loads(proc.stdout.splitlines()[-1])
+    assert state["forked"] is True and state["pid"] != state["driver"]
+    assert state["cuda_initialized"] is False and state["python_threads"] == 1 and not state["plugins_registered"]
