@@ -32,11 +32,13 @@ def _own_cores() -> None:
 
 _own_cores()
 
-#: the modules with the longest shootouts (from ``pytest --durations``), collected first: a
-#: worker of ``pytest -n`` takes a whole module at a time, so a long one left for last would
-#: keep one worker busy while the others idle
-SLOWEST_FIRST = ("test_executors.py", "test_faults.py", "test_runner.py", "test_forgetting_inference.py",
-                 "test_replay.py", "test_sweep.py", "test_warm.py", "test_userdata.py", "test_quantize.py")
+#: the modules by their time under ``pytest -n auto`` (``--durations=0``, summed per module),
+#: longest first: a worker takes a whole module at a time (``--dist loadfile``, in this order:
+#: ``--no-loadscope-reorder`` in pyproject.toml), so a long one left for last would keep one
+#: worker busy while the others idle
+SLOWEST_FIRST = ("test_runner.py", "test_faults.py", "test_ray.py", "test_architectures.py", "test_forgetting_inference.py",
+                 "test_userdata.py", "test_tasks.py", "test_executors.py", "test_sweep.py", "test_quantize.py",
+                 "test_warm.py", "test_replay.py", "test_plan.py", "test_tiny_zh.py")
 
 
 def pytest_collection_modifyitems(items):
