@@ -142,12 +142,7 @@ def fork_server(theirs: socket.socket, ours: socket.socket) -> ForkedServer:
         try:
             ours.close()
             os.close(read)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for target, source in ((0, devnull), (1, devnull), (2, write)):
-                os.dup2(source, target)
-            os.close(devnull)
-            os.close(write)
-            atexit._clear()  # the driver's exit handlers are not the server's
+            _own_streams(write)
             from . import plugins
 
             plugins._cached = None
@@ -158,6 +153,17 @@ def fork_server(theirs: socket.socket, ours: socket.socket) -> ForkedServer:
             os._exit(code)
     os.close(write)
     return ForkedServer(pid, os.fdopen(read, "rb"))
+
+
+def _own_streams(stderr_fd: int) -> None:  # pragma: no cover - runs in a forked child
+    """In a forked child: stdin and stdout on /dev/null, stderr on ``stderr_fd`` (a pipe to the
+    driver, closed here), and none of the parent's exit handlers."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for target, source in ((0, devnull), (1, devnull), (2, stderr_fd)):
+        os.dup2(source, target)
+    os.close(devnull)
+    os.close(stderr_fd)
+    atexit._clear()
 
 
 class ForkedServer:
@@ -292,15 +298,10 @@ def _child(request: dict, fds: list[int], sock, wake: tuple, inherited_sigint) -
         from .stopping import die_with_parent
 
         die_with_parent()
-        os.dup2(fds[0], 2)
-        os.close(fds[0])
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
+        _own_streams(fds[0])
         os.environ.clear()
         os.environ.update(request["env"], LEITAI_CELL_START="warm")  # recorded in the record's env
         os.chdir(request["cwd"])
-        atexit._clear()  # the server's exit handlers are not the cell's
         sys.argv = [sys.modules["suite.cell"].__file__, request["spec"]]  # as python -m suite.cell has it
         from .cell import main
 
