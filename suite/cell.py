@@ -216,7 +216,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         return True
 
     with accelerator.autocast():
-        m["eval_loss"] = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
+        m["eval_loss"] = mean_loss(model, data.eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device,
+                                   result.answer_head)
         record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
         if tuning:  # the dev split's score decides which setting the final runs use; test is never read
             texts = answers(model, prepared.dev_prompts)

@@ -263,19 +263,29 @@ def _read(accelerator, pending: list[torch.Tensor]) -> list[float]:
 
 
 @torch.inference_mode()
-def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device) -> float:
+def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device, answer_head: bool | None = None) -> float:
     """Token-weighted mean cross-entropy over answer tokens (the dev loss; a conversation's every
     answer), computed here from the logits rather than taken from the model's own ``loss``, so a
     method that adds a term to its loss (AdaLoRA's orthogonality penalty) is scored like every
-    other; positions a method prepends (prompt tuning's virtual tokens) are dropped."""
+    other; positions a method prepends (prompt tuning's virtual tokens) are dropped.
+
+    The head runs at answer positions only (:class:`AnswerHead`) where ``answer_head`` says it
+    gives the model's own loss (:attr:`TrainResult.answer_head`, which training checked); ``None``
+    checks it on the first batch, ``False`` computes full logits."""
     model.eval()
+    head = AnswerHead(model)
+    if answer_head is False:
+        head.remove()
     total, count = 0.0, 0
-    for items in batches:
-        batch = {k: v.to(device) for k, v in collate(items, pad_id).items()}
-        ids, labels = batch["input_ids"], batch["labels"]
-        logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, -ids.shape[1]:]
-        target = labels[:, 1:]
-        total += F.cross_entropy(logits[:, :-1].float().flatten(0, 1), target.flatten(), ignore_index=IGNORE,
-                                 reduction="sum").item()
-        count += int((target != IGNORE).sum())
+    for i, items in enumerate(batches):
+        batch = collate(items, pad_id)
+        index = loss_index(batch["labels"])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        index = tuple(t.to(device) for t in index[:3]) + index[3:]
+        if i == 0 and answer_head is None:
+            head.check(model, batch, index)
+        logits = head.logits(model, batch, index)
+        total += F.cross_entropy(logits.float(), index[2], reduction="sum").item()
+        count += len(index[2])
+    head.remove()
     return total / count if count else float("nan")

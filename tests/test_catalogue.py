@@ -336,7 +336,7 @@ def test_the_guides_peft_tuner_in_30_lines_conforms():
 def test_dev_loss_is_the_cross_entropy_whatever_the_model_adds(name, registry):
     """The dev loss is computed from the logits: the model's own loss for LoRA and for prompt
     tuning (virtual tokens dropped), but without AdaLoRA's orthogonality penalty, which its
-    own loss adds even in eval mode."""
+    own loss adds even in eval mode; the same from the answer-only head as from full logits."""
     from suite.data import Encoded, collate
     from suite.train import mean_loss
 
@@ -346,7 +346,8 @@ def test_dev_loss_is_the_cross_entropy_whatever_the_model_adds(name, registry):
     g = torch.Generator().manual_seed(5)
     items = [Encoded(str(i), torch.randint(3, 128, (6 + i,), generator=g).tolist(),
                      torch.randint(3, 128, (2 + i,), generator=g).tolist()) for i in range(3)]
-    ours = mean_loss(model, [items], 0, "cpu")
+    ours = mean_loss(model, [items], 0, "cpu")  # checks whether the answer-only head gives the model's loss
+    assert mean_loss(model, [items], 0, "cpu", answer_head=False) == pytest.approx(ours, rel=1e-6)  # full logits
     with torch.no_grad():
         own = sum(model(**collate([e], 0)).loss.item() * len(e.answer) for e in items) / sum(len(e.answer) for e in items)
     if name == "adalora":
