@@ -11,6 +11,8 @@ budget, and the default ``leitai run`` at least 20% faster warm than cold.
     python benchmarks/tuning.py --json tuning.json                 # about 16 minutes on 2 idle cores
     python benchmarks/tuning.py --shootouts --json tuning.json     # add the two shootouts, warm and cold
     python benchmarks/tuning.py --shootouts default --json tuning.json   # only the default shootout's
+    python benchmarks/tuning.py --shootouts default --repeat 3 --no-cells   # the default shootout, 3 times each way
+    python benchmarks/tuning.py --shootouts sweep --no-cells       # the --sweep lr shootout, once each way
     python benchmarks/tuning.py --shootouts --steps 2 --extra="--task-size 16 --side-corpus none --infer-prompts 0"
                                                                    # a quick check that it runs, not a figure
 
@@ -20,6 +22,11 @@ method (``--sweep METHOD.lr=<its default>``), so every method has one tuning cel
 cell trained on the same batches, and reads each cell's wall time from its files: ``cell.json``
 is written just before the cell's process starts, ``record.json`` last, when it ends. Run it on
 an otherwise idle machine.
+
+With ``--shootouts``, each shootout runs ``--repeat`` times each way, cold then warm, and the
+figures are the medians: the wall time, and the time outside training (the wall time less its
+cells' training seconds), which is the part warm starts change. On 2 cores the training seconds
+of the same cells vary by 10-15% from run to run, as much as the effect being measured.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,8 +72,11 @@ def main() -> int:
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--steps", type=int, help="training steps per cell (default: the shootout's 150)")
     p.add_argument("--task", default="zh-sentiment")
-    p.add_argument("--shootouts", nargs="?", const="all", choices=["default", "all"],
-                   help="also time the default shootout and (all) a --sweep lr shootout (30 tuning cells), warm and cold")
+    p.add_argument("--shootouts", nargs="?", const="all", choices=["default", "sweep", "all"],
+                   help="also time the default shootout and/or a --sweep lr shootout (30 tuning cells), warm and cold")
+    p.add_argument("--repeat", type=int, default=1, help="run each shootout this many times each way, "
+                   "alternating, and report the medians (training time on a small machine varies by 10-15%%)")
+    p.add_argument("--no-cells", action="store_true", help="skip the per-cell figures (only --shootouts)")
     p.add_argument("--extra", default="", help="more leitai run flags for every shootout (a quick check: "
                    "--extra='--task-size 16 --side-corpus none --infer-prompts 0')")
     p.add_argument("--json", help="write every figure here")
@@ -81,7 +92,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="leitai-tuning-bench-"))
     sweeps = [a for m in methods for a in ("--sweep", f"{m}.lr={defaults[m]}")]
     figures: dict = {"steps": args.steps or 150, "task": args.task, "extra": args.extra, "cells": {}}
-    for way, flags in WAYS.items():
+    for way, flags in ({} if args.no_cells else WAYS).items():
         out = tmp / f"cells-{way}"
         total = leitai_run(out, ["--methods", args.methods, "--tasks", args.task, "--no-baselines", *sweeps, *extra, *flags])
         df = cell_rows(out)
@@ -95,20 +106,27 @@ def main() -> int:
                                  "final_ratio_mean": float(df[df.phase == "final"].ratio.mean()),
                                  "shootout_seconds": total}
     if args.shootouts:
-        shootouts = {"default shootout": [], "--sweep lr shootout": ["--sweep", "lr"]}
-        if args.shootouts == "default":  # about 11 minutes, where the sweep's two take about 45
-            del shootouts["--sweep lr shootout"]
+        shootouts = {"default shootout": [], "--sweep lr shootout": ["--sweep", "lr"]}  # each way: 5, 20 minutes
+        shootouts = {k: v for k, v in shootouts.items() if args.shootouts in ("all", k.split()[0].strip("-"))}
         for name, what in shootouts.items():
-            seconds = {}
-            for way, flags in WAYS.items():
-                out = tmp / f"{name.replace(' ', '-').strip('-')}-{way}"
-                seconds[way] = leitai_run(out, [*what, *extra, *flags])
-                tuning = len(list(out.glob("runs/*__tune-*")))
-                cells = len(list(out.glob("runs/*/record.json")))
-            faster = 1 - seconds["warm"] / seconds["cold"]
-            print(f"{name} ({cells} cells, {tuning} tuning): cold {seconds['cold']:.0f} s, warm {seconds['warm']:.0f} s, "
-                  f"warm is {100 * faster:.0f}% faster")
-            figures[name] = {**seconds, "cells": cells, "tuning_cells": tuning, "warm_faster_by": faster}
+            runs: dict[str, list[dict]] = {way: [] for way in WAYS}
+            for r in range(args.repeat):  # cold then warm, again: drift of the machine hits both ways
+                for way, flags in WAYS.items():
+                    out = tmp / f"{name.replace(' ', '-').strip('-')}-{way}-{r}"
+                    wall = leitai_run(out, [*what, *extra, *flags])
+                    cells = cell_rows(out)
+                    assert set(cells.start) == {way}, f"the {way} {name}'s cells started {set(cells.start)}"
+                    runs[way].append({"wall_s": wall, "train_s": float(cells.train_s.sum()),
+                                      "outside_s": wall - float(cells.train_s.sum()), "cells": len(cells),
+                                      "tuning_cells": int((cells.phase == "tune").sum())})
+                    print(f"{name}, {way} #{r + 1}: {wall:.0f} s, of which training {runs[way][-1]['train_s']:.0f} s")
+            med = {way: {k: statistics.median(run[k] for run in runs[way]) for k in ("wall_s", "outside_s")} for way in WAYS}
+            faster = 1 - med["warm"]["wall_s"] / med["cold"]["wall_s"]
+            print(f"{name} ({runs['warm'][0]['cells']} cells, {runs['warm'][0]['tuning_cells']} tuning; median of "
+                  f"{args.repeat}): cold {med['cold']['wall_s']:.0f} s, warm {med['warm']['wall_s']:.0f} s, warm is "
+                  f"{100 * faster:.0f}% faster; outside training cold {med['cold']['outside_s']:.0f} s, "
+                  f"warm {med['warm']['outside_s']:.0f} s")
+            figures[name] = {"runs": runs, "median": med, "warm_faster_by": faster}
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
     return 0

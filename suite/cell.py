@@ -113,9 +113,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     def answers(model, prompts):  # greedy answers as text, scored the same way for every model
         return greedy_answers(model, tokenizer, prompts, max_new_tokens, prepared.stop_ids, device, cell.eval_batch_size)
 
-    def choices(model):  # the closed answer set's most likely label, for classification tasks
+    def choices(model, answer_head=None):  # the closed answer set's most likely label, for classification tasks
         return choice_accuracy(model, tokenizer, prepared.test_prompts, task.choices, [ex.output for ex in test_examples],
-                               device, cell.eval_batch_size)
+                               device, cell.eval_batch_size, answer_head)
 
     if cell.phase == BASELINE:  # the untrained base model, scored like a trained one, and the trivial answers
         base.to(device)
@@ -226,7 +226,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
             return True
         texts = answers(model, prepared.test_prompts)
         if task.choices:
-            m["choice_accuracy"] = choices(model)
+            m["choice_accuracy"] = choices(model, result.answer_head)
         m.update(prepended_attention(model, prepared.test_prompts[:ATTENTION_PROMPTS], device))  # prepend methods
     scores, record["generations"] = scored(task, texts, test_examples, prepared.test_texts)
     m.update(scores)  # and per turn, for conversations

@@ -10,7 +10,7 @@ from collections import Counter
 
 import torch
 
-from .data import IGNORE, Encoded, collate, eval_batches
+from .data import Encoded, eval_batches
 from .generate import greedy_generate
 
 
@@ -48,35 +48,32 @@ def scored(task, texts: list[str], asks: list, prompts: list[str] | None = None)
 
 @torch.inference_mode()
 def choice_log_likelihoods(model, prompts: list[list[int]], choices: list[list[int]], pad_id: int, device,
-                           batch_size: int = 32) -> torch.Tensor:
+                           batch_size: int = 32, answer_head: bool | None = None) -> torch.Tensor:
     """``(prompts, choices)`` log-likelihoods: the sum of the log-probabilities of each choice's
     tokens (its end token included) after each prompt, from one forward pass per batch. The
     pairs are batched by length (:func:`~suite.data.eval_batches`), so padding is minimal, and
-    the softmax over the vocabulary is taken only where a choice token is predicted."""
-    model.eval()
+    the output head and the softmax run only where a choice token is predicted
+    (:func:`~suite.train.answer_logits`; ``answer_head`` as there)."""
+    from .train import answer_logits
+
     pairs = [Encoded(str(n), p, c) for n, (p, c) in enumerate(itertools.product(prompts, choices))]  # id: row of out
     out = torch.empty(len(pairs))
-    for chunk in eval_batches(pairs, batch_size):
-        batch = collate(chunk, pad_id)
-        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1]:]  # drop prepended positions
-        target = labels[:, 1:]
-        rows, cols = (target != IGNORE).nonzero(as_tuple=True)
-        logp = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # at the predicting positions only
-        picked = logp.gather(-1, target[rows, cols].unsqueeze(-1)).squeeze(-1)
+    for chunk, (rows, _, target, _), logits in answer_logits(model, eval_batches(pairs, batch_size), pad_id, device,
+                                                             answer_head):
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
         sums = torch.zeros(len(chunk), device=picked.device).index_add_(0, rows, picked)
         out[[int(pair.example_id) for pair in chunk]] = sums.cpu()
     return out.view(len(prompts), len(choices))
 
 
 def choice_accuracy(model, tokenizer, prompts: list[list[int]], choices: tuple[str, ...], references: list[str],
-                    device, batch_size: int = 32) -> float:
+                    device, batch_size: int = 32, answer_head: bool | None = None) -> float:
     """Share of examples whose reference is the choice with the highest log-likelihood."""
     from .data import answer_ids
 
     ids = answer_ids(tokenizer, list(choices))
-    best = choice_log_likelihoods(model, prompts, ids, tokenizer.pad_token_id, device, batch_size).argmax(dim=1)
-    return sum(choices[int(b)] == r for b, r in zip(best, references)) / len(references) if references else math.nan
+    best = choice_log_likelihoods(model, prompts, ids, tokenizer.pad_token_id, device, batch_size, answer_head)
+    return sum(choices[int(b)] == r for b, r in zip(best.argmax(dim=1), references)) / len(references) if references else math.nan
 
 
 def class_prior_loss(answers: list[str], train: list[Encoded]) -> float:

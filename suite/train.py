@@ -262,30 +262,39 @@ def _read(accelerator, pending: list[torch.Tensor]) -> list[float]:
     return stacked.cpu().tolist()
 
 
-@torch.inference_mode()
-def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device, answer_head: bool | None = None) -> float:
-    """Token-weighted mean cross-entropy over answer tokens (the dev loss; a conversation's every
-    answer), computed here from the logits rather than taken from the model's own ``loss``, so a
-    method that adds a term to its loss (AdaLoRA's orthogonality penalty) is scored like every
-    other; positions a method prepends (prompt tuning's virtual tokens) are dropped.
+def answer_logits(model, batches: list[list[Encoded]], pad_id: int, device, answer_head: bool | None = None):
+    """For each batch, ``(items, index, logits)``: the logits at the positions whose next token
+    carries a label, ``(n, vocab)``, with their :func:`loss_index` (on ``device``); positions a
+    method prepends are dropped. Run under ``torch.inference_mode``, with the model in eval mode.
 
-    The head runs at answer positions only (:class:`AnswerHead`) where ``answer_head`` says it
+    The head runs at those positions only (:class:`AnswerHead`) where ``answer_head`` says it
     gives the model's own loss (:attr:`TrainResult.answer_head`, which training checked); ``None``
     checks it on the first batch, ``False`` computes full logits."""
     model.eval()
     head = AnswerHead(model)
     if answer_head is False:
         head.remove()
+    try:
+        for i, items in enumerate(batches):
+            batch = collate(items, pad_id)
+            index = loss_index(batch["labels"])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            index = tuple(t.to(device) for t in index[:3]) + index[3:]
+            if i == 0 and answer_head is None:
+                head.check(model, batch, index)
+            yield items, index, head.logits(model, batch, index)
+    finally:
+        head.remove()
+
+
+@torch.inference_mode()
+def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device, answer_head: bool | None = None) -> float:
+    """Token-weighted mean cross-entropy over answer tokens (the dev loss; a conversation's every
+    answer), computed here from the logits (:func:`answer_logits`) rather than taken from the
+    model's own ``loss``, so a method that adds a term to its loss (AdaLoRA's orthogonality
+    penalty) is scored like every other."""
     total, count = 0.0, 0
-    for i, items in enumerate(batches):
-        batch = collate(items, pad_id)
-        index = loss_index(batch["labels"])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        index = tuple(t.to(device) for t in index[:3]) + index[3:]
-        if i == 0 and answer_head is None:
-            head.check(model, batch, index)
-        logits = head.logits(model, batch, index)
-        total += F.cross_entropy(logits.float(), index[2], reduction="sum").item()
-        count += len(index[2])
-    head.remove()
+    for _, (_, _, labels, _), logits in answer_logits(model, batches, pad_id, device, answer_head):
+        total += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        count += len(labels)
     return total / count if count else float("nan")

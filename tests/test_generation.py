@@ -42,12 +42,15 @@ def test_cached_generation_equals_forward_decoding(name, kind, registry):
 
 
 def check_choice_scores(model, g: torch.Generator) -> None:
-    """Batched choice scoring (length-sorted batches, softmax at the scored positions only)
-    equals each prompt and choice scored alone: the sum of the log-probabilities of the
-    choice's tokens after the prompt, from the logits of a full forward pass."""
+    """Batched choice scoring (length-sorted batches, the head and the softmax at the scored
+    positions only) equals each prompt and choice scored alone: the sum of the
+    log-probabilities of the choice's tokens after the prompt, from the logits of a full
+    forward pass; and it equals batched scoring from full logits."""
     prompts = [torch.randint(3, 128, (n,), generator=g).tolist() for n in (4, 9, 6, 9, 12)]
     choices = [[5, 2], [7, 8, 2], [9, 2]]  # of different lengths, so pairs are padded
     got = choice_log_likelihoods(model, prompts, choices, pad_id=0, device="cpu", batch_size=4)
+    full = choice_log_likelihoods(model, prompts, choices, pad_id=0, device="cpu", batch_size=4, answer_head=False)
+    assert torch.allclose(got, full, atol=1e-5)
     with torch.inference_mode():
         for i, prompt in enumerate(prompts):
             for j, choice in enumerate(choices):
