@@ -71,6 +71,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .methods import run_info
     from .plugins import registry
     from .precision import dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
+    from .progress import beat
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
     from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
@@ -92,10 +93,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     quantized = cell.quantize != quantize.NONE  # --quantize: 4- or 8-bit linear layers (bitsandbytes)
     exact = dtype == torch.float32 and amp == "no" and not quantized  # no rounding to half precision anywhere
 
+    beat("loading the model")
     base, tokenizer = models.load_base(spec, dtype, cell.quantize, device)
     if quantized:
         base = quantize.prepare(base, cell.gradient_checkpointing)  # peft's k-bit preparation, base frozen
     tokenizer = models.prepare_tokenizer(tokenizer)
+    beat("preparing the data")
     prepared = taskdata.prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
     if cell.loss_turns == "last":  # conversations: loss on the last answer only (dev loss keeps every one)
@@ -155,6 +158,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         base_logits = real_logits(base, probe)
     trained = trained_base_names(method, base, dict(cell.params))  # declared before apply
     set_seed(cell.seed)  # the method's own initialisation depends on the run's seed
+    beat("applying the method")
     model = method.apply(base, dict(cell.params))
     trainable = count_parameters(model, trainable_only=True)  # recorded even when a guard fails the cell
     m.update(trainable_params=trainable, total_params=total, trainable_pct=100.0 * trainable / total)
@@ -233,6 +237,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     m.update(extra_metrics(task, texts, [ex.output for ex in test_examples], m))
     m.update(answer_format(texts, task.choices))  # empty answers, or outside the answer set
 
+    beat("saving the adapter")
     adapter = run_dir / "adapter"
     tmp = run_dir / "adapter.tmp"
     method.save(model, tmp, dict(cell.params))
@@ -264,6 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     from .stopping import cell_stops_on_signals
 
     cell_stops_on_signals()  # Ctrl-C and SIGTERM: the cell ends without a record
+    if os.environ.get("RANK", "0") == "0":  # the driver's watchdog reads the main process's heartbeat
+        from . import progress
+
+        progress.start(run_dir)
     _silence_known_warnings()
     if os.environ.get("LEITAI_THREADS"):  # the executor's share of the cores
         import torch

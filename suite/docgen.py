@@ -37,7 +37,7 @@ HELPERS = {
     "suite.tasks": ["assign_splits", "take", "take_short", "split_of", "normalise", "score_answers"],
     "suite.models": ["resolve"],
     "suite.plugins": ["registry", "Registry"],
-    "suite.testing": ["check_method", "ConformanceReport", "CheckResult", "ConformanceError", "tiny_model",
+    "suite.testing": ["check_method", "check_plugin_import", "ConformanceReport", "CheckResult", "ConformanceError", "tiny_model",
                       "tiny_config", "ARCHITECTURES", "ALL_ARCHITECTURES"],
     "suite.architecture": ["find", "Architecture", "Geometry", "LayerMaps", "attention_targets", "linear_modules",
                            "linear_shape", "weight_matrix", "kv_cache_shape", "ArchitectureError"],

@@ -24,9 +24,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import progress
 from .cellspec import Cell
 from .errors import UsageError
 from .records import failed_record, read_json, write_json_atomic
+from .settings import parse_duration
 from .stopping import die_with_parent
 
 
@@ -147,26 +149,37 @@ RUNNING = Running()
 
 
 def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: int = 1,
-                 warm=None) -> tuple[int, str]:
-    """Run ``cell`` in a child process; return its exit code and the tail of its stderr.
+                 warm=None) -> tuple[int, str, str | None]:
+    """Run ``cell`` in a child process; return its exit code, the tail of its stderr, and why
+    the watchdog ended it (None: it ended on its own).
 
-    ``warm`` (a :class:`suite.warm.WarmServer`): the child is forked from it, already warm;
-    else (or under a distributed launch) it starts cold, ``python -m suite.cell``. The child's
-    stderr (its progress bar) is passed through while the last few KB are kept, so a child
-    that dies without writing a record can still say why. The child dies with us. Raises
-    :class:`Interrupted` for a child that :data:`RUNNING` stopped.
+    ``warm`` (a :class:`suite.warm.WarmServer`): the child is forked from it, already warm,
+    unless the server found forking unsafe (:class:`suite.warm.ColdStart`); else (or under a
+    distributed launch) it starts cold, ``python -m suite.cell``. The child's stderr (its
+    progress bar) is passed through while the last few KB are kept, so a child that dies
+    without writing a record can still say why. A child whose heartbeat (:mod:`suite.progress`)
+    is older than the cell's ``stall_timeout`` is killed with its own children
+    (:func:`wait_watched`). The child dies with us. Raises :class:`Interrupted` for a child that
+    :data:`RUNNING` stopped.
     """
+    from .warm import ColdStart
+
     if RUNNING.stopping.is_set():
         raise Interrupted(cell.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / progress.FILE).unlink(missing_ok=True)
     spec = run_dir / "cell.json"
     spec.write_text(cell.to_json(), encoding="utf-8")
     read_end, write_end = os.pipe()
     child_env = {**os.environ, **(env or {})}
     try:
+        proc = None
         if warm is not None and processes <= 1:
-            proc = warm.spawn(str(spec), child_env, write_end)
-        else:
+            try:
+                proc = warm.spawn(str(spec), child_env, write_end)
+            except ColdStart:  # said once, by the server's handle
+                pass
+        if proc is None:
             proc = subprocess.Popen(
                 cell_command(spec, processes), stdout=subprocess.DEVNULL, stderr=write_end, env=child_env,
                 preexec_fn=die_with_parent if sys.platform == "linux" else None,
@@ -195,7 +208,7 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        code = proc.wait()
+        code, stalled = wait_watched(proc, run_dir, parse_duration(cell.stall_timeout))
     except BaseException:  # Ctrl-C in this thread: the child got the signal too; make sure it is gone
         proc.kill()
         _wait_quietly(proc)
@@ -208,7 +221,43 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     stream.close()
     if RUNNING.was_stopped(proc):
         raise Interrupted(cell.run_id)
-    return code, b"".join(tail).decode("utf-8", errors="replace")
+    return code, b"".join(tail).decode("utf-8", errors="replace"), stalled
+
+
+def wait_watched(proc, run_dir: Path, stall: float) -> tuple[int, str | None]:
+    """Wait for a cell's process; when its heartbeat in ``run_dir`` (:mod:`suite.progress`; the
+    process's start until its first beat) is more than ``stall`` seconds old (0: never), kill it
+    and its children. Returns its exit code and, if it was killed so, why."""
+    started = time.time()
+    every = min(5.0, max(0.2, stall / 10)) if stall else None
+    while True:
+        try:
+            return proc.wait(timeout=every), None
+        except subprocess.TimeoutExpired:
+            pass
+        last = progress.read(run_dir)
+        quiet = time.time() - max(started, last["time"] if last else 0.0)
+        if quiet > stall:
+            kill_tree(proc)
+            _wait_quietly(proc)
+            return proc.poll(), (f"no progress for {quiet:.0f} s, the cell's --stall-timeout: ended by the watchdog "
+                                 f"(last: {progress.describe(last)})")
+
+
+def kill_tree(proc) -> None:
+    """SIGKILL a cell's process and every process under it (a distributed cell's ranks)."""
+    import psutil
+
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except (psutil.Error, TypeError):  # gone already, or a pid not known yet
+        children = []
+    proc.kill()
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
 
 
 def _wait_quietly(proc) -> None:
@@ -230,9 +279,10 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
 
     run_dir = Path(run_dir)
     (run_dir / "record.json").unlink(missing_ok=True)  # a retried cell starts clean
+    stalled = None
     for _attempt in (1, 2):
         try:
-            code, tail = launch_child(cell, run_dir, env, processes, warm)
+            code, tail, stalled = launch_child(cell, run_dir, env, processes, warm)
             break
         except ServerDied as e:
             if RUNNING.stopping.is_set():  # the server was closed by a stop
@@ -242,6 +292,11 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
                 break
     record = read_json(run_dir / "record.json")
     if record is None:
+        if stalled:
+            record = failed_record(cell, stalled, tail)
+            record["progress"] = progress.read(run_dir)  # the step it reached
+            write_json_atomic(run_dir / "record.json", record)
+            return record
         if code in (-signal.SIGINT, 130, -signal.SIGTERM, 143):
             raise Interrupted(cell.run_id)
         last = [line for line in tail.replace("\r", "\n").splitlines() if line.strip()]

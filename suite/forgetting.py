@@ -19,6 +19,7 @@ import torch
 
 from .data import IGNORE, Encoded, collate
 from .guards import GuardError
+from .progress import beat
 
 
 class SideCorpus:
@@ -55,6 +56,7 @@ def cross_entropy(model, batches: list[dict]) -> float:
     total, count = 0.0, 0
     try:
         for batch in batches:
+            beat("measuring forgetting")
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             logits = model(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
             target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, IGNORE)

@@ -10,6 +10,8 @@ from collections import defaultdict
 
 import torch
 
+from .progress import beat
+
 
 def _cut(tokens: list[int], stops: list[int]) -> list[int]:
     at = next((i for i, t in enumerate(tokens) if t in stops), None)
@@ -36,6 +38,7 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
     for length, idx in sorted(by_length.items()):
         for start in range(0, len(idx), batch_size):
             chunk = idx[start : start + batch_size]
+            beat("generating")
             ids = torch.tensor([prompts[i] for i in chunk], device=device)
             gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
             for row, i in enumerate(chunk):

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from .progress import beat
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -49,6 +51,7 @@ def time_one(model, prompts: list[list[int]], new_tokens: int, pad_id: int, auto
     decoded = prompt_tokens = 0
     with autocast():
         for prompt in prompts:
+            beat("timing inference")
             ids = torch.tensor([prompt], device=device)
             t1, _ = _generate(model, ids, 1, pad_id)
             tn, n = _generate(model, ids, new_tokens, pad_id)

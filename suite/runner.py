@@ -224,19 +224,21 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     from . import outdir
     from .executors import make_executor
     from .plancmd import check_budget
+    from .warm import single_threaded_driver
 
-    resolved = resolve(config, registry)
-    check_budget(config, resolved, final_cells(config, resolved))  # --memory: cells that would not fit, before any runs
-    executor = executor or make_executor(config, registry, progress)
-    try:
-        # before the directory's lock is taken and any thread starts: the local executor forks
-        # its warm-start server from this process, which has imported torch for the checks above
-        getattr(executor, "prepare", lambda: None)()
-        out = outdir.prepare(config.out)
-        with outdir.locked(out):
-            return _run_locked(config, resolved, executor, out, progress)
-    finally:
-        getattr(executor, "close", lambda: None)()
+    with single_threaded_driver():  # no torch thread pool for a process forked from this one to inherit
+        resolved = resolve(config, registry)
+        check_budget(config, resolved, final_cells(config, resolved))  # --memory: cells that would not fit, before any runs
+        executor = executor or make_executor(config, registry, progress)
+        try:
+            # before the directory's lock is taken and any thread starts: the local executor forks
+            # its warm-start server from this process, which has imported torch for the checks above
+            getattr(executor, "prepare", lambda: None)()
+            out = outdir.prepare(config.out)
+            with outdir.locked(out):
+                return _run_locked(config, resolved, executor, out, progress)
+        finally:
+            getattr(executor, "close", lambda: None)()
 
 
 def _run_locked(config: ShootoutConfig, resolved: Plan, executor, out: Path, progress: bool) -> Outcome:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -69,6 +70,9 @@ class RunSettings:
                           metavar="none|SOURCE:FRACTION[,...]")
     infer_prompts: int = setting(8, "test prompts to time inference on, per run (0: no timing)", fair=True, minimum=0)
     infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
+    stall_timeout: str = setting("30m", "end a cell that reports no progress (a training step, an evaluation batch, "
+                                 "a new phase) for this long, record it failed with the step it reached, and go on: "
+                                 "e.g. 90s, 20m, 2h; 0: never (docs/faults.md)", metavar="DURATION")
 
 
 @dataclass(kw_only=True)
@@ -152,6 +156,18 @@ class ShootoutConfig(RunSettings):
 FAIR_SETTINGS = ("task_sizes",) + tuple(f.name for f in fields(RunSettings) if f.metadata["fair"])
 #: the names a TOML config may set at its top level (besides the executor's own options)
 TOML_NAMES = frozenset(f.name for f in fields(ShootoutConfig) if f.metadata["flag"])
+
+
+_SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text, what: str = "--stall-timeout") -> float:
+    """``90s``, ``20m``, ``2h`` or a number of seconds; ``0`` is none. A one-line
+    :class:`UsageError` otherwise."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _SECONDS:
+        raise UsageError(f"{what}: cannot read {text!r} as a duration (e.g. 90s, 20m, 2h, or 0 for none)")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
 
 
 def flag(name: str) -> str:

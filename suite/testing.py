@@ -41,6 +41,10 @@ on) it checks, each under its own name:
 
 A failed check is one line naming the method and the check, e.g.
 ``conformance: lora: generation: cached generate differs from forward decoding on qwen2 (prompt 2)``.
+
+:func:`check_plugin_import` checks a plugin module of any kind: importing it and calling its
+``register_*`` hooks, as ``leitai run`` does before it forks its warm-start server, must leave
+the process safe to fork cells from (docs/warm-start.md, "What a plugin must not do when imported").
 """
 from __future__ import annotations
 
@@ -235,6 +239,54 @@ def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | Non
     if raise_on_failure and not report.ok:
         raise ConformanceError("\n".join(report.lines))
     return report
+
+
+_IMPORT_PROBE = """
+import importlib, json, sys, threading
+import torch
+from suite import plugins, warm
+plugins.ENTRY_POINTS = []  # this module alone
+registry = plugins.load_registry(extra=[importlib.import_module(m) for m in sys.argv[1:]])
+print(json.dumps({"errors": [i.error for i in registry.plugins.values() if i.error],
+                  "threads": [t.name for t in threading.enumerate() if t is not threading.main_thread()],
+                  "cuda": torch.cuda.is_initialized(), "fork": warm.fork_probe()}))
+"""
+
+
+def check_plugin_import(*modules: str, raise_on_failure: bool = True) -> list[str]:
+    """Import plugin ``modules`` and call their ``register_*`` hooks in a fresh process with two
+    torch threads, as ``leitai run`` does before it forks its warm-start server, then check that
+    the process is still safe to fork a cell from: the hooks raised nothing, no Python thread
+    was started, CUDA was not initialised, and a forked child runs a parallel torch operation
+    (:func:`suite.warm.fork_probe`: no thread pool was started by computing at import). Returns
+    one line per problem (``conformance: MODULE: import: ...``; several modules are checked
+    together, and pass only if each would); raises :class:`ConformanceError`
+    with them when ``raise_on_failure``."""
+    __tracebackhide__ = True
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LEITAI_PLUGINS", "MKL_NUM_THREADS")}
+    env["OMP_NUM_THREADS"] = "2"  # a user's default; on one thread nothing would start a pool
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if proc.returncode != 0:
+        lines = [f"importing it failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"]
+    else:
+        found = json.loads(proc.stdout.strip().splitlines()[-1])
+        lines = [f"a register hook failed: {e}" for e in found["errors"]]
+        if found["threads"]:
+            lines.append(f"it starts thread(s) {', '.join(found['threads'])}: start them in a cell, not at import")
+        if found["cuda"]:
+            lines.append("it initialises CUDA: a process forked after that cannot use it")
+        if found["fork"]:
+            lines.append(f"{found['fork']}: compute with torch in a cell, not at import")
+    lines = [f"conformance: {', '.join(modules)}: import: {line}" for line in lines]
+    if raise_on_failure and lines:
+        raise ConformanceError("\n".join(lines))
+    return lines
 
 
 def _resolve(method_or_name) -> Method:

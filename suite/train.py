@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .data import IGNORE, Encoded, collate
 from .measure import optimizer_bytes, saved_for_backward, tensor_bytes
+from .progress import beat
 
 
 @dataclass
@@ -203,6 +204,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
     start = time.perf_counter()
     for step, items in enumerate(batches):
+        beat("training", step + 1, len(batches))
         items = items[rank::world] if world > 1 else items  # data parallel: each process its share
         extra = (replay[step][rank::world] if world > 1 else replay[step]) if replay else []
         batch = collate(items + extra, pad_id)  # task examples first, then the replay sequences
@@ -276,6 +278,7 @@ def answer_logits(model, batches: list[list[Encoded]], pad_id: int, device, answ
         head.remove()
     try:
         for i, items in enumerate(batches):
+            beat("evaluating", i + 1)
             batch = collate(items, pad_id)
             index = loss_index(batch["labels"])
             batch = {k: v.to(device) for k, v in batch.items()}

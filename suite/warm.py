@@ -40,6 +40,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 #: what the server imports: the heavy libraries and the core a cell imports anyway
 PRELOAD = (
@@ -54,6 +55,11 @@ PRELOAD = (
 
 class ServerDied(RuntimeError):
     """The warm-start server ended while a cell it had forked was running (the cell died with it)."""
+
+
+class ColdStart(RuntimeError):
+    """Forking cells is not safe here (:func:`fork_probe` failed, or the server never got
+    ready): the cell starts cold. :class:`WarmServer` has said why, once."""
 
 
 def cold_start_requested() -> bool:
@@ -114,6 +120,71 @@ def _state() -> dict:
 
 #: whether this server process was forked from the driver (:func:`fork_server`)
 FORKED = False
+#: how long a forked child may take over its first parallel torch operation (:func:`fork_probe`)
+PROBE_SECONDS = 10.0
+#: how long a cell waits for a server to import and probe before it starts cold
+READY_SECONDS = 300.0
+#: the driver's own torch thread count while :func:`single_threaded_driver` holds it at one
+_DRIVER_THREADS: int | None = None
+
+
+@contextmanager
+def single_threaded_driver():
+    """While the driver checks a shootout's settings and forks its server: torch on one thread.
+
+    A parallel torch operation starts OpenMP's thread pool, and a process forked after that
+    inherits the pool's bookkeeping without its threads: its first parallel operation waits
+    forever. Plugins and peft may compute on the CPU while settings are checked (peft builds
+    BOFT's permutation matrices and FourierFT's frequency indices as real tensors even on a
+    meta stand-in); on one thread no pool is started. The driver computes nothing that needs
+    more, and a server forked from it gets the driver's own count back (:func:`fork_server`)."""
+    global _DRIVER_THREADS
+    import torch
+
+    if _DRIVER_THREADS is not None:  # nested: the outer one restores
+        yield
+        return
+    _DRIVER_THREADS = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(_DRIVER_THREADS)
+        _DRIVER_THREADS = None
+
+
+def fork_probe(timeout: float = PROBE_SECONDS) -> str | None:
+    """Whether a process forked from this one now can run torch on two threads: None when a
+    forked child finishes a parallel operation within ``timeout`` seconds, else why not (a
+    thread pool or a lock of this process was in use when it forked: OpenMP, MKL, a library's
+    own pool). The server probes once, before it forks any cell: it runs nothing between cells."""
+    import torch
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked probe
+        code = 1
+        try:
+            from .stopping import die_with_parent
+
+            die_with_parent()
+            torch.set_num_threads(2)
+            torch.ones(1 << 20).mul_(2).sum()  # above ATen's grain size: it runs on the pool
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return None if code == 0 else f"a process forked from it failed its first torch operation (exit status {code})"
+        time.sleep(0.005)
+    _kill(pid)
+    os.waitpid(pid, 0)
+    return (f"a process forked from it hung in its first parallel torch operation for {timeout:.0f} s "
+            "(a thread pool was in use when it forked)")
 
 
 def forkable() -> bool:
@@ -143,6 +214,10 @@ def fork_server(theirs: socket.socket, ours: socket.socket) -> ForkedServer:
             ours.close()
             os.close(read)
             _own_streams(write)
+            if _DRIVER_THREADS is not None:  # the driver's count, as a fresh process would have it
+                import torch
+
+                torch.set_num_threads(_DRIVER_THREADS)
             from . import plugins
 
             plugins._cached = None
@@ -217,13 +292,14 @@ def serve(fd: int, forked: bool = False) -> int:
 
     gc.collect()
     gc.freeze()  # the imported objects stay on pages the children share (no copy on the GC's touch)
+    unsafe = fork_probe()  # checked before any cell is forked; nothing runs here between cells
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     children: dict[int, int] = {}  # pid -> request id
-    _send(sock, {"ready": True, **_state()})
+    _send(sock, {"ready": True, "unsafe": unsafe, **_state()})
     while True:
         try:
             readable, _, _ = select.select([sock, wake_r], [], [])
@@ -251,8 +327,8 @@ def serve(fd: int, forked: bool = False) -> int:
         if request["op"] == "state":
             _send(sock, {"id": request["id"], "state": _state()})
             continue
-        if torch.cuda.is_initialized():  # never: a forked child could not use CUDA
-            _send(sock, {"id": request["id"], "error": "the warm-start server initialised CUDA"})
+        if torch.cuda.is_initialized() or unsafe:  # never: a forked child could not use CUDA, or would hang
+            _send(sock, {"id": request["id"], "error": unsafe or "the warm-start server initialised CUDA"})
             continue
         sys.stdout.flush()
         sys.stderr.flush()
@@ -335,8 +411,9 @@ class WarmJob:
         self._started = threading.Event()
         self._ended = threading.Event()
 
-    def wait(self) -> int:
-        self._ended.wait()
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"warm cell {self.pid}", timeout)
         if self.code is None:
             raise ServerDied(self.error or "the warm-start server died")
         return self.code
@@ -371,6 +448,7 @@ class WarmServer:
         self.starts = 0
         self._launcher: ThreadPoolExecutor | None = None
         self.closed = False  # by close(): no request starts it again until start()
+        self.cold: str | None = None  # why cells start cold: no server can fork them safely here
 
     def start(self) -> None:
         """Start the server if it is not running (it imports while the caller goes on)."""
@@ -468,10 +546,36 @@ class WarmServer:
         tail = [line for line in b"".join(self._stderr).decode("utf-8", "replace").splitlines() if line.strip()]
         return f"the warm-start server died ({how}{': ' + tail[-1] if tail else ''})"
 
+    def _unsafe(self, proc, reason: str) -> None:
+        """Server ``proc`` cannot fork cells safely: a server forked from the driver is replaced
+        by a fresh process, once; after that every cell starts cold (:class:`ColdStart`)."""
+        with self._lock:
+            if self._proc is proc:
+                if self.fork and self.state.get("forked"):
+                    print(f"leitai: the warm-start server forked from this process is not safe to fork cells from "
+                          f"({reason}); starting a fresh one", file=sys.stderr)
+                    self.fork = False
+                else:
+                    self.cold = reason
+                    print(f"leitai: warm starts off: {reason}; every cell starts cold", file=sys.stderr)
+                proc.kill()
+                self._proc = None
+        if self.cold:
+            raise ColdStart(self.cold)
+
     def _request(self, message: dict, fds: list[int] = ()) -> WarmJob:
-        for _ in range(2):  # a server that died before this request is started again, once
+        for _ in range(3):  # a server that died before this request, or was found unsafe, is started again
+            if self.cold and message["op"] == "run":
+                raise ColdStart(self.cold)
             self._ensure()
-            self._ready.wait()
+            proc = self._proc
+            if not self._ready.wait(READY_SECONDS):
+                self.fork = False  # so that _unsafe gives up on it
+                self._unsafe(proc, f"the warm-start server was not ready after {READY_SECONDS:.0f} s")
+                continue
+            if message["op"] == "run" and self.state.get("unsafe"):
+                self._unsafe(proc, self.state["unsafe"])
+                continue
             with self._lock:
                 sock = self._sock
                 if sock is None:

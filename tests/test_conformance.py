@@ -134,3 +134,18 @@ def test_a_method_that_cannot_apply_skips_the_rest():
     summary = report.summary()
     assert summary.startswith("conformance: raiser: 0 checks passed, 1 failed, 11 skipped on gpt2 ("), summary
     assert summary.endswith("".join(f"; skipped {check} on every architecture" for check in CHECKS[1:])), summary
+
+
+def test_built_in_plugins_are_safe_to_import_before_a_fork(tmp_path, monkeypatch):
+    """Every built-in plugin module, imported and registered together as the driver does, leaves
+    the process safe to fork cells from; a module that computes with torch at import is caught."""
+    from importlib import metadata
+
+    from suite.testing import check_plugin_import
+
+    modules = sorted({ep.value for ep in metadata.entry_points(group="leitai") if ep.dist.name == "leitai"})
+    assert len(modules) >= 30 and check_plugin_import(*modules) == []
+    (tmp_path / "eager_plugin.py").write_text("import torch\nTABLE = torch.zeros(1000, 1000).add_(1)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with pytest.raises(ConformanceError, match=r"eager_plugin: import: a process forked from it hung"):
+        check_plugin_import("eager_plugin")

@@ -126,7 +126,7 @@ def test_new_plugin_package_passes_its_own_test(scaffold):
     package, env = scaffold
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(package)],
                           capture_output=True, text=True, cwd=package, timeout=300, env=env)
-    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-2000:]
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize("args, message", [

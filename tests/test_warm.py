@@ -136,3 +136,69 @@ def test_a_driver_without_threads_forks_its_server():
     state = json.loads(proc.stdout.splitlines()[-1])
     assert state["forked"] is True and state["pid"] != state["driver"]
     assert state["cuda_initialized"] is False and state["python_threads"] == 1 and not state["plugins_registered"]
+
+
+def test_every_method_warm_at_two_threads(tmp_path):
+    """``leitai run --methods all`` as a user on two cores runs it: warm cells at two threads
+    each, and a driver whose torch has two threads. peft builds BOFT's and FourierFT's buffers
+    on the CPU while the driver checks their settings; had that started a thread pool in the
+    driver, every cell forked after it would hang in its first parallel operation (issue 36)."""
+    out = tmp_path / "all"
+    env = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}  # the driver's own torch, not a test worker's one thread
+    proc = leitai("run", "--methods", "all", "--cpus-per-cell", "2", "--max-steps", "1", "--batch-size", "4",
+                  "--task-size", "16", *CELLS_ONLY, "-q", "--out", out, env=env, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm starts off" not in proc.stderr and "not safe" not in proc.stderr, proc.stderr
+    records = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json")]
+    from suite.plugins import registry
+
+    assert sorted(r["method"] for r in records) == sorted(registry().methods)
+    for r in records:
+        assert r["status"] == "ok", (r["method"], r.get("error"))
+        assert r["env"]["cell_start"] == "warm" and r["env"]["torch_threads"] == 2, (r["method"], r["env"])
+
+
+def test_a_server_forked_after_a_thread_pool_is_replaced(tmp_path):
+    """A driver that ran a parallel torch operation before forking its server (a plugin that
+    computes at import, say): the server's fork probe finds that a cell forked from it would
+    hang, a fresh server replaces it with one line saying why, and the cell runs warm."""
+    script = (
+        "import json, torch\n"
+        "torch.set_num_threads(2); torch.ones(1 << 20).mul_(2).sum()\n"  # the driver's pool is started
+        "from suite.warm import WarmServer\n"
+        "server = WarmServer()\n"
+        "server.start()\n"
+        "first = server.query()\n"
+        "job = server.spawn('-', {}, __import__('os').open('/dev/null', 1))\n"  # a bad spec: it exits 1, warm
+        "print(json.dumps({'first': first, 'code': job.wait(), 'then': server.query()}))\n"
+        "server.close()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert found["first"]["forked"] is True
+    assert "hung in its first parallel torch operation" in proc.stderr and "starting a fresh one" in proc.stderr
+    assert found["code"] == 1 and found["then"]["forked"] is False
+
+
+def test_the_watchdog_ends_a_cell_without_progress(tmp_path):
+    """A cell that stops making progress (the ``hangs`` method blocks in ``apply``) is ended
+    after ``--stall-timeout`` and recorded failed with why and where it stopped; the next cell runs."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    began = time.monotonic()
+    proc = leitai("run", "--methods", "hangs,bitfit", *SMALL, "--stall-timeout", "15s", "--out", out,
+                  env={**MISBEHAVING, "UNRULY_DIR": str(markers)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - began < 200  # not the 600 s the method sleeps
+    results = pd.read_csv(out / "results.csv").set_index("method")
+    assert results.loc["bitfit", "status"] == "ok"
+    assert results.loc["hangs", "status"] == "failed"
+    error = results.loc["hangs", "error"]
+    assert "--stall-timeout: ended by the watchdog (last: applying the method)" in error, error
+    record = json.loads((out / "runs" / "zh-sentiment__hangs__s0" / "record.json").read_text())
+    assert record["progress"]["phase"] == "applying the method"
+    pid = int((markers / "hangs.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists()  # no process left behind
