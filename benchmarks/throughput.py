@@ -158,7 +158,7 @@ def child(args) -> dict:
     mean_len = sum(e.length for b in batches for e in b) / sum(len(b) for b in batches)
     flops = model_flops_per_token(base, mean_len)
     if args.child == "arena-gc":
-        from suite.train import enable_gradient_checkpointing
+        from suite.models import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(base)
     set_seed(args.seed)
@@ -188,7 +188,7 @@ def dev_loss(args, model, dev, pad_id) -> float:
     import torch
 
     from suite.data import eval_batches
-    from suite.train import mean_loss
+    from suite.loss import mean_loss
 
     device = torch.device(args.device)
     model.to(device)
@@ -264,7 +264,7 @@ def run_trainer(args, method, params, base, tokenizer, train_set) -> dict:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from suite.data import IGNORE
-    from suite.methods import PeftMethod
+    from suite.peft_method import PeftMethod
 
     if isinstance(method, PeftMethod):
         from peft import get_peft_model

@@ -1,6 +1,6 @@
 """(IA)³: learned vectors that rescale keys, values and feed-forward activations (through peft)."""
 from suite import PeftMethod, architecture, hookimpl
-from suite.methods import peft_default
+from suite.peft_method import peft_default
 
 from .targets import SWEPT, split_names
 

@@ -7,7 +7,7 @@ for the child before CUDA initialises); on CPU the cores are divided among the w
 Each cell is forked from a warm-start server that has imported torch and the core once
 (:mod:`suite.warm`; ``--cold-start`` starts every cell fresh instead); a distributed cell
 (``--gpus-per-cell`` > 1) starts cold under torchrun. Ctrl-C and SIGTERM stop every running
-cell (:data:`suite.executors.RUNNING`) and keep the finished ones.
+cell (:data:`suite.processes.RUNNING`) and keep the finished ones.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from suite import Executor, UsageError, hookimpl
-from suite.executors import RUNNING, cpu_count, run_cell_process, thread_env
+from suite.processes import RUNNING, cpu_count, run_cell_process, thread_env
 from suite.records import run_dir
 
 

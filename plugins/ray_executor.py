@@ -23,7 +23,7 @@ from pathlib import Path
 
 from suite import Executor, UsageError, hookimpl
 from suite.cellspec import Cell
-from suite.executors import run_cell_process, thread_env
+from suite.processes import run_cell_process, thread_env
 from suite.records import failed_record, run_dir, write_json_atomic
 from suite.stopping import reinstall
 

@@ -9,10 +9,11 @@ from . import quiet  # noqa: F401  (first: it quiets a library before peft can i
 from .commands import Command
 from .errors import UsageError
 from .executors import Executor
-from .forgetting import SideCorpus
 from .hookspecs import hookimpl
-from .methods import Method, PeftMethod
+from .methods import Method
 from .models import ModelSpec
+from .peft_method import PeftMethod
+from .side_corpus import SideCorpus
 from .tasks import Example, Task, Turn
 
 __version__ = "0.1.0"

@@ -63,18 +63,21 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from .attention import ATTENTION_PROMPTS, prepended_attention
     from .diagnostics import answer_format, learning_tail, probe_baseline
     from .env import environment
+    from .errors import GuardError
     from .evaluation import choice_accuracy, class_prior_loss, greedy_answers, scored
-    from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting, side_batches
-    from .guards import GuardError, check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
+    from .forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting
+    from .guards import check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
     from .inference import inference_costs
+    from .loss import mean_loss
     from .measure import PeakMemory, count_parameters, tail_mean
     from .methods import run_info
     from .plugins import registry
     from .precision import dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
     from .progress import beat
+    from .side_corpus import side_batches
     from .sweep import BASELINE, TUNE
     from .tasks import extra_metrics, trivial_answers
-    from .train import TrainSettings, enable_gradient_checkpointing, mean_loss, train
+    from .train import TrainSettings, record_replay, train
     from .userdata import resolve_task
 
     reg = registry()
@@ -140,7 +143,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     method = reg.method(cell.method, cell.params)
     tuning = cell.phase == TUNE  # scored on dev only; no forgetting, inference timing or adapter
     if cell.gradient_checkpointing:
-        enable_gradient_checkpointing(base)
+        models.enable_gradient_checkpointing(base)
     side = None
     if cell.side_corpus != "none" and cell.side_corpus_size and not tuning:
         texts = reg.get("side_corpora", cell.side_corpus).texts(cell.side_corpus_size)
@@ -213,7 +216,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     )
     m.update(learning_tail(result.losses))  # was the loss still falling at the end?
     record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
-    replay.record(mix, result, record)  # the replay part's losses: the curve's replay split
+    record_replay(mix, result, record)  # the replay part's losses: the curve's replay split
     if result.diverged:
         record["status"] = "diverged"
         record["error"] = f"non-finite training loss at step {len(result.losses)}"

@@ -62,7 +62,7 @@ def render(tokenizer, template: str, messages: list[dict], generation: bool) -> 
 
 
 @dataclass
-class Layout:
+class Rendered:
     """A conversation's rendered text and where its turns are in it (character offsets)."""
 
     text: str
@@ -99,7 +99,7 @@ def user_close(tokenizer, template: str) -> str | None:
     return text[at + len(_PROBE):] if at >= 0 else None
 
 
-def layout(tokenizer, template: str, example: Example, first: int = 0, close: str | None = None) -> Layout:
+def rendered(tokenizer, template: str, example: Example, first: int = 0, close: str | None = None) -> Rendered:
     """Render ``example`` (without its ``first`` oldest turns) and find its turns in the text;
     ``close`` (:func:`user_close`) finds the user messages."""
     messages = [{"role": "system", "content": example.system}] if example.system else []
@@ -123,7 +123,7 @@ def layout(tokenizer, template: str, example: Example, first: int = 0, close: st
         users.append(user)
         answers.append((len(prompt), end))
         before = full
-    return Layout(full, answers, users)
+    return Rendered(full, answers, users)
 
 
 @dataclass
@@ -155,19 +155,19 @@ class ChatEncoder:
         self.template = template_of(tokenizer)
         self.close = user_close(tokenizer, self.template)
 
-    def layout(self, example: Example, first: int = 0) -> Layout:
-        return layout(self.tokenizer, self.template, example, first, self.close)
+    def rendered(self, example: Example, first: int = 0) -> Rendered:
+        return rendered(self.tokenizer, self.template, example, first, self.close)
 
-    def tokens(self, layouts: list[Layout]) -> list[Tokens]:
-        """Each layout's ids, by its whole text's tokenisation where the answers start and end
+    def tokens(self, conversations: list[Rendered]) -> list[Tokens]:
+        """Each rendered conversation's ids, by its whole text's tokenisation where the answers start and end
         at token boundaries, else piece by piece (all texts in one batched call)."""
-        texts = [lay.text[: lay.answers[-1][1]] for lay in layouts]
+        texts = [lay.text[: lay.answers[-1][1]] for lay in conversations]
         try:
             enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
         except (NotImplementedError, ValueError, TypeError):  # a tokenizer without offsets
             enc = None
         out = []
-        for i, lay in enumerate(layouts):
+        for i, lay in enumerate(conversations):
             whole = enc and _by_offsets(lay, enc["input_ids"][i], enc["offset_mapping"][i])
             out.append(whole or _by_pieces(self.tokenizer, lay))
         return out
@@ -177,7 +177,7 @@ class ChatEncoder:
         n = len(example.all_turns)
         for first in range(n):
             if first:
-                (tokens,) = self.tokens([self.layout(example, first)])
+                (tokens,) = self.tokens([self.rendered(example, first)])
             item = tokens.training(n - first)
             if item.length <= max_len:
                 item.example_id = example.id
@@ -195,7 +195,7 @@ class ChatEncoder:
         for k in range(1, len(tokens.answers) + 1):
             for first in range(k):
                 if first not in by_first:
-                    (by_first[first],) = self.tokens([self.layout(example, first)])
+                    (by_first[first],) = self.tokens([self.rendered(example, first)])
                 parts = by_first[first].prompt(k - first)
                 if sum(map(len, parts)) <= max_prompt:
                     out.append((sum(parts, []), first > 0))
@@ -205,8 +205,8 @@ class ChatEncoder:
         return out
 
 
-def _by_offsets(lay: Layout, ids: list[int], offsets: list[tuple[int, int]]) -> Tokens | None:
-    """Token positions of the layout's turns from the tokenizer's character offsets; None when a
+def _by_offsets(lay: Rendered, ids: list[int], offsets: list[tuple[int, int]]) -> Tokens | None:
+    """Token positions of the rendered conversation's turns from the tokenizer's character offsets; None when a
     token straddles the start or end of an answer."""
     starts = [s for s, _ in offsets]
     if any(b < a for a, b in zip(starts, starts[1:])):  # offsets out of order: trust none of them
@@ -226,8 +226,8 @@ def _by_offsets(lay: Layout, ids: list[int], offsets: list[tuple[int, int]]) -> 
     return Tokens(list(ids), answers, users)
 
 
-def _by_pieces(tokenizer, lay: Layout) -> Tokens:
-    """The layout tokenised piece by piece (prompt, user message, answer...): every boundary is
+def _by_pieces(tokenizer, lay: Rendered) -> Tokens:
+    """The rendered conversation tokenised piece by piece (prompt, user message, answer...): every boundary is
     a token boundary by construction."""
     pieces = lay.pieces(len(lay.answers), answer=True)
     ids, answers, users = [], [], []
@@ -248,7 +248,7 @@ def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encod
     carry loss unless training on the last turn only), and how many had to be cut."""
     encoder = ChatEncoder(tokenizer)
     out, cut = [], 0
-    for ex, tokens in zip(examples, encoder.tokens([encoder.layout(ex) for ex in examples])):
+    for ex, tokens in zip(examples, encoder.tokens([encoder.rendered(ex) for ex in examples])):
         item, was_cut = encoder.training(ex, tokens, max_len)
         out.append(item)
         cut += was_cut
@@ -259,8 +259,8 @@ def turn_prompts(tokenizer, examples: list[Example], max_prompt: int) -> list[li
     """For each conversation, the prompt ids of each of its assistant turns (reference history)
     and whether each was cut to fit ``max_prompt``."""
     encoder = ChatEncoder(tokenizer)
-    layouts = [encoder.layout(ex) for ex in examples]
-    return [encoder.prompts(ex, tokens, max_prompt) for ex, tokens in zip(examples, encoder.tokens(layouts))]
+    conversations = [encoder.rendered(ex) for ex in examples]
+    return [encoder.prompts(ex, tokens, max_prompt) for ex, tokens in zip(examples, encoder.tokens(conversations))]
 
 
 def stop_ids(tokenizer) -> list[int]:
@@ -268,7 +268,7 @@ def stop_ids(tokenizer) -> list[int]:
     closes an assistant message in the chat template when it is a special one (``<|im_end|>``)."""
     stops = [tokenizer.eos_token_id]
     encoder = ChatEncoder(tokenizer)
-    (tokens,) = encoder.tokens([encoder.layout(Example.conversation([("Hi", "", "OK")]))])
+    (tokens,) = encoder.tokens([encoder.rendered(Example.conversation([("Hi", "", "OK")]))])
     start, end = tokens.answers[0]
     last = tokens.ids[end - 1]
     special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())

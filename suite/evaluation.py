@@ -53,8 +53,8 @@ def choice_log_likelihoods(model, prompts: list[list[int]], choices: list[list[i
     tokens (its end token included) after each prompt, from one forward pass per batch. The
     pairs are batched by length (:func:`~suite.data.eval_batches`), so padding is minimal, and
     the output head and the softmax run only where a choice token is predicted
-    (:func:`~suite.train.answer_logits`; ``answer_head`` as there)."""
-    from .train import answer_logits
+    (:func:`~suite.loss.answer_logits`; ``answer_head`` as there)."""
+    from .loss import answer_logits
 
     pairs = [Encoded(str(n), p, c) for n, (p, c) in enumerate(itertools.product(prompts, choices))]  # id: row of out
     out = torch.empty(len(pairs))

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import GuardError
 from .measure import count_parameters, unique_parameters
-
-
-class GuardError(Exception):
-    """A method broke the arena's rules (e.g. left frozen-declared base weights trainable)."""
 
 
 def trained_base_names(method, base: torch.nn.Module, params: dict) -> set[str]:

@@ -24,7 +24,7 @@ def register_methods(register):
     """Register adapter methods.
 
     Call ``register(method)`` with an instance of a :class:`suite.methods.Method` subclass
-    (for a PEFT-backed method, :class:`suite.methods.PeftMethod`). ``method.name`` is the
+    (for a PEFT-backed method, :class:`suite.peft_method.PeftMethod`). ``method.name`` is the
     name users type after ``--methods``; it must be unique across all plugins.
 
     What a method must do is in ``docs/plugins/methods.md``; ``suite.testing.check_method(name)``

@@ -120,7 +120,7 @@ def inference_costs(method, model, load_base, prompts: list[list[int]], new_toke
     loaded base model (``load_base()``), and of the merged model where the method merges.
     Call last: merging may change ``model`` in place. ``quantized``: the base is quantized (see
     the module's docstring for what merging means there)."""
-    from .guards import GuardError
+    from .errors import GuardError
 
     if not prompts or new_tokens < 2:
         return {}

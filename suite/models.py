@@ -178,3 +178,16 @@ def prepare_tokenizer(tokenizer):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in backward instead of keeping them (transformers'
+    non-reentrant checkpointing, which needs no gradient on the inputs, so frozen embeddings
+    work): less memory for activations, about one more forward pass of time."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23's name for it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from .errors import UsageError
-from .methods import PeftMethod
+from .peft_method import PeftMethod
 
 #: the learning rate of a PEFT config run without ``--set NAME.lr=...`` (the arena's LoRA lr)
 DEFAULT_LR = 1e-3

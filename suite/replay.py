@@ -185,26 +185,3 @@ def full_batches(lengths: list[int], size: int, steps: int, seed: int, what: str
         if len(order) >= steps:
             return order[:steps]
         want *= 2
-
-
-def mixed_loss(logits, targets, is_task, n_task: int, n_replay: int):
-    """(step loss, task loss, replay loss) from the logits at a batch's loss positions:
-    each part the mean cross-entropy over its own tokens (``is_task``: a loss position is a
-    task example's), the step loss their mean weighted by sequences."""
-    import torch.nn.functional as F
-
-    ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    task, replay = ce[is_task].mean(), ce[~is_task].mean()
-    return (n_task * task + n_replay * replay) / (n_task + n_replay), task, replay
-
-
-def record(mix: Mixed, result, record: dict) -> None:
-    """A replay run's own figures: the replay part's per-step losses (the curve's ``replay``
-    split), their tail mean, and how each batch was made up."""
-    from .measure import tail_mean
-
-    if mix.replay is None:
-        return
-    record["curve"] += [{"step": i + 1, "split": "replay", "loss": v} for i, v in enumerate(result.replay_losses)]
-    record["metrics"].update(final_replay_loss=tail_mean(result.replay_losses), replay_texts=mix.texts,
-                             task_examples_per_step=len(mix.task[0]), replay_sequences_per_step=len(mix.replay[0]))

@@ -30,8 +30,8 @@ def run_id(method: str, task: str, seed: int, tune: str = "", variant: str = "")
 
 
 @dataclass
-class Plan:
-    """A shootout's names resolved against the plugins and checked, before any cell runs."""
+class Lineup:
+    """A shootout's lineup: its names resolved against the plugins and checked, before any cell runs."""
 
     tasks: dict  # name -> Task
     methods: dict  # name -> Method
@@ -48,7 +48,7 @@ class Plan:
         return {k: list(v) + more.get(k, []) for k, v in self.grids[method].items()}
 
 
-def resolve(config: ShootoutConfig, registry) -> Plan:
+def resolve(config: ShootoutConfig, registry) -> Lineup:
     """Every name and setting of ``config`` checked against the plugins; one-line UsageErrors.
 
     Tasks are resolved here, in the parent, so a user's data file (``file:PATH``) is read and
@@ -86,7 +86,7 @@ def resolve(config: ShootoutConfig, registry) -> Plan:
     except ValueError as e:
         raise UsageError(str(e)) from None
     quantize.check(variants.values(config.quantize), methods)
-    return Plan(tasks, methods, params, grids)
+    return Lineup(tasks, methods, params, grids)
 
 
 def _shipped(registry, task: str) -> bool:
@@ -95,30 +95,30 @@ def _shipped(registry, task: str) -> bool:
     return plugin is not None and plugin.source.startswith("leitai ")
 
 
-def _cell(config: ShootoutConfig, plan: Plan, variant: dict | None = None, **identity) -> Cell:
+def _cell(config: ShootoutConfig, lineup: Lineup, variant: dict | None = None, **identity) -> Cell:
     """A cell of ``config`` with the dimensions' values of ``variant`` (none: all off)."""
     settings = {**config.run_settings(), **(variant or variants.off())}
-    return Cell(task_sizes=config.sizes_for(plan.tasks[identity["task"]]), **identity, **settings)
+    return Cell(task_sizes=config.sizes_for(lineup.tasks[identity["task"]]), **identity, **settings)
 
 
-def baseline_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
+def baseline_cells(config: ShootoutConfig, lineup: Lineup) -> list[Cell]:
     """One cell per task that scores the untrained base model and the task's trivial answers (and
     one per value of a dimension that changes the base, :func:`suite.variants.baseline_combinations`)."""
     if not config.baselines:
         return []
-    return [_cell(config, plan, variant, run_id=run_id(sweep.BASELINE, task, 0, variant=_slug(config, variant)),
+    return [_cell(config, lineup, variant, run_id=run_id(sweep.BASELINE, task, 0, variant=_slug(config, variant)),
                   method=sweep.BASE_MODEL, task=task, seed=0, params={}, phase=sweep.BASELINE)
             for task in config.tasks for variant in variants.baseline_combinations(config)]
 
 
-def tuning_cells(config: ShootoutConfig, plan: Plan) -> list[Cell]:
+def tuning_cells(config: ShootoutConfig, lineup: Lineup) -> list[Cell]:
     """Every setting of every swept method on every task and variant, with the tuning seeds."""
     return [
-        _cell(config, plan, variant, run_id=run_id(name, task, seed, sweep.label(setting), _slug(config, variant)),
-              method=name, task=task, seed=seed, params={**plan.params[name], **setting}, phase=sweep.TUNE)
-        for task in config.tasks for name in config.methods if plan.grids[name]
-        for variant in variants.combinations(config)
-        for setting in sweep.combinations(plan.grid(name, task)) for seed in config.tune_seeds
+        _cell(config, lineup, variant, run_id=run_id(name, task, seed, sweep.label(setting), _slug(config, variant)),
+              method=name, task=task, seed=seed, params={**lineup.params[name], **setting}, phase=sweep.TUNE)
+        for task in config.tasks for name in config.methods if lineup.grids[name]
+        for variant in variants.every(config)
+        for setting in sweep.combinations(lineup.grid(name, task)) for seed in config.tune_seeds
     ]
 
 
@@ -131,7 +131,7 @@ def _name(config: ShootoutConfig, method: str, variant: dict) -> str:
     return variants.display(method, {**config.run_settings(), **variant})
 
 
-def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) -> list[Cell]:
+def final_cells(config: ShootoutConfig, lineup: Lineup, chosen: dict | None = None) -> list[Cell]:
     """Every method × variant (:mod:`suite.variants`: each ``--replay`` setting) × task × seed,
     with the method's params (and, for swept methods, the setting ``chosen[(name, task)]``
     holds: ``{"setting": ..., ...}`` from :func:`choose_settings`; the name is the method's
@@ -139,21 +139,21 @@ def final_cells(config: ShootoutConfig, plan: Plan, chosen: dict | None = None) 
     cells = []
     for task in config.tasks:
         for name in config.methods:
-            for variant in variants.combinations(config):
+            for variant in variants.every(config):
                 tuning = (chosen or {}).get((_name(config, name, variant), task))
-                params = {**plan.params[name], **((tuning or {}).get("setting") or {})}
-                cells += [_cell(config, plan, variant, run_id=run_id(name, task, seed, variant=_slug(config, variant)),
+                params = {**lineup.params[name], **((tuning or {}).get("setting") or {})}
+                cells += [_cell(config, lineup, variant, run_id=run_id(name, task, seed, variant=_slug(config, variant)),
                                 method=name, task=task, seed=seed, params=params, tuning=tuning)
                           for seed in config.seeds]
     return cells
 
 
-def plan(config: ShootoutConfig, registry) -> list[Cell]:
+def cells_of(config: ShootoutConfig, registry) -> list[Cell]:
     """The final cells of a shootout without a sweep (each method at its params)."""
     return final_cells(config, resolve(config, registry))
 
 
-def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
+def choose_settings(out: Path, config: ShootoutConfig, lineup: Lineup) -> dict:
     """``{(name, task): tuning}`` for every swept method (``name``: the method with its variant's
     label, :func:`suite.variants.display`): the setting its tuning runs chose on dev
     (:func:`suite.sweep.choose`), how many were tried and the evidence, from the records;
@@ -166,41 +166,41 @@ def choose_settings(out: Path, config: ShootoutConfig, plan: Plan) -> dict:
             by_key.setdefault((variants.record_name(record), record["task"]), []).append(record)
     for task in config.tasks:
         for method in config.methods:
-            grid = plan.grid(method, task)
+            grid = lineup.grid(method, task)
             if not grid:
                 continue
-            for name in [_name(config, method, variant) for variant in variants.combinations(config)]:
+            for name in [_name(config, method, variant) for variant in variants.every(config)]:
                 setting, evidence = sweep.choose(by_key.get((name, task), []), sorted(grid))
                 chosen[(name, task)] = {"setting": setting, "keys": sorted(grid), "tried": len(sweep.combinations(grid)),
                                         "edge": sweep.edges(grid, setting), **evidence}
-                if plan.extended.get((method, task)):
-                    chosen[(name, task)]["extended"] = plan.extended[(method, task)]
+                if lineup.extended.get((method, task)):
+                    chosen[(name, task)]["extended"] = lineup.extended[(method, task)]
     return chosen
 
 
-def bracket(executor, config: ShootoutConfig, plan: Plan, out: Path, bar, outcome: Outcome) -> None:
+def bracket(executor, config: ShootoutConfig, lineup: Lineup, out: Path, bar, outcome: Outcome) -> None:
     """Sweeps that bracket their optimum: while a (method, task)'s best setting lies at an edge
     of a numeric grid, add the next value beyond it (:func:`suite.sweep.extend`, up to the
     method's bound) and run the new tuning cells. They are ordinary cells whose run ids name
     their settings, and the choices are read from the records alone: ``--resume`` and every
     executor take the same steps and redo nothing."""
-    from .methods import sweep_bounds
+    from .sweep import sweep_bounds
 
-    if not any(plan.grids.values()):
+    if not any(lineup.grids.values()):
         return
     for _ in range(sweep.MAX_ROUNDS):
-        before = {cell.run_id for cell in tuning_cells(config, plan)}
-        chosen = choose_settings(out, config, plan)
+        before = {cell.run_id for cell in tuning_cells(config, lineup)}
+        chosen = choose_settings(out, config, lineup)
         for task in config.tasks:
-            for method in (m for m in config.methods if plan.grids[m]):
-                for variant in variants.combinations(config):  # a value one variant needs, every variant tries
+            for method in (m for m in config.methods if lineup.grids[m]):
+                for variant in variants.every(config):  # a value one variant needs, every variant tries
                     setting = chosen[(_name(config, method, variant), task)]["setting"]
-                    more = sweep.extend(plan.grid(method, task), setting, sweep_bounds(plan.methods[method]),
-                                        plan.grids[method])
+                    more = sweep.extend(lineup.grid(method, task), setting, sweep_bounds(lineup.methods[method]),
+                                        lineup.grids[method])
                     for key, values in more.items():
-                        added = plan.extended.setdefault((method, task), {}).setdefault(key, [])
+                        added = lineup.extended.setdefault((method, task), {}).setdefault(key, [])
                         added.extend(v for v in values if v not in added)
-        new = [cell for cell in tuning_cells(config, plan) if cell.run_id not in before]
+        new = [cell for cell in tuning_cells(config, lineup) if cell.run_id not in before]
         if not new:
             return
         bar.total = (bar.total or 0) + len(new)
@@ -223,7 +223,7 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
     ``--resume`` skips finished cells."""
     from . import outdir
     from .executors import make_executor
-    from .plancmd import check_budget
+    from .modelplan import check_budget
     from .warm import single_threaded_driver
 
     with single_threaded_driver():  # no torch thread pool for a process forked from this one to inherit
@@ -241,7 +241,7 @@ def run_shootout(config: ShootoutConfig, registry, executor=None, progress: bool
             getattr(executor, "close", lambda: None)()
 
 
-def _run_locked(config: ShootoutConfig, resolved: Plan, executor, out: Path, progress: bool) -> Outcome:
+def _run_locked(config: ShootoutConfig, resolved: Lineup, executor, out: Path, progress: bool) -> Outcome:
     from tqdm.auto import tqdm
 
     from .report import write_report

@@ -1,7 +1,7 @@
 """Tuning inside a shootout: which settings each method tries, and which one it keeps.
 
 ``leitai run --sweep lr`` tunes every method over the ``lr`` grid its plugin declares
-(:func:`suite.methods.tuning_grid`); ``--sweep lora.lr=1e-4,3e-4 --sweep lora.r=4,16`` gives
+(:func:`tuning_grid`); ``--sweep lora.lr=1e-4,3e-4 --sweep lora.r=4,16`` gives
 explicit grids (a method tries the product of its grids); a TOML config says the same with a
 ``[sweep]`` table (``keys = ["lr"]``) and ``[sweep.METHOD]`` tables (``r = [4, 16]``).
 
@@ -14,7 +14,7 @@ test data.
 A sweep brackets its optimum: where the best value of a numeric grid lies at the grid's first or
 last value, :func:`extend` adds the next value beyond it by the grid's own step (times the grid's
 ratio for a log-spaced grid, plus its difference for a linear one), up to the bound the method
-declares (:func:`suite.methods.sweep_bounds`); the runner runs those tuning cells and chooses
+declares (:func:`sweep_bounds`); the runner runs those tuning cells and chooses
 again, until the best is inside the grid or the bound is reached. A choice still at an edge is
 marked (:func:`edges`).
 """
@@ -27,6 +27,7 @@ import math
 import re
 
 from .errors import UsageError
+from .methods import Method
 
 #: a cell's phase: a tuning run (scored on dev), a final run (on test), or the task's baselines
 TUNE, FINAL, BASELINE = "tune", "final", "baseline"
@@ -55,8 +56,6 @@ def method_grid(method, sweep: dict) -> dict[str, list] | None:
     method's declared grid for it, if the method has that setting. An explicit grid for a
     setting the method does not have is a one-line error.
     """
-    from .methods import tuning_grid
-
     grid = {}
     declared = tuning_grid(method)
     for key in sweep["keys"]:
@@ -73,8 +72,6 @@ def method_grid(method, sweep: dict) -> dict[str, list] | None:
 def check(sweep: dict, methods: dict) -> None:
     """Every swept name must mean something: a key some method declares a grid for, a method in
     the shootout."""
-    from .methods import tuning_grid
-
     for key in sweep["keys"]:
         if not any(key in tuning_grid(m) for m in methods.values()):
             raise UsageError(f"--sweep {key}: no method of this shootout declares a grid for {key!r}")
@@ -218,3 +215,26 @@ def _mean(values) -> float:
 
 def _finite(x: float, fallback: float) -> float:
     return fallback if math.isnan(x) else x
+
+
+#: the default lr grid: the method's default lr times these
+LR_FACTORS = (0.1, 0.3, 1, 3, 10)
+
+
+def tuning_grid(method: Method) -> dict[str, list]:
+    """The values ``--sweep KEY`` tries for each of ``method``'s settings: what it declares in
+    :attr:`Method.grid`, and for ``lr`` (unless declared) its default times :data:`LR_FACTORS`."""
+    grid = {key: list(values) for key, values in (method.grid or {}).items()}
+    if "lr" not in grid and "lr" in method.defaults:
+        grid["lr"] = [float(f"{method.defaults['lr'] * f:.3g}") for f in LR_FACTORS]
+    return grid
+
+
+#: how far a sweep extends an lr grid whose best value is at its edge, unless the method says
+LR_BOUNDS = (1e-6, 1.0)
+
+
+def sweep_bounds(method: Method) -> dict[str, tuple]:
+    """``{setting: (low, high)}``: how far a sweep may extend each of ``method``'s grids
+    (:attr:`Method.bounds`, with :data:`LR_BOUNDS` for ``lr`` unless declared)."""
+    return {"lr": LR_BOUNDS, **{k: tuple(v) for k, v in (method.bounds or {}).items()}}

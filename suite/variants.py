@@ -69,7 +69,7 @@ def values(text) -> list[str]:
     return list(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
 
 
-def combinations(config) -> list[dict]:
+def every(config) -> list[dict]:
     """Every combination of the dimensions' values in a shootout ``config`` (a
     :class:`~suite.settings.ShootoutConfig`), as ``{setting: value}`` dicts, in the order given."""
     lists = [values(getattr(config, d.setting)) or [d.off] for d in DIMENSIONS]
@@ -89,7 +89,7 @@ def baseline_combinations(config) -> list[dict]:
     return [dict(zip(SETTINGS, combo)) for combo in itertools.product(*lists)]
 
 
-def label(config: dict) -> str:
+def suffix(config: dict) -> str:
     """The label suffix of a cell's (or a record's ``config``'s) variant: ``""`` when every
     dimension is off (or missing, as in records written before it existed)."""
     return "".join(d.label(config[d.setting], config) for d in DIMENSIONS
@@ -103,7 +103,7 @@ def slug(config: dict) -> str:
 
 def display(method: str, config: dict) -> str:
     """The name the report gives a method's runs: the method plus its variant's label."""
-    return method + label(config)
+    return method + suffix(config)
 
 
 def record_name(record: dict) -> str:

@@ -9,10 +9,11 @@ import torch
 
 from suite import cache, data, taskdata
 from suite.data import Encoded
+from suite.loss import AnswerHead, loss_index
 from suite.methods import method_params
+from suite.models import enable_gradient_checkpointing
 from suite.tasks import Example, Task, prompt_parts
 from suite.testing import EOS, PAD, VOCAB, tiny_model
-from suite.train import AnswerHead, enable_gradient_checkpointing, loss_index
 
 LENGTHS = [(5, 3), (9, 2), (3, 4), (12, 1), (7, 5), (4, 2)]  # (prompt, answer) tokens, answer ends with EOS
 

@@ -9,9 +9,12 @@ from safetensors import safe_open
 from test_conformance import built_in_methods
 
 from suite import Method
-from suite.guards import GuardError, check_method_output, checked_param_groups, trained_base_names
+from suite.errors import GuardError
+from suite.guards import check_method_output, checked_param_groups, trained_base_names
 from suite.measure import count_parameters
-from suite.methods import LR_BOUNDS, LR_FACTORS, PeftMethod, method_params, tuning_grid
+from suite.methods import method_params
+from suite.peft_method import PeftMethod
+from suite.sweep import LR_BOUNDS, LR_FACTORS, tuning_grid
 from suite.testing import ARCHITECTURES, fixed_batch, tiny_model
 from suite.train import TrainSettings, make_optimizer
 
@@ -338,7 +341,7 @@ def test_dev_loss_is_the_cross_entropy_whatever_the_model_adds(name, registry):
     tuning (virtual tokens dropped), but without AdaLoRA's orthogonality penalty, which its
     own loss adds even in eval mode; the same from the answer-only head as from full logits."""
     from suite.data import Encoded, collate
-    from suite.train import mean_loss
+    from suite.loss import mean_loss
 
     method = registry.methods[name]
     torch.manual_seed(0)

@@ -36,17 +36,17 @@ def test_gradient_checkpointing_reaches_every_cell(tmp_path, registry):
     """``--gradient-checkpointing`` (or ``gradient_checkpointing = true`` in TOML) is a setting of
     every planned cell; off by default."""
     from suite.cli import _parser
-    from suite.runner import plan
+    from suite.runner import cells_of
 
     args = vars(_parser().parse_args(["run", "--gradient-checkpointing", "--methods", "lora,full"]))
     assert args["gradient_checkpointing"] is True
     cfg = build_config({"methods": "lora,full", "gradient_checkpointing": True}).fill_defaults(registry)
-    assert [c.gradient_checkpointing for c in plan(cfg, registry)] == [True, True]
+    assert [c.gradient_checkpointing for c in cells_of(cfg, registry)] == [True, True]
     path = tmp_path / "c.toml"
     path.write_text("gradient_checkpointing = true\n")
     assert build_config({}, str(path)).gradient_checkpointing is True
     cfg = build_config({"methods": "lora"}).fill_defaults(registry)
-    assert [c.gradient_checkpointing for c in plan(cfg, registry)] == [False]
+    assert [c.gradient_checkpointing for c in cells_of(cfg, registry)] == [False]
 
 
 def test_every_setting_is_one_definition_with_a_flag_that_reaches_the_cell(registry):
@@ -56,7 +56,7 @@ def test_every_setting_is_one_definition_with_a_flag_that_reaches_the_cell(regis
 
     from suite.cell import Cell
     from suite.cli import _parser
-    from suite.runner import plan
+    from suite.runner import cells_of
     from suite.settings import RunSettings, ShootoutConfig
 
     run = next(a for a in _parser()._actions if a.dest == "command").choices["run"]
@@ -66,7 +66,7 @@ def test_every_setting_is_one_definition_with_a_flag_that_reaches_the_cell(regis
             assert f.name in flags and flags[f.name].help, f.name
     assert {f.name for f in fields(RunSettings)} <= {f.name for f in fields(Cell)}
     cfg = build_config({"methods": "lora", "warmup": 0.25, "log_every": 3}).fill_defaults(registry)
-    (cell,) = plan(cfg, registry)
+    (cell,) = cells_of(cfg, registry)
     assert (cell.warmup, cell.log_every, cell.max_steps) == (0.25, 3, 150)
 
 

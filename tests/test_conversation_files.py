@@ -160,7 +160,7 @@ def cells(files, tmp_path_factory):
     from suite.plugins import registry
     from suite.records import run_dir, write_json_atomic
     from suite.report import write_report
-    from suite.runner import plan
+    from suite.runner import cells_of
 
     out = tmp_path_factory.mktemp("cells")
     records = {}
@@ -168,7 +168,7 @@ def cells(files, tmp_path_factory):
                         ("zh-dialogue", {"task_size": "16"})):
         config = build_config({"tasks": task, "methods": "lora", "max_steps": 2, "batch_size": 4, "max_len": 256,
                                "side_corpus": "none", "infer_prompts": 0, "out": str(out), **extra})
-        (cell,) = plan(config.fill_defaults(registry()), registry())
+        (cell,) = cells_of(config.fill_defaults(registry()), registry())
         record = run_cell(cell, run_dir(out, cell.run_id))
         write_json_atomic(run_dir(out, cell.run_id) / "record.json", record)
         records[task.partition(":")[0]] = record

@@ -194,7 +194,7 @@ def test_a_template_that_rewrites_history_is_refused(tiny_zh_tokenizer):
     shifting = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
                 "{% if add_generation_prompt %}[answer now]{% endif %}")
     with pytest.raises(chat.TemplateError, match="does not render a conversation as the beginning"):
-        chat.layout(tiny_zh_tokenizer, shifting, CONVERSATION)
+        chat.rendered(tiny_zh_tokenizer, shifting, CONVERSATION)
 
 
 def test_a_tokenizer_without_a_template_gets_the_plain_one(qwen2_tokenizer, tiny_zh_tokenizer):
@@ -256,5 +256,5 @@ def test_piece_by_piece_tokenisation_agrees_where_boundaries_allow(tiny_zh_token
     the whole text's ids where no merge crosses a piece boundary, as for these two."""
     for tokenizer in (tiny_zh_tokenizer, qwen2_tokenizer):
         encoder = chat.ChatEncoder(tokenizer)
-        lay = encoder.layout(CONVERSATION)
+        lay = encoder.rendered(CONVERSATION)
         assert chat._by_pieces(tokenizer, lay) == encoder.tokens([lay])[0]

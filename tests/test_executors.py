@@ -5,7 +5,7 @@ import json
 import pandas as pd
 from conftest import CELLS_ONLY, leitai
 
-from suite.executors import cpu_count
+from suite.processes import cpu_count
 
 # these shootouts are about where cells run, not what a cell measures
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]

@@ -24,8 +24,9 @@ def results(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_figure(registry):
     """The untouched base model's side-corpus loss, computed here, independently of any cell."""
-    from suite.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, cross_entropy, side_batches
+    from suite.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, cross_entropy
     from suite.models import prepare_tokenizer
+    from suite.side_corpus import side_batches
 
     model, tokenizer = registry.models[MODEL].load()
     tokenizer = prepare_tokenizer(tokenizer)

@@ -36,9 +36,10 @@ def _measured(method, params, arch, items, dtype, checkpointing=False):
     from accelerate import Accelerator
 
     from suite import measure
+    from suite.models import enable_gradient_checkpointing
     from suite.precision import cast_weights, mixed_precision, upcast_trainable
     from suite.testing import PAD, tiny_model
-    from suite.train import TrainSettings, enable_gradient_checkpointing, train
+    from suite.train import TrainSettings, train
 
     torch.manual_seed(0)
     base = cast_weights(tiny_model(arch), dtype)
@@ -90,7 +91,7 @@ def test_saved_tensors_count_a_storage_once():
     """A storage saved by several ops, and through views, counts once; parameters not at all;
     on the meta device as on the CPU, and as the cell's own counter counts it."""
     from suite.measure import saved_for_backward
-    from suite.planner import SavedTensors
+    from suite.tracing import SavedTensors
 
     def step(device):
         w = torch.nn.Parameter(torch.ones(256, device=device))
@@ -169,7 +170,7 @@ def test_methods_that_prepend_plan_at_a_real_shape(registry):
     transformers reads it (``mask.all()``) to choose its attention path: at 16 x 256 it is larger
     than a float result the shadow keeps by default, and planning once failed there."""
     from suite.methods import method_params
-    from suite.plancmd import read_config
+    from suite.modelplan import read_config
     from suite.planner import predict, synthetic_batch
 
     config = read_config("tiny-zh", registry)

@@ -102,7 +102,8 @@ def independent_losses(model, task, extra):
 def test_task_and_replay_losses_are_each_an_independent_computation():
     from accelerate import Accelerator
 
-    from suite.train import AnswerHead, TrainSettings, loss_index, train
+    from suite.loss import AnswerHead, loss_index, mixed_loss
+    from suite.train import TrainSettings, train
 
     model = tiny_model()
     task = [Encoded("a", [1, 7, 8, 9], [10, 2]), Encoded("b", [1, 7], [11, 12, 2]), Encoded("c", [1, 5, 6, 7, 8], [13, 2])]
@@ -116,7 +117,7 @@ def test_task_and_replay_losses_are_each_an_independent_computation():
         if not active:
             head.remove()
         with torch.no_grad():
-            got = replay.mixed_loss(head.logits(model, batch, index), index[2], is_task, len(task), len(extra))
+            got = mixed_loss(head.logits(model, batch, index), index[2], is_task, len(task), len(extra))
         head.remove()
         for value, want in zip(got, (expected[2], *expected[:2])):
             assert math.isclose(value.item(), want, rel_tol=1e-5), (active, value.item(), want)
@@ -266,14 +267,14 @@ def test_a_replay_list_is_a_dimension_of_the_plan(tmp_path, registry):
     """A TOML list (or a comma-separated flag) runs every method at each setting; the runs
     without replay keep today's ids; labels name each setting once."""
     from suite.config import build_config
-    from suite.runner import plan
-    from suite.variants import display, label
+    from suite.runner import cells_of
+    from suite.variants import display, suffix
 
     path = tmp_path / "c.toml"
     path.write_text('methods = ["lora", "full"]\nreplay = ["none", "zh-news-side:0.30", "zh-news-side:.1"]\n')
     cfg = build_config({}, str(path)).fill_defaults(registry)
     assert cfg.replay == "none,zh-news-side:0.3,zh-news-side:0.1"  # checked and normalised once
-    cells = plan(cfg, registry)
+    cells = cells_of(cfg, registry)
     assert [(c.run_id, c.replay) for c in cells[:3]] == [
         ("zh-sentiment__lora__s0", "none"),
         ("zh-sentiment__lora__replay-zh-news-side-0.3__s0", "zh-news-side:0.3"),
@@ -284,5 +285,5 @@ def test_a_replay_list_is_a_dimension_of_the_plan(tmp_path, registry):
     notes = tmp_path / "notes.txt"
     notes.write_text("一段文字\n", encoding="utf-8")
     cfg = build_config({"methods": "lora", "replay": f"{notes}:0.25", "batch_size": 4}).fill_defaults(registry)
-    (cell,) = plan(cfg, registry)
-    assert label(vars(cell)) == " + replay notes.txt 0.25" and cell.run_id == "zh-sentiment__lora__replay-notes.txt-0.25__s0"
+    (cell,) = cells_of(cfg, registry)
+    assert suffix(vars(cell)) == " + replay notes.txt 0.25" and cell.run_id == "zh-sentiment__lora__replay-notes.txt-0.25__s0"

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from conftest import MISBEHAVING, ROOT, leitai
 
-from suite import docgen
 from suite.report import RESULT_COLUMNS
+from suite.report.columns import undocumented_columns
 
 SMALL = ["--max-steps", "3", "--batch-size", "4", "--task-size", "16", "--side-corpus-size", "8", "-q"]
 
@@ -30,7 +30,7 @@ def test_shootout_writes_the_output_contract(shootout):
         assert check.returncode == 0, check.stdout
     results = pd.read_csv(out / "results.csv")
     assert set(RESULT_COLUMNS) <= set(results.columns)
-    assert not docgen.undocumented_columns(results.columns), "describe them in suite.docgen.COLUMNS"
+    assert not undocumented_columns(results.columns), "describe them in suite.report.columns.COLUMNS"
     assert len(pd.read_parquet(out / "results.parquet")) == len(results) == 5
     ok = results[results.status == "ok"].set_index("method")
     assert set(ok.index) == {"lora", "full"}

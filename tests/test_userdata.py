@@ -177,11 +177,11 @@ def test_jsonl_and_dataset_directories_run_as_cells(name, data_files, tmp_path):
     from suite.cell import run_cell
     from suite.config import build_config
     from suite.plugins import registry
-    from suite.runner import plan
+    from suite.runner import cells_of
 
     config = build_config({"tasks": f"file:{data_files / name}", "methods": "lora", "max_steps": 1, "batch_size": 4,
                            "max_len": 64, "task_size": "full", "out": str(tmp_path)}).fill_defaults(registry())
-    (cell,) = plan(config, registry())
+    (cell,) = cells_of(config, registry())
     record = run_cell(cell, tmp_path)
     assert record["status"] == "ok", record.get("traceback")
     assert record["metrics"]["score_name"] == (name.partition("?score=")[2] or "rouge_l_f1")

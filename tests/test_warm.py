@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import CELLS_ONLY, MISBEHAVING, leitai
 
-from suite.executors import run_cell_process, thread_env
+from suite.processes import run_cell_process, thread_env
 from suite.warm import WarmServer
 
 SMALL = ["--max-steps", "4", "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q"]

@@ -41,7 +41,7 @@ def is_baseline(record: dict) -> bool:
 def _float_first(records: list[dict]) -> list[dict]:
     """``records`` with those of no variant first (a baseline on the float base before one on
     a quantized base), otherwise in their order."""
-    return sorted(records, key=lambda r: variants.label(r.get("config") or {}) != "")
+    return sorted(records, key=lambda r: variants.suffix(r.get("config") or {}) != "")
 
 
 def phase(record: dict) -> str:

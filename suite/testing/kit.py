@@ -56,85 +56,16 @@ from pathlib import Path
 
 import torch
 
-from .data import Encoded, collate
-from .generate import greedy_by_forward, greedy_generate
-from .guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
-from .measure import count_parameters, unique_parameters
-from .methods import Method, method_params
-from .train import TrainSettings, make_optimizer
+from ..data import Encoded, collate
+from ..generate import greedy_by_forward, greedy_generate
+from ..guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
+from ..measure import count_parameters, unique_parameters
+from ..methods import Method, method_params
+from ..train import TrainSettings, make_optimizer
+from .tiny_models import ARCHITECTURES, EOS, PAD, VOCAB, tiny_config, tiny_model, tiny_quantized_model
 
-#: the kit's default architectures: small and fast, for plugin authors' own tests
-ARCHITECTURES = ("llama", "qwen2", "gpt2")
-#: every architecture :func:`tiny_config` builds (leitai's own tests run each method on all):
-#: the LLaMA line, GLM (the ChatGLM line), BLOOM (the BELLE base), and the other layouts that
-#: transformers ships code for (fused QKV, fused gate/up, parallel attention and MLP, ALiBi,
-#: LayerNorm with biases, grouped- and multi-query attention, learned positions)
-ALL_ARCHITECTURES = ARCHITECTURES + (
-    "qwen3", "mistral", "gemma", "gemma2", "phi3", "phi", "glm", "glm4", "bloom", "falcon", "gpt_neox",
-    "gptj", "opt", "stablelm", "gpt_bigcode", "mpt", "codegen", "olmo2", "mixtral", "falcon_gqa",
-)
 CHECKS = ("applies", "params", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
           "base-view", "merge", "quantized")
-VOCAB, PAD, BOS, EOS = 128, 0, 1, 2
-
-#: 64 wide, 4 heads of 16, MLP 128, 2 layers, for every kind but the three defaults (32 wide);
-#: key/value heads 2 where the architecture has grouped-query attention
-_WIDE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
-_GQA = dict(_WIDE, num_key_value_heads=2, head_dim=16)
-_CONFIGS = {
-    "llama": ("LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2)),
-    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)),
-    "qwen3": ("Qwen3Config", _GQA),
-    "mistral": ("MistralConfig", _GQA),
-    "gemma": ("GemmaConfig", _GQA),
-    "gemma2": ("Gemma2Config", _GQA),
-    "phi3": ("Phi3Config", dict(_WIDE, num_key_value_heads=2)),  # fused qkv_proj and gate_up_proj
-    "phi": ("PhiConfig", _WIDE),  # parallel attention and MLP, partial rotary
-    "glm": ("GlmConfig", _GQA),  # fused gate_up_proj, biases on q/k/v
-    "glm4": ("Glm4Config", _GQA),  # GLM's layer with sandwich norms
-    "bloom": ("BloomConfig", dict(hidden_size=64, n_layer=2, n_head=4)),  # ALiBi, per-head fused QKV
-    "falcon": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4)),  # multi-query, parallel
-    "gpt_neox": ("GPTNeoXConfig", _WIDE),  # per-head fused QKV, parallel residual
-    "gptj": ("GPTJConfig", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, rotary_dim=8, n_positions=256)),
-    "opt": ("OPTConfig", dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-                              word_embed_proj_dim=64)),  # MLP maps in the layer itself, learned positions
-    "stablelm": ("StableLmConfig", dict(_WIDE, num_key_value_heads=2)),  # LayerNorm, partial rotary
-    "gpt_bigcode": ("GPTBigCodeConfig", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, n_positions=256)),  # MQA c_attn
-    "mpt": ("MptConfig", dict(d_model=64, n_layers=2, n_heads=4, expansion_ratio=2)),  # ALiBi, fused Wqkv
-    "codegen": ("CodeGenConfig", dict(n_embd=64, n_layer=2, n_head=4, n_inner=128, rotary_dim=8,
-                                      n_positions=256)),  # fused qkv_proj laid out [q; v; k] per partition
-    "olmo2": ("Olmo2Config", _GQA),  # q_norm/k_norm over all heads at once
-    "mixtral": ("MixtralConfig", dict(_GQA, num_local_experts=4, num_experts_per_tok=2)),  # MoE MLP (no linear maps)
-    "falcon_gqa": ("FalconConfig", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        new_decoder_architecture=True, num_kv_heads=2)),  # Falcon-40B: per-group QKV
-}
-
-
-def tiny_config(kind: str, vocab_size: int = VOCAB):
-    """A tiny causal LM config of architecture ``kind`` (one of :data:`ALL_ARCHITECTURES`):
-    2 layers; ``llama``, ``qwen2`` and ``gpt2`` 32 wide (26,784, 26,912 and 37,760 parameters),
-    the others 64 wide with 4 heads of 16 (79,000 to 110,000; Mixtral's four experts 238,000)."""
-    import transformers
-
-    if kind not in _CONFIGS:
-        raise ValueError(f"no tiny config for architecture {kind!r} (known: {', '.join(ALL_ARCHITECTURES)})")
-    cls, sizes = _CONFIGS[kind]
-    config = getattr(transformers, cls)(**sizes, vocab_size=vocab_size, bos_token_id=BOS, eos_token_id=EOS,
-                                        pad_token_id=PAD)
-    if hasattr(config, "max_position_embeddings"):
-        config.max_position_embeddings = 256
-    return config
-
-
-def tiny_model(kind: str, seed: int = 0, vocab_size: int = VOCAB):
-    """A randomly initialised tiny causal LM; the same ``seed`` gives the same weights."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(kind, vocab_size))
 
 
 class ConformanceError(AssertionError):
@@ -244,12 +175,13 @@ def check_method(method_or_name, architectures=ARCHITECTURES, params: dict | Non
 _IMPORT_PROBE = """
 import importlib, json, sys, threading
 import torch
-from suite import plugins, warm
+from suite import plugins
+from suite.fork_server import fork_probe
 plugins.ENTRY_POINTS = []  # this module alone
 registry = plugins.load_registry(extra=[importlib.import_module(m) for m in sys.argv[1:]])
 print(json.dumps({"errors": [i.error for i in registry.plugins.values() if i.error],
                   "threads": [t.name for t in threading.enumerate() if t is not threading.main_thread()],
-                  "cuda": torch.cuda.is_initialized(), "fork": warm.fork_probe()}))
+                  "cuda": torch.cuda.is_initialized(), "fork": fork_probe()}))
 """
 
 
@@ -258,7 +190,7 @@ def check_plugin_import(*modules: str, raise_on_failure: bool = True) -> list[st
     torch threads, as ``leitai run`` does before it forks its warm-start server, then check that
     the process is still safe to fork a cell from: the hooks raised nothing, no Python thread
     was started, CUDA was not initialised, and a forked child runs a parallel torch operation
-    (:func:`suite.warm.fork_probe`: no thread pool was started by computing at import). Returns
+    (:func:`suite.fork_server.fork_probe`: no thread pool was started by computing at import). Returns
     one line per problem (``conformance: MODULE: import: ...``; several modules are checked
     together, and pass only if each would); raises :class:`ConformanceError`
     with them when ``raise_on_failure``."""
@@ -292,7 +224,7 @@ def check_plugin_import(*modules: str, raise_on_failure: bool = True) -> list[st
 def _resolve(method_or_name) -> Method:
     if isinstance(method_or_name, Method):
         return method_or_name
-    from .plugins import registry
+    from ..plugins import registry
 
     return registry().method(method_or_name)
 
@@ -438,7 +370,7 @@ def _on(arch: str, error: str | None) -> str | None:
 
 
 def _params(method, params, arch) -> str | None:
-    from .models import stand_in
+    from ..models import stand_in
 
     try:
         with torch.random.fork_rng(devices=[]):  # building a model draws random numbers; the run's stay as they were
@@ -532,7 +464,7 @@ def _base_view(method, run: _Run, batch, arch) -> str | None:
 
 
 def _merge(method, model, arch) -> str | None:
-    from .inference import logits_on, merge_check
+    from ..inference import logits_on, merge_check
 
     prompts = generation_prompts()
     before = logits_on(model, prompts)
@@ -563,7 +495,7 @@ def _check_quantized(method, params, seed, directory: Path, architectures,
     one of ``architectures`` when there is no claim, or no bitsandbytes."""
     import importlib.util
 
-    from .quantize import kinds
+    from ..quantize import kinds
 
     claimed = [q for q in kinds(method) if q != "fp4"] or list(kinds(method))  # fp4 runs as nf4 does
     if not claimed or importlib.util.find_spec("bitsandbytes") is None:
@@ -578,21 +510,8 @@ def _check_quantized(method, params, seed, directory: Path, architectures,
                         time.perf_counter() - start)]
 
 
-def tiny_quantized_model(arch: str, quantize: str, directory: Path, seed: int = 0):
-    """:func:`tiny_model` saved to ``directory`` and loaded back with its linear layers quantized
-    (``nf4``, ``fp4`` or ``int8``) and prepared as a cell prepares a quantized base."""
-    from transformers import AutoModelForCausalLM
-
-    from . import quantize as quantization
-
-    tiny_model(arch, seed=seed).save_pretrained(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map={"": "cpu"},
-                                                 quantization_config=quantization.bnb_config(quantize, torch.float32))
-    return quantization.prepare(quantization.no_cpu_repacking(model), gradient_checkpointing=False)
-
-
 def _quantized(method, params, arch, seed, directory: Path, q: str) -> str | None:
-    from .quantize import RTOL, quantized_layers
+    from ..quantize import RTOL, quantized_layers
 
     where = f"{arch} in {q}"
     base = tiny_quantized_model(arch, q, directory / q)
@@ -621,4 +540,3 @@ def _quantized(method, params, arch, seed, directory: Path, q: str) -> str | Non
     if changed:
         return f"{len(changed)} quantized base weights changed or require grad after one step (e.g. {changed[0]}) on {where}"
     return None
-
