@@ -85,7 +85,7 @@ def save_model(kind: str, directory: Path) -> str:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from plugins.tiny_zh import TinyZh
+    from plugins.models.tiny_zh import TinyZh
 
     _, tokenizer = TinyZh().load()
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # Without network, leitai may not be pip-installed; then load the built-ins by module name.
 if ! python -c "from importlib.metadata import entry_points as e; assert any(e(group='leitai'))" 2>/dev/null; then
-    export LEITAI_PLUGINS="plugins.lora,plugins.prefix_tuning,plugins.p_tuning,plugins.prompt_tuning,plugins.full,plugins.lst,plugins.tiny_zh,plugins.zh_sentiment${LEITAI_EXTRA_BUILTINS:+,$LEITAI_EXTRA_BUILTINS}"
+    export LEITAI_PLUGINS="plugins.methods.lora,plugins.methods.prefix_tuning,plugins.methods.p_tuning,plugins.methods.prompt_tuning,plugins.methods.full,plugins.methods.lst,plugins.models.tiny_zh,plugins.tasks.zh_sentiment${LEITAI_EXTRA_BUILTINS:+,$LEITAI_EXTRA_BUILTINS}"
 fi
 export LEITAI_PLUGINS="benchmarks.random_models${LEITAI_PLUGINS:+,$LEITAI_PLUGINS}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -4,8 +4,8 @@ and what a bfloat16 base saves (``--dtypes float32,bfloat16``).
 A randomly initialised LLaMA config (hidden 512, 8 layers, tiny-zh's vocabulary by default),
 batches of 8 unpadded sequences of 256 tokens (the last quarter of each is the answer that
 carries the loss). Each method runs in a fresh process of its own, through the arena's own
-code: the method plugin's ``apply``, ``suite.train.train`` (AdamW, the same step as in a
-shootout) inside ``suite.measure.PeakMemory``, so every figure means what it means in a
+code: the method plugin's ``apply``, ``suite.cell.train.train`` (AdamW, the same step as in a
+shootout) inside ``suite.measures.resources.PeakMemory``, so every figure means what it means in a
 shootout's results:
 
 - ``peak_memory_bytes``: CPU peak RSS during training minus RSS just before (docs/measures.md);
@@ -70,20 +70,21 @@ def child(args) -> dict:
     from accelerate import Accelerator
 
     from benchmarks.random_models import random_llama
-    from suite import data, measure
-    from suite.guards import check_method_output, trained_base_names
-    from suite.methods import method_params
+    from suite.cell.train import TrainSettings, train
+    from suite.data import batches as data
+    from suite.measures import resources
+    from suite.methods.guards import check_method_output, trained_base_names
+    from suite.methods.method import method_params
+    from suite.models.precision import DTYPES, cast_weights, dtype_name, mixed_precision, upcast_trainable
     from suite.plugins import load_registry
-    from suite.precision import DTYPES, cast_weights, dtype_name, mixed_precision, upcast_trainable
-    from suite.train import TrainSettings, train
 
     dtype = DTYPES[args.dtype]
     base, tokenizer = random_llama(args.hidden, args.layers, args.heads, args.ffn, args.seq)
     cast_weights(base, dtype)  # the same random weights, rounded
-    total = measure.count_parameters(base)
+    total = resources.count_parameters(base)
     base_named = list(base.named_parameters())
     # the built-ins by module too, for a checkout that is not pip-installed (no entry points)
-    builtins = [importlib.import_module(f"plugins.{m}") for m in ("full", "lora", "prefix_tuning", "lst")]
+    builtins = [importlib.import_module(f"plugins.methods.{m}") for m in ("full", "lora", "prefix_tuning", "lst")]
     method = load_registry(extra=builtins).get("methods", args.child)
     params = method_params(method, None)
     trained = trained_base_names(method, base, params)
@@ -98,16 +99,16 @@ def child(args) -> dict:
              for i in range(args.batch)]
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision=mixed_precision(dtype, torch.device(args.device)))
     settings = TrainSettings(lr=float(params["lr"]), warmup=0.0, log_every=1)
-    weights = measure.tensor_bytes(measure.unique_parameters(model))
+    weights = resources.tensor_bytes(resources.unique_parameters(model))
     cpu_start = time.process_time()
-    with measure.PeakMemory(accelerator.device) as peak:
+    with resources.PeakMemory(accelerator.device) as peak:
         result = train(model, [items] * args.steps, tokenizer.pad_token_id, settings, accelerator,
                        method=method, params=params)
     cpu_seconds = time.process_time() - cpu_start
     return {
         "method": args.child, "dtype": args.dtype, "weights_dtype": dtype_name(p for p in model.parameters()
                                                                                if not p.requires_grad),
-        "trainable_dtype": dtype_name(measure.unique_parameters(model, trainable_only=True)),
+        "trainable_dtype": dtype_name(resources.unique_parameters(model, trainable_only=True)),
         "peak_memory_bytes": peak.peak, "peak_memory_reserved_bytes": peak.reserved,
         "memory_kind": peak.kind, "weights_bytes": weights, **result.breakdown,
         "trainable_params": trainable, "total_params": total, "seconds_per_step": result.seconds / len(result.losses),
@@ -120,8 +121,8 @@ def run_all(args) -> dict:
     """Every method in a fresh child process; returns the JSON document."""
     import torch
 
-    from suite.env import environment
-    from suite.precision import DTYPES, mixed_precision, precision_label
+    from suite.cell.provenance import environment
+    from suite.models.precision import DTYPES, mixed_precision, precision_label
 
     dtypes = args.dtypes.split(",")
     unknown = [d for d in dtypes if d not in DTYPES]

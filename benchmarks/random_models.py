@@ -22,7 +22,7 @@ class RandomModel(ModelSpec):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from plugins.tiny_zh import TinyZh
+        from plugins.models.tiny_zh import TinyZh
 
         _, tokenizer = TinyZh().load()
         shape = dict(self.shape)
@@ -42,7 +42,7 @@ def random_llama(hidden: int, layers: int, heads: int | None = None, ffn: int | 
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from plugins.tiny_zh import TinyZh
+    from plugins.models.tiny_zh import TinyZh
 
     _, tokenizer = TinyZh().load()
     heads = heads or max(1, hidden // 64)

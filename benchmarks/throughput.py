@@ -4,8 +4,8 @@ Three ways train the same model with the same method on the same examples of a t
 same number of steps of the same batch size, with the same AdamW, warm-up + cosine schedule
 and gradient clipping:
 
-- ``arena``: leitai's own training path: the task's cached encodings (``suite.taskdata``), the
-  arena's length-grouped batch order (``suite.data.batch_order``) and ``suite.train.train``
+- ``arena``: leitai's own training path: the task's cached encodings (``suite.data.prepared``), the
+  arena's length-grouped batch order (``suite.data.batches.batch_order``) and ``suite.cell.train.train``
   (accelerate; the output head only at answer positions; loss read back every 10 steps);
 - ``bare``: a hand-written torch loop over exactly the arena's batches, collated into tensors
   in memory before the clock starts, computing the same answer-only loss by hand: the floor,
@@ -57,13 +57,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from suite.measure import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
+from suite.measures.resources import tail_mean  # noqa: E402  (the shootout's own final-loss figure)
 
 WAYS = ("arena", "bare", "trainer")
 #: dense bf16 peak TFLOP/s by a substring of torch.cuda.get_device_name (first match wins)
 PEAK_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
-BUILTINS = ("full", "lora", "prefix_tuning", "p_tuning", "prompt_tuning", "lst", "tiny_zh", "zh_sentiment",
-            "zh_idiom", "zh_segment", "zh_ner", "zh_t2s", "zh_numbers")
+BUILTINS = ("methods.full", "methods.lora", "methods.prefix_tuning", "methods.p_tuning", "methods.prompt_tuning",
+            "methods.lst", "models.tiny_zh", "tasks.zh_sentiment", "tasks.zh_idiom", "tasks.zh_segment", "tasks.zh_ner",
+            "tasks.zh_t2s", "tasks.zh_numbers")
 
 
 def parse(argv=None):
@@ -108,7 +109,7 @@ def registry():
 
 def load_model(args, reg):
     """``(model, tokenizer)`` in float32 on the CPU."""
-    from suite import models
+    from suite.models import loading as models
 
     if args.model == "random-llama":
         from benchmarks.random_models import random_llama
@@ -121,7 +122,7 @@ def load_model(args, reg):
 
 def model_flops_per_token(model, tokens_per_example: float) -> dict:
     """PaLM's model FLOPs per token: 6·N + 12·L·H·Q·T (see the module docstring)."""
-    from suite.measure import count_parameters
+    from suite.measures.resources import count_parameters
 
     c = model.config
     total = count_parameters(model)
@@ -140,10 +141,11 @@ def child(args) -> dict:
     import torch
     from transformers import set_seed
 
-    from suite import data, taskdata
-    from suite.methods import method_params
-    from suite.settings import ShootoutConfig
-    from suite.userdata import resolve_task
+    from suite.config.settings import ShootoutConfig
+    from suite.data import batches as data
+    from suite.data import prepared as taskdata
+    from suite.data.user_files import resolve_task
+    from suite.methods.method import method_params
 
     torch.set_num_threads(int(os.environ.get("LEITAI_THREADS", torch.get_num_threads())))
     reg = registry()
@@ -158,7 +160,7 @@ def child(args) -> dict:
     mean_len = sum(e.length for b in batches for e in b) / sum(len(b) for b in batches)
     flops = model_flops_per_token(base, mean_len)
     if args.child == "arena-gc":
-        from suite.models import enable_gradient_checkpointing
+        from suite.models.loading import enable_gradient_checkpointing
 
         enable_gradient_checkpointing(base)
     set_seed(args.seed)
@@ -187,8 +189,8 @@ def dev_loss(args, model, dev, pad_id) -> float:
     """The trained model's loss on the task's dev split (the same for every way; not timed)."""
     import torch
 
-    from suite.data import eval_batches
-    from suite.loss import mean_loss
+    from suite.data.batches import eval_batches
+    from suite.measures.loss import mean_loss
 
     device = torch.device(args.device)
     model.to(device)
@@ -199,7 +201,7 @@ def dev_loss(args, model, dev, pad_id) -> float:
 def run_arena(args, model, batches, pad_id, lr) -> dict:
     from accelerate import Accelerator
 
-    from suite.train import TrainSettings, train
+    from suite.cell.train import TrainSettings, train
 
     cpu = args.device == "cpu"
     accelerator = Accelerator(cpu=cpu, mixed_precision="no" if cpu else "bf16")
@@ -215,7 +217,7 @@ def run_bare(args, model, batches, pad_id, lr) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from suite.data import IGNORE, collate
+    from suite.data.batches import IGNORE, collate
 
     device = torch.device(args.device)
     model.to(device).train()
@@ -263,8 +265,8 @@ def run_trainer(args, method, params, base, tokenizer, train_set) -> dict:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from suite.data import IGNORE
-    from suite.peft_method import PeftMethod
+    from suite.data.batches import IGNORE
+    from suite.methods.peft_method import PeftMethod
 
     if isinstance(method, PeftMethod):
         from peft import get_peft_model
@@ -472,9 +474,9 @@ def seq_child(args, length: int) -> dict:
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from suite.data import Encoded
-    from suite.methods import method_params
-    from suite.train import TrainSettings, train
+    from suite.cell.train import TrainSettings, train
+    from suite.data.batches import Encoded
+    from suite.methods.method import method_params
 
     reg = registry()
     method = reg.get("methods", args.method)
@@ -540,7 +542,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from suite.env import environment
+    from suite.cell.provenance import environment
 
     started = time.perf_counter()
     doc = compare(args) if args.mode == "compare" else scaling(args)

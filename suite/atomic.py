@@ -8,6 +8,7 @@ target's name; a full disk also carries the remedy (:func:`remedy`).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -56,3 +57,11 @@ def remedy(error: OSError, out_dir: Path) -> None:
     (``error.remedy``, which ``leitai``'s error line prints)."""
     if error.errno in NO_SPACE and not getattr(error, "remedy", None):
         error.remedy = f"free some space, then write the report again with: leitai report {out_dir}"
+
+
+def write_json_atomic(path: Path, data, compact: bool = False) -> None:
+    """Write JSON so that a reader sees either the old file or the whole new one
+    (``compact``: no indentation or spaces, for large machine-read files)."""
+    layout = {"separators": (",", ":")} if compact else {"indent": 1}
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, allow_nan=True, **layout)

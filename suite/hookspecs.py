@@ -23,8 +23,8 @@ hookimpl = pluggy.HookimplMarker("leitai")
 def register_methods(register):
     """Register adapter methods.
 
-    Call ``register(method)`` with an instance of a :class:`suite.methods.Method` subclass
-    (for a PEFT-backed method, :class:`suite.peft_method.PeftMethod`). ``method.name`` is the
+    Call ``register(method)`` with an instance of a :class:`suite.methods.method.Method` subclass
+    (for a PEFT-backed method, :class:`suite.methods.peft_method.PeftMethod`). ``method.name`` is the
     name users type after ``--methods``; it must be unique across all plugins.
 
     What a method must do is in ``docs/plugins/methods.md``; ``suite.testing.check_method(name)``
@@ -36,9 +36,9 @@ def register_methods(register):
 def register_tasks(register):
     """Register instruction tasks.
 
-    Call ``register(task)`` with an instance of a :class:`suite.tasks.Task` subclass. A task
-    yields train/dev/test :class:`suite.tasks.Example` lists (single-turn examples, or
-    conversations made with :meth:`suite.tasks.Example.conversation`) and scores generated
+    Call ``register(task)`` with an instance of a :class:`suite.data.tasks.Task` subclass. A task
+    yields train/dev/test :class:`suite.data.tasks.Example` lists (single-turn examples, or
+    conversations made with :meth:`suite.data.tasks.Example.conversation`) and scores generated
     answers; ``task.name`` is the name users type after ``--tasks``.
     """
 
@@ -47,7 +47,7 @@ def register_tasks(register):
 def register_models(register):
     """Register named base models.
 
-    Call ``register(model)`` with an instance of a :class:`suite.models.ModelSpec` subclass.
+    Call ``register(model)`` with an instance of a :class:`suite.models.loading.ModelSpec` subclass.
     ``model.name`` is accepted by ``--model``; names that no plugin registers are treated as
     Hugging Face model ids or local paths.
     """
@@ -60,7 +60,7 @@ def register_executors(register):
     Call ``register(cls)`` with a subclass of :class:`suite.Executor`; ``cls.name`` is what
     users type after ``--executor`` (``default = True`` marks the one used when none is named).
     Its classmethod ``add_arguments(parser)`` adds its own flags to ``leitai run``. The core
-    constructs it with the shootout's :class:`suite.executors.ExecutorSettings` (the flags'
+    constructs it with the shootout's :class:`suite.shootout.executors.ExecutorSettings` (the flags'
     values in ``settings.options``) and calls ``map(cells, out_dir)``.
     """
 

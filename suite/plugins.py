@@ -65,7 +65,7 @@ class Registry:
         an unknown name or an unusable config file."""
         path = (settings or {}).get("peft_config")
         if name.startswith("peft:") or path is not None:
-            from .peft_file import PeftFileMethod
+            from .methods.peft_file import PeftFileMethod
 
             if name in self.methods:
                 raise UsageError(f"method {name!r} is installed; give your PEFT config another name")

@@ -1,9 +1,9 @@
 """A cell's heartbeat: what it is doing now, written where the driver's watchdog reads it.
 
-The cell (:func:`suite.cell.main`) calls :func:`start` with ``RUN_DIR/progress.json``; its
+The cell (:func:`suite.cell.run.main`) calls :func:`start` with ``RUN_DIR/progress.json``; its
 phases and loops call :func:`beat`. The file holds the last beat (``{"phase", "step", "of",
 "time"}``), replaced atomically, at most once a second within a phase. The driver
-(:func:`suite.processes.launch_child`) ends a cell whose heartbeat is older than its
+(:func:`suite.shootout.processes.launch_child`) ends a cell whose heartbeat is older than its
 ``--stall-timeout`` and records the last beat as the step it reached: a hang of any cause (a
 deadlock, a collective waiting on a dead rank, generation that never stops) costs that long,
 not the shootout.

@@ -36,9 +36,9 @@ _own_cores()
 #: longest first: a worker takes a whole module at a time (``--dist loadfile``, in this order:
 #: ``--no-loadscope-reorder`` in pyproject.toml), so a long one left for last would keep one
 #: worker busy while the others idle
-SLOWEST_FIRST = ("test_runner.py", "test_faults.py", "test_ray.py", "test_architectures.py", "test_forgetting_inference.py",
-                 "test_userdata.py", "test_tasks.py", "test_executors.py", "test_sweep.py", "test_quantize.py",
-                 "test_warm.py", "test_replay.py", "test_plan.py", "test_tiny_zh.py")
+SLOWEST_FIRST = ("test_runner.py", "test_faults.py", "test_ray_executor.py", "test_architecture.py", "test_forgetting_inference.py",
+                 "test_user_files.py", "test_tasks.py", "test_executors.py", "test_sweep.py", "test_quantize.py",
+                 "test_warm.py", "test_replay.py", "test_prediction.py", "test_tiny_zh.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -48,7 +48,7 @@ def pytest_collection_modifyitems(items):
 
 
 #: a shootout of the cells alone: no baseline cell, no forgetting, no inference timing (each costs
-#: a process or seconds per cell; tests/test_sweep.py and test_forgetting_inference.py check them)
+#: a process or seconds per cell; tests/config/test_sweep.py and test_forgetting_inference.py check them)
 CELLS_ONLY = ["--no-baselines", "--side-corpus", "none", "--infer-prompts", "0"]
 
 #: the environment that loads tests/misbehaving.py as a plugin in a subprocess
@@ -87,6 +87,14 @@ def fresh_accelerator_state():
     yield
     if "accelerate.state" in sys.modules:
         sys.modules["accelerate.state"].AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def built_in_methods() -> list[str]:
+    """Every method the leitai distribution itself registers."""
+    from suite.plugins import load_registry
+
+    reg = load_registry()
+    return sorted(n for n in reg.methods if reg.plugins[reg.origin[("methods", n)]].source.startswith("leitai "))
 
 
 @pytest.fixture(scope="session")

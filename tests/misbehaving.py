@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from plugins.lora import LoRA
+from plugins.methods.lora import LoRA
 from suite import Method, hookimpl
 
 
@@ -221,7 +221,7 @@ class Picky(LoRA):
 
 
 def planning(model) -> bool:
-    """Whether ``apply`` was called by the memory prediction (suite.planner) on a weightless model,
+    """Whether ``apply`` was called by the memory prediction (suite.memory.prediction) on a weightless model,
     which is no attempt of the cell."""
     return any(p.is_meta for p in model.parameters())
 

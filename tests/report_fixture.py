@@ -23,7 +23,7 @@ def env(torch="2.13.0"):
 
 def record(task, method, seed, status="ok", score=None, dev=None, memory=50e6, params=1000, error=None,
            outputs=None, skip_ids=(), torch="2.13.0", extra=None, info=None):
-    """One record as ``suite.cell`` writes it (ok runs) or as the runner writes a crash."""
+    """One record as ``suite.cell.run`` writes it (ok runs) or as the runner writes a crash."""
     rid = f"{task}__{method}__s{seed}"
     r = {"run_id": rid, "method": method, "task": task, "seed": seed, "model": "tiny-zh", "status": status,
          "error": error, "config": {"method": method, "params": {"lr": 1e-3}, "steps": 20, "batch_size": 4,

@@ -8,7 +8,7 @@ import types
 import pytest
 from conftest import ROOT
 
-from suite import docgen
+from suite.cli import docgen
 
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -35,7 +35,7 @@ def test_the_docs_reference_is_generated_from_the_code():
     assert set(docgen.REGIONS) == {name for regions in docgen.FILES.values() for name in regions}
     for page, regions in docgen.FILES.items():
         stale = docgen.stale_regions(read(page), regions)
-        assert not stale, f"{page.relative_to(ROOT)} is out of date ({', '.join(stale)}): run python -m suite.docgen"
+        assert not stale, f"{page.relative_to(ROOT)} is out of date ({', '.join(stale)}): run python -m suite.cli.docgen"
 
 
 def test_docgen_check_fails_on_a_stale_page_and_regenerating_fixes_it(tmp_path, capsys):
@@ -43,7 +43,7 @@ def test_docgen_check_fails_on_a_stale_page_and_regenerating_fixes_it(tmp_path, 
     stale = tmp_path / "records.md"
     stale.write_text(text.replace("| `eval_loss` |", "| `dev_loss` |"), encoding="utf-8")
     assert docgen.main(["--check", str(stale)]) == 1
-    assert capsys.readouterr().err == f"{stale} is out of date (columns): run python -m suite.docgen\n"
+    assert capsys.readouterr().err == f"{stale} is out of date (columns): run python -m suite.cli.docgen\n"
     assert docgen.main([str(stale)]) == 0
     assert read(stale) == text
     api = read(docgen.page_of("api"))
@@ -53,8 +53,8 @@ def test_docgen_check_fails_on_a_stale_page_and_regenerating_fixes_it(tmp_path, 
 
 def test_every_exported_name_and_contract_column_is_in_the_reference():
     import suite
+    from suite.data.scorers import SCORERS
     from suite.report.frames import EXTRA_COLUMNS, RESULT_COLUMNS
-    from suite.scoring import SCORERS
 
     api, scorers, columns = (docgen.region(read(docgen.page_of(name)), name) for name in ("api", "scorers", "columns"))
     for name in set(suite.__all__) - {"__version__"}:
@@ -88,7 +88,7 @@ def test_every_quoted_signature_is_the_codes():
 def test_the_task_table_gives_the_sizes_leitai_list_prints(registry):
     """The full train/dev/test sizes of every built-in task, as `leitai list tasks` computes and
     caches them (the test session's cache: test_plugins' `leitai list tasks` fills the same)."""
-    from suite.cli import cached_split_sizes
+    from suite.cli.app import cached_split_sizes
 
     section = read(DOCS / "tasks.md")
     rows = dict(re.findall(r"^\| `([\w-]+)` \|.*\| (\d+/\d+/\d+) \|$", section, flags=re.M))
@@ -104,7 +104,7 @@ def test_the_task_table_gives_the_sizes_leitai_list_prints(registry):
 
 
 def test_the_kits_model_sizes_are_quoted_right():
-    from suite.measure import count_parameters
+    from suite.measures.resources import count_parameters
     from suite.testing import ARCHITECTURES, tiny_model
 
     counts = {kind: count_parameters(tiny_model(kind)) for kind in ARCHITECTURES}
@@ -173,7 +173,7 @@ def test_the_fused_map_example_acts_on_the_value_rows_only():
     the logits alone, and a trained one changes exactly the value rows of the map's output."""
     import torch
 
-    from suite import architecture
+    from suite.models import architecture
     from suite.testing import tiny_model
 
     text = read(DOCS / "plugins" / "architectures.md")

@@ -88,8 +88,8 @@ def test_list_shows_origin_and_defaults():
 
 
 def test_list_marks_what_the_default_shootout_runs(registry):
-    from suite.cli import defaults_of
-    from suite.config import build_config
+    from suite.cli.app import defaults_of
+    from suite.config.sources import build_config
 
     config = build_config({}).fill_defaults(registry)
     assert defaults_of(registry, "methods") == set(config.methods)

@@ -49,7 +49,7 @@ def doc_example(tmp_path_factory):
 def scaffold(tmp_path_factory):
     """`leitai new-plugin`'s package, installed by pip (into a target directory), and the
     environment of a process that sees it."""
-    from suite.cli import main
+    from suite.cli.app import main
 
     root = tmp_path_factory.mktemp("new-plugin")
     package = root / "pkg"
@@ -73,7 +73,7 @@ def test_guide_worked_example_runs_in_a_shootout(shootout):
     row = results.loc["bottleneck"]
     assert row.status == "ok", row.error
     # one adapter per layer: down (d x d/16, + bias) and up (d/16 x d, + bias)
-    cfg = json.loads((ROOT / "plugins" / "tiny_zh" / "config.json").read_text())
+    cfg = json.loads((ROOT / "plugins" / "models" / "tiny_zh" / "config.json").read_text())
     d, b = cfg["hidden_size"], cfg["hidden_size"] // 16
     assert row.trainable_params == cfg["num_hidden_layers"] * (d * b + b + b * d + d)
     assert (out / "runs" / row.run_id / "adapter" / "trainable.safetensors").exists()
@@ -115,7 +115,7 @@ def test_new_plugin_package_is_listed_with_its_package(scaffold):
     # `leitai list methods` then `leitai list plugins`, in one fresh process
     _, env = scaffold
     listed = subprocess.run(
-        [sys.executable, "-c", "from suite.cli import main; main(['list', 'methods']); main(['list', 'plugins'])"],
+        [sys.executable, "-c", "from suite.cli.app import main; main(['list', 'methods']); main(['list', 'plugins'])"],
         capture_output=True, text=True, timeout=300, env=env,
     ).stdout
     assert re.search(rf"^{SCAFFOLD} .*\[leitai-{SCAFFOLD} 0\.1\.0\]$", listed, re.M), listed
@@ -135,7 +135,7 @@ def test_new_plugin_package_passes_its_own_test(scaffold):
     (["fresh", "--dir", "{tmp}"], "already exists and is not an empty directory"),
 ])
 def test_new_plugin_refuses_bad_input_in_one_line(args, message, tmp_path, capsys):
-    from suite.cli import main
+    from suite.cli.app import main
 
     (tmp_path / "something").write_text("")
     assert main(["new-plugin", *[a.format(tmp=tmp_path) for a in args]]) == 2

@@ -1,4 +1,4 @@
-"""Every report file of the output contract, rebuilt from ``runs/*/record.json`` alone.
+"""The report stage: every report file of the output contract, rebuilt from ``runs/*/record.json`` alone.
 
 ``write_report(dirs, out)`` is the one entry point: the runner calls it at the end of every
 shootout (and after Ctrl-C), ``leitai report DIR [DIR ...]`` calls it to rebuild or merge.

@@ -57,7 +57,7 @@ COLUMNS = {
     "prepended_positions": "positions the method puts before the prompt (prefix keys, virtual tokens), counted "
                            "from the model's outputs; empty for a method that prepends nothing",
     "prepended_attention_share": "the share of the last prompt position's attention that lands on the prepended "
-                                 "positions (mean over layers, heads and 8 test prompts; `suite/attention.py`): "
+                                 "positions (mean over layers, heads and 8 test prompts; `suite/measures/attention.py`): "
                                  "near 0 where the base looks past them",
     "prepended_uniform_share": "the share a uniform attention would give the prepended positions, to compare with "
                                "`prepended_attention_share`",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .. import variants
+from ..config import variants
 from . import environment, figures, tables, tradeoff
 from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
 from .verdict import NOTE as VERDICT_NOTE

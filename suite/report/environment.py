@@ -10,8 +10,8 @@ import json
 
 import pandas as pd
 
-from .. import variants
-from ..settings import FAIR_SETTINGS
+from ..config import variants
+from ..config.settings import FAIR_SETTINGS
 
 #: environment fields shown in the footer, as (column, where in ``record["env"]``)
 ENV_FIELDS = (

@@ -153,7 +153,7 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
     loss as a marker at the last step. Step losses are smoothed by a centred moving average.
     ``class_prior``: the loss of knowing a closed answer set's format but not the labels, drawn
     as a line (a curve that ends on it learned the format, not the task). A method whose loss
-    was still falling at the end (:func:`suite.diagnostics.learning_tail`) says so, with how
+    was still falling at the end (:func:`suite.measures.diagnostics.learning_tail`) says so, with how
     many seeds, in the legend."""
     ok = results[(results.task == task) & (results.status == "ok")]
     train = curves[(curves.split == "train") & curves.run_id.isin(ok.run_id)]
@@ -180,7 +180,7 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
             mean, std = frame.mean(axis=1), frame.std(axis=1)
             n = frame.shape[1]
             flags = ok.loc[ok.method == method, "still_learning"] if "still_learning" in ok else pd.Series([], dtype=str)
-            learning = int((flags.astype(str) == "True").sum())  # suite.diagnostics.learning_tail
+            learning = int((flags.astype(str) == "True").sum())  # suite.measures.diagnostics.learning_tail
             ax.plot(mean.index, mean.values, color=palette[method], ls=linestyle(palette, method), lw=1.4,
                     label=f"{method} (n={n}{f'; still learning: {learning}' if learning else ''})")
             if n > 1:

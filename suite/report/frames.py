@@ -10,7 +10,7 @@ import numbers
 
 import pandas as pd
 
-from .. import variants
+from ..config import variants
 
 RESULT_COLUMNS = (
     "run_id method task seed model status error trainable_params total_params trainable_pct "
@@ -28,9 +28,9 @@ EXTRA_COLUMNS = (
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
                 "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info",
                 "plain_method", *variants.SETTINGS)
-#: what a trivial baseline is called in the tables, by kind (:func:`suite.tasks.trivial_answers`)
+#: what a trivial baseline is called in the tables, by kind (:func:`suite.data.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
-#: what the linear probe on the frozen base (:func:`suite.diagnostics.probe_baseline`) is called
+#: what the linear probe on the frozen base (:func:`suite.measures.diagnostics.probe_baseline`) is called
 PROBE = "linear probe"
 
 
@@ -63,7 +63,7 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
 
     Metrics the report does not know are passed through (sorted by name), so a new measurement
     reaches ``results.csv`` without a change here. ``method`` is the method's name with its
-    variant's label (``full + replay 0.3``, :mod:`suite.variants`), so tables, figures and paired
+    variant's label (``full + replay 0.3``, :mod:`suite.config.variants`), so tables, figures and paired
     tests compare variants like methods; ``plain_method`` is the method's own name and the
     dimensions' settings (``replay``) have a column each. ``probe_score`` is the task's
     linear-probe baseline (from its baseline record), beside each run's own score.

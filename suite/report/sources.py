@@ -18,8 +18,8 @@ import shutil
 from pathlib import Path
 
 from ..atomic import atomic_path
+from ..cell.records import load_record, record_path, record_paths
 from ..errors import UsageError
-from ..records import load_record, record_path, record_paths
 
 
 def collect(dirs: list[Path]) -> dict[str, tuple[Path, dict]]:

@@ -13,8 +13,8 @@ import re
 
 import pandas as pd
 
-from .. import variants
-from ..records import STATUSES
+from ..cell.records import STATUSES
+from ..config import variants
 from . import formatting as fmt
 from .frames import TEXT_COLUMNS, answer_key
 from .stats import Summary, summarise
@@ -103,8 +103,8 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     it lies at an edge of the grid tried), how many settings were tried and what the tuning cost.
     The diagnostics' flags ("answer format", "still learning") appear when a method has one.
     """
-    from ..diagnostics import FORMAT_MIN
-    from ..sweep import describe
+    from ..config.sweep import describe
+    from ..measures.diagnostics import FORMAT_MIN
 
     df = results[results.task == task]
     methods = method_order(results, stats, task)
@@ -412,7 +412,7 @@ def fallback_warnings(results: pd.DataFrame) -> list[str]:
 
 def still_learning(results: pd.DataFrame, task: str, method: str) -> tuple[int, int]:
     """``(flagged, n)``: how many of the method's ok runs on ``task`` were still learning
-    (:func:`suite.diagnostics.learning_tail`), of the ``n`` that were tested."""
+    (:func:`suite.measures.diagnostics.learning_tail`), of the ``n`` that were tested."""
     if "still_learning" not in results:
         return 0, 0
     ok = results[(results.task == task) & (results.method == method) & (results.status == "ok")]

@@ -1,4 +1,4 @@
-"""Score against forgetting: what replay (``--replay``, :mod:`suite.replay`) buys each method.
+"""Score against forgetting: what replay (``--replay``, :mod:`suite.data.replay`) buys each method.
 
 A figure per task with one point per method and replay setting (mean over ok seeds, ±1 std),
 a line joining each method's replay settings from none to the largest fraction, and the
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import variants
-from ..replay import OFF, parse
+from ..config import variants
+from ..data.replay import OFF, parse
 from . import figures
 from . import formatting as fmt
 from .significance import compare, per_example

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..diagnostics import FORMAT_MIN
+from ..measures.diagnostics import FORMAT_MIN
 from . import formatting as fmt
 from .frames import PROBE
 from .significance import ALPHA, Comparison, compare, per_example, tied_for_best

@@ -56,12 +56,12 @@ from pathlib import Path
 
 import torch
 
-from ..data import Encoded, collate
-from ..generate import greedy_by_forward, greedy_generate
-from ..guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
-from ..measure import count_parameters, unique_parameters
-from ..methods import Method, method_params
-from ..train import TrainSettings, make_optimizer
+from ..cell.train import TrainSettings, make_optimizer
+from ..data.batches import Encoded, collate
+from ..measures.generation import greedy_by_forward, greedy_generate
+from ..measures.resources import count_parameters, unique_parameters
+from ..methods.guards import leaked_base_parameters, real_logits, starts_from_base_error, trained_base_names
+from ..methods.method import Method, method_params
 from .tiny_models import ARCHITECTURES, EOS, PAD, VOCAB, tiny_config, tiny_model, tiny_quantized_model
 
 CHECKS = ("applies", "params", "starts-from-base", "trainable", "frozen", "loss", "generation", "save-load", "seed",
@@ -176,7 +176,7 @@ _IMPORT_PROBE = """
 import importlib, json, sys, threading
 import torch
 from suite import plugins
-from suite.fork_server import fork_probe
+from suite.shootout.fork_server import fork_probe
 plugins.ENTRY_POINTS = []  # this module alone
 registry = plugins.load_registry(extra=[importlib.import_module(m) for m in sys.argv[1:]])
 print(json.dumps({"errors": [i.error for i in registry.plugins.values() if i.error],
@@ -190,7 +190,7 @@ def check_plugin_import(*modules: str, raise_on_failure: bool = True) -> list[st
     torch threads, as ``leitai run`` does before it forks its warm-start server, then check that
     the process is still safe to fork a cell from: the hooks raised nothing, no Python thread
     was started, CUDA was not initialised, and a forked child runs a parallel torch operation
-    (:func:`suite.fork_server.fork_probe`: no thread pool was started by computing at import). Returns
+    (:func:`suite.shootout.fork_server.fork_probe`: no thread pool was started by computing at import). Returns
     one line per problem (``conformance: MODULE: import: ...``; several modules are checked
     together, and pass only if each would); raises :class:`ConformanceError`
     with them when ``raise_on_failure``."""
@@ -370,7 +370,7 @@ def _on(arch: str, error: str | None) -> str | None:
 
 
 def _params(method, params, arch) -> str | None:
-    from ..models import stand_in
+    from ..models.loading import stand_in
 
     try:
         with torch.random.fork_rng(devices=[]):  # building a model draws random numbers; the run's stay as they were
@@ -464,7 +464,7 @@ def _base_view(method, run: _Run, batch, arch) -> str | None:
 
 
 def _merge(method, model, arch) -> str | None:
-    from ..inference import logits_on, merge_check
+    from ..measures.inference import logits_on, merge_check
 
     prompts = generation_prompts()
     before = logits_on(model, prompts)
@@ -495,7 +495,7 @@ def _check_quantized(method, params, seed, directory: Path, architectures,
     one of ``architectures`` when there is no claim, or no bitsandbytes."""
     import importlib.util
 
-    from ..quantize import kinds
+    from ..models.quantize import kinds
 
     claimed = [q for q in kinds(method) if q != "fp4"] or list(kinds(method))  # fp4 runs as nf4 does
     if not claimed or importlib.util.find_spec("bitsandbytes") is None:
@@ -511,7 +511,7 @@ def _check_quantized(method, params, seed, directory: Path, architectures,
 
 
 def _quantized(method, params, arch, seed, directory: Path, q: str) -> str | None:
-    from ..quantize import RTOL, quantized_layers
+    from ..models.quantize import RTOL, quantized_layers
 
     where = f"{arch} in {q}"
     base = tiny_quantized_model(arch, q, directory / q)

@@ -92,7 +92,7 @@ def tiny_quantized_model(arch: str, quantize: str, directory: Path, seed: int = 
     (``nf4``, ``fp4`` or ``int8``) and prepared as a cell prepares a quantized base."""
     from transformers import AutoModelForCausalLM
 
-    from .. import quantize as quantization
+    from ..models import quantize as quantization
 
     tiny_model(arch, seed=seed).save_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, device_map={"": "cpu"},

@@ -1,0 +1,1 @@
+"""The built-in executors: ``local`` (this machine) and ``ray`` (a Ray cluster)."""

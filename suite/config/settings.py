@@ -1,0 +1,227 @@
+"""Every setting of a shootout, defined once.
+
+:class:`RunSettings` holds what every cell runs with; :class:`ShootoutConfig` adds what the
+shootout as a whole needs (which methods, tasks and seeds, where to write, where cells run).
+Everything else is derived from these two definitions: the ``leitai run`` flags and their help
+(:func:`add_arguments`), the names a TOML config accepts, the checks on values
+(:func:`check`), the fields of a :class:`suite.cell.spec.Cell` (which extends ``RunSettings``), the
+record's ``config`` and :data:`FAIR_SETTINGS`, the list that both ``--resume`` and the report
+compare. Adding a setting is one field here, with its help, and its use.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import time
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+
+from ..data import replay
+from ..errors import UsageError
+from . import variants
+
+
+def setting(default, help: str, *, fair: bool = False, minimum: float | None = None, choices: tuple = (),
+            flag: bool = True, metavar: str | None = None, default_text: str | None = None, repeat: bool = False):
+    """A settings field. ``help`` is the flag's help text (its default is appended);
+    ``fair``: runs of one task must agree on it for their comparison to be fair (``--resume``
+    refuses a finished cell that differs, the report warns); ``minimum``/``choices``: what
+    :func:`check` accepts; ``flag``: whether ``leitai run`` has a flag for it (else only a TOML
+    config or a dedicated option sets it); ``repeat``: the flag may be given several times."""
+    meta = {"help": help, "fair": fair, "minimum": minimum, "choices": choices, "flag": flag,
+            "metavar": metavar, "default_text": default_text, "repeat": repeat}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(kw_only=True)
+class RunSettings:
+    """The settings every cell of a shootout runs with; each cell's record stores them."""
+
+    model: str = setting("", "tiny-zh or a Hugging Face model id / local path", fair=True,
+                         default_text="the registered default model, tiny-zh")
+    max_steps: int = setting(150, "training steps per run", fair=True, minimum=1)
+    batch_size: int = setting(16, "examples per step", fair=True, minimum=1)
+    max_len: int = setting(256, "tokens per example at most", fair=True, minimum=1)
+    warmup: float = setting(0.1, "fraction of the steps the learning rate warms up over", fair=True, minimum=0)
+    weight_decay: float = setting(0.0, "AdamW weight decay", fair=True, minimum=0)
+    grad_clip: float = setting(1.0, "gradient norm clipping (0: none)", fair=True, minimum=0)
+    loss_turns: str = setting("all", "which assistant turns of a conversation carry the training loss: all, or "
+                              "the last only (as ChatGLM's P-tuning script trains)", fair=True, choices=("all", "last"))
+    gradient_checkpointing: bool = setting(
+        False, "recompute activations in backward: less memory, more time per step (measured: docs/benchmarks.md, "
+        "Throughput)", fair=True)
+    device: str = setting("auto", "where cells train", choices=("auto", "cpu", "cuda"))
+    dtype: str = setting("auto", "the dtype the base model's weights load in (auto: float32 on the CPU, bfloat16 on "
+                         "CUDA); trainable parameters stay float32", fair=True,
+                         choices=("auto", "float32", "bfloat16", "float16"))
+    quantize: str = setting("none", "load the base model's linear layers in 4 or 8 bits (bitsandbytes, QLoRA's "
+                            "recipe; needs leitai[quantize]): none, nf4, fp4 or int8; a comma-separated list runs "
+                            "every method on each (see docs/quantize.md)", fair=True, metavar="none|nf4|fp4|int8")
+    trust_remote_code: bool = setting(False, "allow a hub model's own code to run")
+    log_every: int = setting(10, "steps between reading the loss back from the device", minimum=1)
+    eval_batch_size: int = setting(32, "examples per batch for dev loss and generation", minimum=1)
+    side_corpus: str = setting("", "text forgetting is measured on: a registered side corpus, or none", fair=True,
+                               default_text="the registered default, zh-news-side")
+    side_corpus_size: int = setting(128, "side-corpus texts to measure forgetting on", fair=True, minimum=0)
+    replay: str = setting("none", "mix general text into training against forgetting: SOURCE (a side corpus or a "
+                          "text/JSONL file) and the share of each batch's sequences drawn from it; a comma-separated "
+                          "list runs every method at each setting (docs/replay.md)", fair=True,
+                          metavar="none|SOURCE:FRACTION[,...]")
+    infer_prompts: int = setting(8, "test prompts to time inference on, per run (0: no timing)", fair=True, minimum=0)
+    infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
+    stall_timeout: str = setting("30m", "end a cell that reports no progress (a training step, an evaluation batch, "
+                                 "a new phase) for this long, record it failed with the step it reached, and go on: "
+                                 "e.g. 90s, 20m, 2h; 0: never (docs/faults.md)", metavar="DURATION")
+
+
+@dataclass(kw_only=True)
+class ShootoutConfig(RunSettings):
+    """A whole shootout: the cells' settings plus what decides which cells run and where."""
+
+    methods: list = setting([], "comma-separated method names, peft:PATH for your own PEFT config, or all "
+                            "(every installed method)", metavar="A,B",
+                            default_text="the methods marked default: one per family")
+    tasks: list = setting([], "comma-separated task names, or file:PATH[?score=NAME] for your own data",
+                          metavar="X,Y", default_text="the tasks marked default: zh-sentiment")
+    seeds: list = setting([0], "number of seeds (0..N-1) or a comma-separated list", metavar="N|A,B",
+                          default_text="1")
+    task_size: str = setting("default", "default (each task's CPU-sized splits), full, or a number of "
+                             "training examples", metavar="SIZE")
+    out: str = setting("", "output directory", metavar="DIR", default_text="reports/<timestamp>")
+    resume: bool = setting(False, "skip runs already finished in --out")
+    executor: str = setting("", "where cells run: local, ray, or a plugin's", default_text="local")
+    gpus_per_cell: int = setting(1, "GPUs per cell; more than 1 runs the cell under torch's distributed "
+                                 "launch (DDP through accelerate)", minimum=1)
+    cold_start: bool = setting(False, "start every cell in a fresh Python process, importing torch and the rest "
+                               "each time, instead of forking it from a warm-start server (docs/warm-start.md); "
+                               "also LEITAI_COLD_START=1")
+    cpus_per_cell: int = setting(0, "CPU threads per cell (0: the executor's default: local cores / workers, "
+                                 "ray 1)", minimum=0)
+    sweep: dict = setting({"keys": [], "grids": {}}, "tune before the final runs: KEY sweeps each method's declared "
+                          "grid for that setting (e.g. lr), METHOD.KEY=V1,V2,... an explicit grid; repeatable "
+                          "(TOML: [sweep] keys = [...] and [sweep.METHOD] tables)", metavar="SPEC", repeat=True,
+                          default_text="no sweep")
+    tune_seeds: list = setting([0], "seeds the tuning runs train with: a count or a comma-separated list",
+                               metavar="N|A,B", default_text="1")
+    memory: str = setting("", "memory budget per cell, e.g. 24GiB or 80GB: before the shootout starts, refuse "
+                          "(exit status 2) when a cell's predicted peak would not fit it (leitai plan; docs/plan.md)",
+                          metavar="SIZE", default_text="no check")
+    baselines: bool = setting(True, "also evaluate the untrained base model and the task's trivial baseline "
+                              "(majority label, copy the input or empty answer) on every task")
+    #: method -> {setting: value}, from ``--set`` and ``[method.NAME]`` tables
+    method_overrides: dict = setting({}, "", flag=False)
+    #: the chosen executor's own options (``Executor.add_arguments``), from its flags or the TOML file
+    executor_options: dict = setting({}, "", flag=False)
+
+    def fill_defaults(self, registry) -> ShootoutConfig:
+        """Resolve the empty fields against what the plugins registered."""
+        if not self.methods:  # the default shootout: the methods marked for it (Method.default)
+            self.methods = registry.in_default_run("methods")
+        elif self.methods == ["all"]:
+            self.methods = sorted(registry.methods)
+        if not self.tasks:
+            self.tasks = registry.in_default_run("tasks")
+        self.model = self.model or registry.default("models")
+        self.executor = self.executor or registry.default("executors")
+        registry.get("executors", self.executor)
+        if not self.side_corpus:
+            self.side_corpus = registry.default("side_corpora", none="none")
+        elif self.side_corpus != "none":
+            registry.get("side_corpora", self.side_corpus, hint="or none")
+        self.replay = replay.resolve(variants.values(self.replay), self, registry)  # checked and normalised; a list is a dimension
+        if not self.out:
+            self.out = str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
+        if not self.methods or not self.tasks:
+            raise UsageError("nothing to run: no methods or no tasks are registered")
+        return self
+
+    def sizes_for(self, task) -> dict | None:
+        """Per-split caps for ``task`` (``None``: the whole task)."""
+        if self.task_size == "default":
+            return dict(task.default_sizes)
+        if self.task_size == "full":
+            return None
+        n = int(self.task_size)
+        base = task.default_sizes
+        return {s: max(1, round(v * n / base["train"])) if s != "train" else n for s, v in base.items()}
+
+    def run_settings(self) -> dict:
+        """The :class:`RunSettings` part, as keyword arguments for a cell."""
+        return {f.name: getattr(self, f.name) for f in fields(RunSettings)}
+
+
+#: settings that runs of one task must share for a fair comparison: ``--resume`` refuses a
+#: finished cell that differs in one (or in its method's params), the report warns about them
+FAIR_SETTINGS = ("task_sizes",) + tuple(f.name for f in fields(RunSettings) if f.metadata["fair"])
+#: the names a TOML config may set at its top level (besides the executor's own options)
+TOML_NAMES = frozenset(f.name for f in fields(ShootoutConfig) if f.metadata["flag"])
+
+
+_SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text, what: str = "--stall-timeout") -> float:
+    """``90s``, ``20m``, ``2h`` or a number of seconds; ``0`` is none. A one-line
+    :class:`UsageError` otherwise."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not m or m.group(2) not in _SECONDS:
+        raise UsageError(f"{what}: cannot read {text!r} as a duration (e.g. 90s, 20m, 2h, or 0 for none)")
+    return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple = ()) -> None:
+    """One flag per setting, defaults suppressed (only the flags a user gives override the TOML
+    config and the defaults), help with the default: first what decides the cells, then how
+    each cell trains. ``only``: these settings alone (``leitai plan`` takes a few)."""
+    run = {f.name for f in fields(RunSettings)}
+    ordered = [f for f in fields(ShootoutConfig) if f.name not in run] + list(fields(RunSettings))
+    for f in ordered:
+        meta = f.metadata
+        if not meta["flag"] or (only and f.name not in only):
+            continue
+        shown = meta["default_text"] or (None if f.default is MISSING or f.default == "" or f.default is False else f.default)
+        help = meta["help"] + (f" (default: {shown})" if shown is not None else "")
+        kwargs = {"dest": f.name, "default": argparse.SUPPRESS, "help": help}
+        if f.type == "bool":
+            kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
+        elif meta["repeat"]:
+            kwargs.update(action="append", metavar=meta["metavar"])
+        else:
+            kwargs["type"] = {"int": int, "float": float}.get(f.type, str)
+            kwargs["metavar"] = meta["metavar"] or ("|".join(meta["choices"]) if meta["choices"]
+                                                    else {"int": "N", "float": "X"}.get(f.type, "NAME"))
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+def check(values: dict, where: str = "") -> None:
+    """Check the values of known settings (as given on the command line or in a TOML file)
+    against their types, minimums and choices; raise a one-line :class:`UsageError`."""
+    by_name = {f.name: f for f in fields(ShootoutConfig)}
+    for name, value in values.items():
+        f = by_name.get(name)
+        if f is None or not f.metadata["flag"]:
+            continue
+        meta, what = f.metadata, f"{where}{flag(name)}"
+        if f.type == "bool" and not isinstance(value, bool):
+            raise UsageError(f"{what} takes true or false, not {value!r}")
+        if f.type in ("int", "float"):
+            whole = f.type == "int"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+                    or not math.isfinite(value) or (meta["minimum"] is not None and value < meta["minimum"]):
+                raise UsageError(f"{what} must be {_kind(whole, meta['minimum'])}, not {value!r}")
+        if meta["choices"] and value not in meta["choices"]:
+            raise UsageError(f"{what} takes {', '.join(meta['choices'][:-1])} or {meta['choices'][-1]}, not {value!r}")
+
+
+def _kind(whole: bool, minimum) -> str:
+    noun = "whole number" if whole else "number"
+    if minimum == 1 and whole:
+        return f"a positive {noun}"
+    return f"a {noun}" + (f" >= {minimum:g}" if minimum is not None else "")

@@ -1,0 +1,160 @@
+"""Where a shootout's settings come from: built-in defaults, then a TOML file, then the command
+line. What the settings are is defined once, in :mod:`suite.config.settings`.
+
+A TOML config uses the same names as the command-line flags (with ``_`` for ``-``), the chosen
+executor's own options among them, and one table per method for its hyper-parameters::
+
+    methods = ["lora", "full"]
+    tasks = ["zh-sentiment"]
+    seeds = 3
+    max_steps = 200
+    [method.lora]
+    r = 8
+    lr = 5e-4
+"""
+from __future__ import annotations
+
+import re
+
+import tomllib
+
+from ..errors import UsageError
+from ..models.quantize import parse as parse_quantize
+from . import sweep
+from .settings import TOML_NAMES, ShootoutConfig, check, parse_duration
+
+
+def parse_seeds(value, flag: str = "--seeds") -> list[int]:
+    """``3`` means seeds 0, 1, 2; ``"1,5"`` or ``[1, 5]`` means exactly those."""
+    try:
+        if isinstance(value, int):
+            seeds = list(range(value))
+        elif isinstance(value, list):
+            seeds = [int(v) for v in value]
+        elif "," in str(value):
+            seeds = [int(v) for v in str(value).split(",") if v.strip()]
+        else:
+            seeds = list(range(int(value)))
+    except ValueError:
+        raise UsageError(f"{flag} takes a count or a comma-separated list, not {value!r}") from None
+    if not seeds:
+        raise UsageError(f"{flag} must name at least one seed")
+    return seeds
+
+
+def parse_value(text: str):
+    """A command-line value as TOML would read it (numbers, booleans, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["lora.r=16", "full.lr=1e-5"]`` -> ``{"lora": {"r": 16}, "full": {"lr": 1e-5}}``."""
+    out: dict = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, setting = key.strip().rpartition(".")
+        if not eq or not dot or not method or not setting:
+            raise UsageError(f"--set takes METHOD.SETTING=VALUE, not {item!r}")
+        out.setdefault(method, {})[setting] = parse_value(value.strip())
+    return out
+
+
+def parse_sweep(specs: list[str]) -> dict:
+    """``["lr", "lora.r=4,16"]`` -> ``{"keys": ["lr"], "grids": {"lora": {"r": [4, 16]}}}``."""
+    out = sweep.empty()
+    for spec in specs:
+        key, eq, values = spec.partition("=")
+        key = key.strip()
+        if not eq:
+            if not re.fullmatch(r"[A-Za-z_][\w-]*", key):
+                raise UsageError(f"--sweep takes KEY (each method's declared grid) or METHOD.KEY=V1,V2,..., not {spec!r}")
+            out["keys"].append(key)
+            continue
+        method, dot, setting = key.rpartition(".")
+        items = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+        if not dot or not method or not setting or not items:
+            raise UsageError(f"--sweep takes KEY or METHOD.KEY=V1,V2,..., not {spec!r}")
+        out["grids"].setdefault(method, {})[setting] = items
+    return out
+
+
+def sweep_from_toml(table, where: str) -> dict:
+    """The ``[sweep]`` table of a TOML config: ``keys = [...]`` and ``[sweep.METHOD]`` grids."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: [sweep] must be a table (keys = [...], [sweep.METHOD] KEY = [values])")
+    out = sweep.empty()
+    for name, value in table.items():
+        if name == "keys":
+            if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
+                raise UsageError(f"{where}: [sweep] keys must be a list of setting names")
+            out["keys"] += value
+        elif isinstance(value, dict) and all(isinstance(v, list) and v for v in value.values()):
+            out["grids"][name] = {k: list(v) for k, v in value.items()}
+        else:
+            raise UsageError(f"{where}: [sweep.{name}] must map each setting to a non-empty list of values")
+    return out
+
+
+def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
+    """A TOML config's settings; ``executor_options`` are the option names executors add."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read config ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({e})") from None
+    overrides = data.pop("method", {})
+    if "sweep" in data:
+        data["sweep"] = sweep_from_toml(data["sweep"], path)
+    unknown = set(data) - TOML_NAMES - executor_options
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise UsageError(f"{path}: [method.NAME] tables must hold the method's settings")
+    data["method_overrides"] = overrides
+    data["executor_options"] = {k: data.pop(k) for k in list(data) if k in executor_options}
+    check(data, f"{path}: ")
+    if "quantize" in data:
+        try:
+            parse_quantize(data["quantize"])
+        except UsageError as e:
+            raise UsageError(f"{path}: {e}") from None
+    return data
+
+
+def build_config(cli: dict, config_file: str | None = None, executor_options: frozenset = frozenset()) -> ShootoutConfig:
+    """Defaults < TOML file < command line (``cli`` holds only the flags the user gave, with
+    the executor's own options under ``executor_options``)."""
+    values: dict = {"method_overrides": {}, "executor_options": {}}
+    if config_file:
+        values.update(load_toml(config_file, executor_options))
+    overrides, options = values.pop("method_overrides"), values.pop("executor_options")
+    for method, settings in cli.pop("method_overrides", {}).items():
+        overrides.setdefault(method, {}).update(settings)
+    options.update(cli.pop("executor_options", {}))
+    if "sweep" in cli:  # repeated --sweep specs, added to the file's
+        cli["sweep"] = sweep.merge(values.get("sweep", sweep.empty()), parse_sweep(cli["sweep"]))
+    check(cli)
+    values.update(cli)
+    for key in ("methods", "tasks"):
+        if isinstance(values.get(key), str):
+            values[key] = [v.strip() for v in values[key].split(",") if v.strip()]
+    if isinstance(values.get("replay"), list):  # TOML: replay = ["none", "zh-news-side:0.3"]
+        values["replay"] = ",".join(map(str, values["replay"]))
+    for key in ("seeds", "tune_seeds"):
+        if key in values:
+            values[key] = parse_seeds(values[key], "--" + key.replace("_", "-"))
+    if "quantize" in values:  # one or a list: each a dimension of the shootout, like the seeds
+        values["quantize"] = ",".join(parse_quantize(values["quantize"]))
+    if "stall_timeout" in values:
+        values["stall_timeout"] = str(values["stall_timeout"])
+        parse_duration(values["stall_timeout"])
+    if "task_size" in values:
+        values["task_size"] = str(values["task_size"])
+        if values["task_size"] not in ("default", "full") and not values["task_size"].isdigit():
+            raise UsageError(f"--task-size takes default, full or a number, not {values['task_size']!r}")
+    return ShootoutConfig(**values, method_overrides=overrides, executor_options=options)
