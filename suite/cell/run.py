@@ -83,7 +83,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..plugins import registry
     from ..progress import beat
     from .provenance import environment
-    from .train import TrainSettings, record_replay, train
+    from .train import DevCurve, TrainSettings, record_replay, train
 
     reg = registry()
     task = resolve_task(cell.task, reg)
@@ -183,7 +183,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         view_before = forgetting.view_loss(model, "before training")
 
     mix = replay.batches(cell, reg, tokenizer, train_set)  # the same for every method; with --replay, two parts
-    batches = mix.task
+    batches = mix.task  # one a step; --grad-accum cuts each into micro-batches
     settings = TrainSettings(
         lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
         grad_clip=cell.grad_clip, log_every=cell.log_every,
@@ -192,16 +192,26 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     # the planner knows float bases and task batches only (not replay's whole-sequence loss);
     # a tuning cell's start-up stays lean
     if not tuning and not quantized and mix.replay is None:
-        plan = cell_prediction(method, cell.params, base.config, batches[0], tokenizer.pad_token_id, dtype,
-                                       cell.gradient_checkpointing, device.type, cell.trust_remote_code)
+        plan = cell_prediction(method, cell.params, base.config, batches[0][: cell.batch_size], tokenizer.pad_token_id,
+                               dtype, cell.gradient_checkpointing, device.type, cell.trust_remote_code)
         m["predicted_peak_bytes"] = plan and plan.pop("predicted_peak_bytes")
         record["plan"] = plan  # the predicted breakdown, beside the measured one in metrics
+
+    def dev_point(answer_head, score: bool):  # the dev split's loss, and its score: what tuning and --eval-every read
+        with accelerator.autocast():
+            loss = mean_loss(model, eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device,
+                             answer_head)
+            return loss, scored(task, answers(model, prepared.dev_prompts), prepared.dev_examples)[0]["score"] \
+                if score else None
+
+    dev = DevCurve(model, dev_point, record["curve"], keep_best=cell.keep == "best")
     quiet = os.environ.get("LEITAI_PROGRESS") == "0"
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
             result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params),
-                           replay=mix.replay)
+                           replay=mix.replay, micro_batches=cell.grad_accum,
+                           evaluate=dev.at if accelerator.is_main_process else None, eval_every=cell.eval_every)
     model = accelerator.unwrap_model(model)
     peaks = [peak.peak]
     if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process
@@ -216,26 +226,30 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
         weights_bytes=weights_bytes, train_seconds=result.seconds, train_tokens=result.tokens,
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
-        steps=len(result.losses), lr=settings.lr, first_train_loss=result.losses[0] if result.losses else None,
+        steps=len(result.losses), epochs=sum(len(b) for b in batches[: len(result.losses)]) / len(train_set),
+        lr=settings.lr, first_train_loss=result.losses[0] if result.losses else None,
         final_train_loss=tail_mean(result.losses), answer_head=result.answer_head, **result.breakdown,
     )
     m.update(learning_tail(result.losses))  # was the loss still falling at the end?
-    record["curve"] = [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
+    record["curve"] += [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
     record_replay(mix, result, record)  # the replay part's losses: the curve's replay split
     if result.diverged:
         record["status"] = "diverged"
         record["error"] = f"non-finite training loss at step {len(result.losses)}"
         return True
 
+    end = dev.at(len(result.losses), result.seconds, result.answer_head, score=tuning or bool(cell.eval_every))
+    m["eval_loss"] = end["loss"]
+    if end["score"] is not None:
+        m["dev_score"] = end["score"]
+    if cell.eval_every:  # the curve's best point; --keep best tests its parameters
+        m.update(best_dev_step=dev.best["step"], best_dev_score=dev.best["score"], kept_step=end["step"])
+        if dev.restore_best() is not None:
+            m.update(kept_step=dev.best["step"], eval_loss=dev.best["loss"], dev_score=dev.best["score"])
+    if tuning:  # the dev split's score decides which setting the final runs use; test is never read
+        record["status"] = "ok"
+        return True
     with accelerator.autocast():
-        m["eval_loss"] = mean_loss(model, eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device,
-                                   result.answer_head)
-        record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
-        if tuning:  # the dev split's score decides which setting the final runs use; test is never read
-            texts = answers(model, prepared.dev_prompts)
-            m["dev_score"] = scored(task, texts, prepared.dev_examples)[0]["score"]
-            record["status"] = "ok"
-            return True
         texts = answers(model, prepared.test_prompts)
         if task.choices:
             m["choice_accuracy"] = choices(model, result.answer_head)

@@ -63,14 +63,21 @@ def make_optimizer(model, settings: TrainSettings, steps: int, method=None, para
 
 
 def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSettings, accelerator, progress=None,
-          method=None, params: dict | None = None, replay: list[list[Encoded]] | None = None) -> TrainResult:
+          method=None, params: dict | None = None, replay: list[list[Encoded]] | None = None,
+          micro_batches: int = 1, evaluate=None, eval_every: int = 0) -> TrainResult:
     """Train ``model`` on ``batches`` in order; stops early (``diverged``) on a non-finite loss.
 
-    With a ``method`` (and its ``params``), the optimiser takes its parameter groups
-    (:func:`make_optimizer`) and its :meth:`~suite.Method.after_step` runs after every step.
-    With ``replay`` (one batch of replay sequences per step, :mod:`suite.data.replay`), each step
-    trains on its task batch and its replay batch together, the loss
+    Each batch is one optimiser step. With ``micro_batches`` K > 1 it runs as K micro-batches
+    whose gradients accumulate, each micro-batch's loss weighted by its share of the step's loss
+    tokens, so the step's loss and gradients are those of the whole batch (gradient accumulation;
+    in memory: one micro-batch). With a ``method`` (and its ``params``), the optimiser takes its
+    parameter groups (:func:`make_optimizer`) and its :meth:`~suite.Method.after_step` runs after
+    every step. With ``replay`` (one batch of replay sequences per step, :mod:`suite.data.replay`),
+    each step trains on its task batch and its replay batch together, the loss
     :func:`suite.measures.loss.mixed_loss`; each part's loss is kept (``losses``, ``replay_losses``).
+    With ``evaluate`` and ``eval_every`` N, ``evaluate(step, training_seconds, answer_head)`` runs
+    after every N-th step but the last (the caller evaluates the end, :class:`DevCurve`), its
+    seconds kept out of :attr:`TrainResult.seconds`.
     """
     optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
     unwrapped = model  # what the method built; accelerate may wrap it (DDP)
@@ -85,32 +92,46 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     rank, world = accelerator.process_index, accelerator.num_processes
     head = AnswerHead(accelerator.unwrap_model(model))
     if batches:  # set-up, not training: does the answer-only head give the model's own loss?
-        first = collate(batches[0][rank::world] if world > 1 else batches[0], pad_id)
+        first = collate(_split(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
         index = tuple(t.to(device) for t in loss_index(first["labels"])[:3]) + (first["labels"].shape[1],)
         result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
     start = time.perf_counter()
+    evaluating = 0.0
     for step, items in enumerate(batches):
         beat("training", step + 1, len(batches))
         items = items[rank::world] if world > 1 else items  # data parallel: each process its share
         extra = (replay[step][rank::world] if world > 1 else replay[step]) if replay else []
-        batch = collate(items + extra, pad_id)  # task examples first, then the replay sequences
-        index = loss_index(batch["labels"])
-        is_task = (index[0] < len(items)).to(device, non_blocking=True) if extra else None
+        micro = [(task, more) for task, more in zip(_split(items, micro_batches), _split(extra, micro_batches))
+                 if task or more]
+        parts = [collate(task + more, pad_id) for task, more in micro]  # task examples first, then replay sequences
+        indexes = [loss_index(batch["labels"]) for batch in parts]
+        is_task = [index[0] < len(task) for index, (task, _) in zip(indexes, micro)]
+        task_tokens = sum(int(t.sum()) for t in is_task)  # the step's loss tokens, for each micro-batch's weight
+        replay_tokens = sum(len(index[2]) for index in indexes) - task_tokens
         result.tokens += sum(e.length for e in items + extra)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
-
-        # measure what one step keeps for backward, once
-        with saved_for_backward(exclude=all_params) if step == 0 else nullcontext() as saved:
-            if extra:
-                loss, task_loss, replayed = mixed_loss(head.logits(model, batch, index), index[2], is_task,
-                                                       len(items), len(extra))
-                pending_replay.append(replayed.detach())
-            else:
-                loss = task_loss = head.loss(model, batch, index)
-        accelerator.backward(loss)
+        task_loss = replayed = 0.0
+        totals = (task_tokens, replay_tokens) if len(parts) > 1 else (None, None)  # one batch: its own means
+        for j, (batch, index, own) in enumerate(zip(parts, indexes, is_task)):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
+            measure = saved_for_backward(exclude=all_params) if step == j == 0 else nullcontext()  # once
+            sync = accelerator.no_sync(model) if world > 1 and j < len(parts) - 1 else nullcontext()  # DDP: on the last
+            with sync:
+                with measure as saved:
+                    if extra:
+                        loss, task_part, replay_part = mixed_loss(head.logits(model, batch, index), index[2],
+                                                                  own.to(device, non_blocking=True), len(items),
+                                                                  len(extra), *totals)
+                        replayed = replayed + replay_part.detach()
+                    else:
+                        loss = task_part = head.loss(model, batch, index)
+                        if totals[0]:  # this micro-batch's share of the step's mean
+                            loss = task_part = loss * (len(index[2]) / task_tokens)
+                task_loss = task_loss + task_part.detach()
+                accelerator.backward(loss)
+            if step == j == 0:
+                result.breakdown["activation_bytes"] = saved["bytes"]
         if step == 0:
-            result.breakdown["activation_bytes"] = saved["bytes"]
             result.breakdown["grads_bytes"] = tensor_bytes(p.grad for p in trainable if p.grad is not None)
         if settings.grad_clip:
             accelerator.clip_grad_norm_(trainable, settings.grad_clip)
@@ -121,22 +142,74 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         optimizer.zero_grad(set_to_none=True)
         if step == 0:
             result.breakdown["optimizer_bytes"] = optimizer_bytes(optimizer)
-        pending.append(task_loss.detach())
+        pending.append(task_loss)
+        if extra:
+            pending_replay.append(replayed)
         if (step + 1) % settings.log_every == 0 or step + 1 == len(batches):
-            values, replayed = (_read(accelerator, p) for p in (pending, pending_replay))
+            values, replayed_values = (_read(accelerator, p) for p in (pending, pending_replay))
             result.losses += values
-            result.replay_losses += replayed
+            result.replay_losses += replayed_values
             if progress is not None:
                 progress.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
                 progress.update(len(values))
-            if not all(math.isfinite(v) for v in values + replayed):
+            if not all(math.isfinite(v) for v in values + replayed_values):
                 result.diverged = True
                 break
+        if evaluate is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < len(batches):
+            began = time.perf_counter()
+            evaluate(step + 1, began - start - evaluating, result.answer_head)
+            model.train()
+            evaluating += time.perf_counter() - began
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start
+    result.seconds = time.perf_counter() - start - evaluating
     head.remove()
     return result
+
+
+class DevCurve:
+    """A run's dev evaluations: each a point of its curve (``split`` dev: the loss, the score when
+    asked, the training seconds so far); with ``keep_best``, the trainable parameters of the best
+    point (the highest dev score, then the lowest dev loss) are kept to put back after training.
+    ``evaluate(answer_head, score)`` gives a point's ``(loss, score or None)``."""
+
+    def __init__(self, model, evaluate, curve: list, keep_best: bool = False):
+        self.model, self.evaluate, self.curve, self.keep_best = model, evaluate, curve, keep_best
+        self.best: dict | None = None
+        self.last: dict | None = None
+        self._saved: dict | None = None
+
+    def at(self, step: int, seconds: float, answer_head: bool, score: bool = True) -> dict:
+        beat("evaluating on dev", step)
+        loss, value = self.evaluate(answer_head, score)
+        self.last = {"step": step, "split": "dev", "loss": loss, "score": value, "seconds": seconds}
+        self.curve.append(self.last)
+        if score and (self.best is None or _rank(self.last) > _rank(self.best)):
+            self.best = self.last
+            if self.keep_best:
+                self._saved = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return self.last
+
+    @torch.no_grad()
+    def restore_best(self) -> int | None:
+        """Put the best point's parameters back (``keep_best``); its step, or None when the last
+        point is the best (nothing to restore)."""
+        if self._saved is None or self.best is self.last:
+            return None
+        for name, p in self.model.named_parameters():
+            if name in self._saved:
+                p.copy_(self._saved[name])
+        return self.best["step"]
+
+
+def _rank(point: dict) -> tuple:
+    score = point["score"] if point["score"] is not None and math.isfinite(point["score"]) else -math.inf
+    return score, -point["loss"] if math.isfinite(point["loss"]) else -math.inf
+
+
+def _split(items: list, parts: int) -> list[list]:
+    """``items`` in ``parts`` contiguous runs of near-equal size (a step's micro-batches)."""
+    return [items[i * len(items) // parts:(i + 1) * len(items) // parts] for i in range(parts)]
 
 
 def _read(accelerator, pending: list[torch.Tensor]) -> list[float]:

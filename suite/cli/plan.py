@@ -10,7 +10,7 @@ from ..memory.plan import plan_device, plan_dtype, plan_model, read_config
 from ..memory.prediction import MethodPlan, parse_bytes
 
 #: the run settings ``leitai plan`` takes (one definition each, in suite/config/settings.py)
-PLAN_SETTINGS = ("methods", "model", "batch_size", "max_len", "dtype", "gradient_checkpointing", "device",
+PLAN_SETTINGS = ("methods", "model", "batch_size", "grad_accum", "max_len", "dtype", "gradient_checkpointing", "device",
                  "trust_remote_code", "memory")
 #: columns of the table, with their headers
 COLUMNS = {"method": "method", "trainable_params": "trainable", "weights_bytes": "weights GiB",
@@ -117,7 +117,8 @@ def cmd_plan(args) -> int:
     config = read_config(model, reg, get("trust_remote_code"))
     plans = plan_model(config, methods, params, get("batch_size"), get("max_len"), dtype, device,
                        get("gradient_checkpointing"), budget, get("trust_remote_code"), label=model)
-    print(f"leitai plan: {model}, batch {get('batch_size')} x {get('max_len')} tokens, {str(dtype)[6:]} weights "
+    accum = f" (x{get('grad_accum')} accumulated: memory is one micro-batch's)" if get("grad_accum") > 1 else ""
+    print(f"leitai plan: {model}, batch {get('batch_size')} x {get('max_len')} tokens{accum}, {str(dtype)[6:]} weights "
           f"(trainable float32), AdamW, {device}{', gradient checkpointing' if get('gradient_checkpointing') else ''}")
     print(table(plans, budget).to_markdown(index=False))
     if args.chart != "none":

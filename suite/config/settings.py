@@ -42,8 +42,15 @@ class RunSettings:
 
     model: str = setting("", "tiny-zh or a Hugging Face model id / local path", fair=True,
                          default_text="the registered default model, tiny-zh")
-    max_steps: int = setting(150, "training steps per run", fair=True, minimum=1)
-    batch_size: int = setting(16, "examples per step", fair=True, minimum=1)
+    max_steps: int = setting(150, "training steps per run (optimiser steps; see --epochs)", fair=True, minimum=1)
+    epochs: float = setting(0, "train for this many passes over the train split instead of --max-steps: the steps "
+                            "are computed from the split's size and the step's batch, and recorded (0: use "
+                            "--max-steps)", fair=True, minimum=0)
+    batch_size: int = setting(16, "examples per micro-batch: what is in memory at once (a step's batch is this "
+                              "times --grad-accum)", fair=True, minimum=1)
+    grad_accum: int = setting(1, "micro-batches per optimiser step (gradient accumulation): a step's batch is "
+                              "--batch-size x this, with the loss, gradients and schedule of one batch that size and "
+                              "the memory of one micro-batch", fair=True, minimum=1)
     max_len: int = setting(256, "tokens per example at most", fair=True, minimum=1)
     warmup: float = setting(0.1, "fraction of the steps the learning rate warms up over", fair=True, minimum=0)
     weight_decay: float = setting(0.0, "AdamW weight decay", fair=True, minimum=0)
@@ -63,6 +70,19 @@ class RunSettings:
     trust_remote_code: bool = setting(False, "allow a hub model's own code to run")
     log_every: int = setting(10, "steps between reading the loss back from the device", minimum=1)
     eval_batch_size: int = setting(32, "examples per batch for dev loss and generation", minimum=1)
+    eval_every: int = setting(0, "also evaluate on the dev split every N steps (dev loss and dev score: the curve "
+                              "in curves.csv and the report; its seconds are kept apart from training's); 0: at the "
+                              "end only", minimum=0)
+    keep: str = setting("last", "the parameters the test split and the after-use measures see: the last step's, or "
+                        "those of the best dev evaluation (best needs --eval-every)", fair=True,
+                        choices=("last", "best"))
+    prompt_format: str = setting("auto", "how single-turn examples are put to the model: plain (an instruction "
+                                 "prompt), chat (the tokenizer's chat template, loss on the assistant's part), or "
+                                 "auto: chat when the model has a chat template of its own", fair=True,
+                                 choices=("auto", "plain", "chat"))
+    attn_implementation: str = setting("auto", "the attention kernel transformers runs: auto (transformers' "
+                                       "default for the model), sdpa, eager or flash_attention_2; the record names "
+                                       "the one that ran", choices=("auto", "sdpa", "eager", "flash_attention_2"))
     side_corpus: str = setting("", "text forgetting is measured on: a registered side corpus, or none", fair=True,
                                default_text="the registered default, zh-news-side")
     side_corpus_size: int = setting(128, "side-corpus texts to measure forgetting on", fair=True, minimum=0)

@@ -157,4 +157,9 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
         values["task_size"] = str(values["task_size"])
         if values["task_size"] not in ("default", "full") and not values["task_size"].isdigit():
             raise UsageError(f"--task-size takes default, full or a number, not {values['task_size']!r}")
-    return ShootoutConfig(**values, method_overrides=overrides, executor_options=options)
+    config = ShootoutConfig(**values, method_overrides=overrides, executor_options=options)
+    if config.epochs and "max_steps" in values:
+        raise UsageError("give --epochs or --max-steps, not both (one budget per shootout)")
+    if config.keep == "best" and not config.eval_every:
+        raise UsageError("--keep best needs --eval-every N: the dev evaluations to choose the best from")
+    return config

@@ -6,6 +6,7 @@ the method. Batches group examples of similar length, so padding wastes little c
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -117,6 +118,13 @@ def batch_order(lengths: list[int], batch_size: int, steps: int, seed: int, grou
                 batches.append(cut[j])
         epoch += 1
     return batches[:steps]
+
+
+def batches_per_epoch(n: int, batch_size: int, group: int = 32) -> int:
+    """How many batches :func:`batch_order` cuts one epoch of ``n`` examples into (each chunk of
+    ``group`` batches ends with a short one when its examples do not divide evenly)."""
+    chunk = batch_size * group
+    return sum(math.ceil(min(chunk, n - start) / batch_size) for start in range(0, n, chunk))
 
 
 def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

@@ -123,7 +123,7 @@ def resolve(values: list[str], config, registry) -> str:
         else:
             known = ", ".join(sorted(registry.side_corpora)) or "none registered"
             raise UsageError(f"--replay {source}: not a side corpus ({known}) nor a file")
-        n_replay = counts(config.batch_size, fraction)[1]
+        n_replay = counts(config.batch_size * config.grad_accum, fraction)[1]
         found = len(source_texts(source, registry, n_replay))
         if found < n_replay:
             where = "the file holds" if source not in registry.side_corpora else \
@@ -147,28 +147,42 @@ class Mixed:
 
 
 def batches(cell, registry, tokenizer, train_set) -> Mixed:
-    """The steps' batches of a cell: without replay exactly :func:`suite.data.batches.batch_order`'s
-    (today's); with replay ``counts()`` task examples and replay sequences per step, each part
-    in its own seeded, length-grouped order (the same for every method)."""
+    """The steps' batches of a cell, each the step's whole batch (``--batch-size`` x
+    ``--grad-accum`` examples; training cuts it into micro-batches): without replay exactly
+    :func:`suite.data.batches.batch_order`'s; with replay ``counts()`` task examples and replay
+    sequences per step, each part in its own seeded, length-grouped order (the same for every
+    method). ``--epochs`` sets the number of steps from the train split's size."""
     from .batches import Encoded, batch_order
 
+    step = cell.batch_size * cell.grad_accum
     if cell.replay == OFF:
-        order = batch_order([e.length for e in train_set], cell.batch_size, cell.max_steps, cell.seed)
+        steps = _steps(cell, len(train_set), step)
+        order = batch_order([e.length for e in train_set], step, steps, cell.seed)
         return Mixed([[train_set[i] for i in b] for b in order], None)
     source, fraction = parse(cell.replay)
-    n_task, n_replay = counts(cell.batch_size, fraction)
+    n_task, n_replay = counts(step, fraction)
+    steps = _steps(cell, len(train_set), n_task)
     measured = set()
     if cell.side_corpus != OFF and cell.side_corpus_size:  # never train on what forgetting reads
         measured = set(registry.side_corpora[cell.side_corpus].texts(cell.side_corpus_size))
-    texts = [t for t in source_texts(source, registry, min(MAX_TEXTS, cell.max_steps * n_replay)) if t not in measured]
+    texts = [t for t in source_texts(source, registry, min(MAX_TEXTS, steps * n_replay)) if t not in measured]
     ids = tokenizer(texts, truncation=True, max_length=cell.max_len, verbose=False)["input_ids"]
     # loss on every token after the first: the first is the "prompt", the rest the "answer"
     items = [Encoded(f"replay:{i}", list(seq[:1]), list(seq[1:])) for i, seq in enumerate(ids) if len(seq) >= 2]
     if not items:
         raise ValueError(f"--replay {source}: no text of two tokens or more is left to replay")
-    order = full_batches([e.length for e in train_set], n_task, cell.max_steps, cell.seed, "training examples")
-    replay_order = full_batches([e.length for e in items], n_replay, cell.max_steps, cell.seed, "replay texts")
+    order = full_batches([e.length for e in train_set], n_task, steps, cell.seed, "training examples")
+    replay_order = full_batches([e.length for e in items], n_replay, steps, cell.seed, "replay texts")
     return Mixed([[train_set[i] for i in b] for b in order], [[items[i] for i in b] for b in replay_order], len(items))
+
+
+def _steps(cell, n_train: int, per_step: int) -> int:
+    """``--max-steps``, or the steps of ``--epochs`` passes over ``n_train`` examples, ``per_step`` a step."""
+    from .batches import batches_per_epoch
+
+    if not cell.epochs:
+        return cell.max_steps
+    return max(1, math.ceil(cell.epochs * batches_per_epoch(n_train, per_step) - 1e-9))
 
 
 def full_batches(lengths: list[int], size: int, steps: int, seed: int, what: str) -> list[list[int]]:

@@ -151,12 +151,17 @@ def mean_loss(model, batches: list[list[Encoded]], pad_id: int, device, answer_h
     return total / count if count else float("nan")
 
 
-def mixed_loss(logits, targets, is_task, n_task: int, n_replay: int):
+def mixed_loss(logits, targets, is_task, n_task: int, n_replay: int, task_tokens: int | None = None,
+               replay_tokens: int | None = None):
     """(step loss, task loss, replay loss) from the logits at a batch's loss positions:
     each part the mean cross-entropy over its own tokens (``is_task``: a loss position is a
-    task example's), the step loss their mean weighted by sequences."""
-    import torch.nn.functional as F
-
+    task example's), the step loss their mean weighted by sequences (``n_task`` task examples,
+    ``n_replay`` replay sequences in the step). For a micro-batch, ``task_tokens`` and
+    ``replay_tokens`` are the whole step's: each part is then this micro-batch's share of the
+    step's mean, and the shares add up to the step's losses."""
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
-    task, replay = ce[is_task].mean(), ce[~is_task].mean()
+    if task_tokens is None:
+        task, replay = ce[is_task].mean(), ce[~is_task].mean()
+    else:
+        task, replay = ce[is_task].sum() / task_tokens, ce[~is_task].sum() / replay_tokens
     return (n_task * task + n_replay * replay) / (n_task + n_replay), task, replay

@@ -108,10 +108,15 @@ def _typed(col: pd.Series, text: bool) -> pd.Series:
     return col.map(lambda v: None if pd.isna(v) else str(v)).astype("string")
 
 
+#: the columns of ``curves.csv``: every logged training step's loss; each dev evaluation's loss,
+#: score and training seconds so far (``--eval-every``; the end's score for tuning runs)
+CURVE_COLUMNS = ["run_id", "step", "split", "loss", "score", "seconds"]
+
+
 def curves_frame(records: list[dict]) -> pd.DataFrame:
-    """``run_id, step, split, loss`` for every logged training step and the dev loss."""
+    """:data:`CURVE_COLUMNS` for every logged training step and every dev evaluation."""
     rows = [{"run_id": r["run_id"], **point} for r in records for point in r.get("curve") or []]
-    df = pd.DataFrame(rows, columns=["run_id", "step", "split", "loss"])
+    df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
     return df.sort_values(["run_id", "split", "step"], kind="stable").reset_index(drop=True)
 
 
