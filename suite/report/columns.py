@@ -39,7 +39,8 @@ COLUMNS = {
              "tuning runs, which leave it empty and fill `dev_score`",
     # the known extras (suite.report.frames.EXTRA_COLUMNS)
     "phase": "`final` (scored on test) or `tune` (a `--sweep` setting, scored on dev)",
-    "dev_score": "a tuning run's score on the dev split",
+    "dev_score": "the score on the dev split: a tuning run's (what its sweep chooses by), and with `--eval-every` "
+                 "a final run's at the parameters it kept (`kept_step`)",
     "choice_accuracy": "classification tasks (`Task.choices`): the share of test examples whose reference is the "
                        "choice the model gives the highest likelihood",
     "class_prior_loss": "classification tasks: the loss per answer token of a model that knows the answer format "
@@ -70,7 +71,13 @@ COLUMNS = {
     "grads_bytes": "bytes of the gradients of one step",
     "optimizer_bytes": "bytes of the optimiser's state",
     "activation_bytes": "bytes autograd holds for backward at the end of one step's forward (unique storages, parameters excluded)",
-    "steps": "optimiser steps taken",
+    "steps": "optimiser steps taken (each of `--batch-size` x `--grad-accum` examples)",
+    "epochs": "passes over the train split the steps made (`--epochs` sets the steps; else `--max-steps` gives them)",
+    "best_dev_step": "`--eval-every` runs: the step of the best dev evaluation (the highest dev score, then the lowest "
+                     "dev loss); its score is `best_dev_score`",
+    "best_dev_score": "`--eval-every` runs: the dev score at `best_dev_step`",
+    "kept_step": "`--eval-every` runs: the step whose parameters the test split scored (`--keep best`: "
+                 "`best_dev_step`; `--keep last`: the last step)",
     "lr": "the learning rate the run used (`params[\"lr\"]`)",
     "truncated_examples": "training examples cut to `--max-len`",
     "forgetting_before": "the untouched base model's cross-entropy per token (nats) on the side corpus",

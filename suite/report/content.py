@@ -140,6 +140,9 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             front = figures.pareto(task, results, stats, orders[task], palette, name, verdict)
             if loss:
                 section.figures["Training loss"] = loss
+            during = figures.dev_curves(task, results, curves, orders[task], palette, name)
+            if during:
+                section.figures["Dev score during training (--eval-every)"] = during
             if front:
                 section.figures["Score against cost"] = front
             traded = tradeoff.figure(task, stats, orders[task], places, name)

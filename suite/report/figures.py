@@ -187,6 +187,7 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
                 ax.fill_between(mean.index, (mean - std).values, (mean + std).values, color=palette[method],
                                 alpha=0.18, lw=0)
             dev = curves[(curves.split == "dev") & curves.run_id.isin(runs)]
+            dev = dev[dev.step == dev.groupby("run_id").step.transform("max")]  # each run's end
             if len(dev):
                 ax.errorbar([dev.step.max()], [dev.loss.mean()], yerr=[dev.loss.std()] if len(dev) > 1 else None,
                             fmt=marker(palette, method), color=palette[method], ms=4, capsize=2)
@@ -202,6 +203,47 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
         else:
             ax.legend(loc="upper right", fontsize=8)
         return _svg(fig, f"loss-{task}")
+
+
+def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
+               palette: dict[str, str], score_label: str) -> str | None:
+    """The dev score of every method on ``task`` at each evaluation (``--eval-every``), against the
+    step and against the training seconds so far: mean over ok seeds, a ±1 std band; None when
+    no run was evaluated during training."""
+    ok = results[(results.task == task) & (results.status == "ok")]
+    dev = curves[(curves.split == "dev") & curves.run_id.isin(ok.run_id) & curves.score.notna()]
+    if dev.empty or dev.groupby("run_id").size().max() < 2:
+        return None
+    methods = [m for m in order if m in set(ok.method)]
+    below = len(methods) > LEGEND_INSIDE
+    columns = legend_columns([f"{m} (n=10)" for m in methods], LOSS_LEGEND_COLUMNS)
+    with _style():
+        fig = _figure(9, 3.4 + (0.2 * _legend_rows(len(methods), columns) if below else 0))
+        by_step, by_time = fig.subplots(1, 2, sharey=True)
+        for method in methods:
+            points = dev[dev.run_id.isin(ok[ok.method == method].run_id)]
+            if points.empty:
+                continue
+            grouped = points.groupby("step")
+            mean, std, seconds = grouped.score.mean(), grouped.score.std().fillna(0), grouped.seconds.mean()
+            n = points.run_id.nunique()
+            style = dict(color=palette[method], ls=linestyle(palette, method), marker=marker(palette, method), ms=3,
+                         lw=1.4)
+            by_step.plot(mean.index, mean.values, label=f"{method} (n={n})", **style)
+            by_time.plot(seconds.values, mean.values, **style)
+            if n > 1:
+                for ax, x in ((by_step, mean.index), (by_time, seconds.values)):
+                    ax.fill_between(x, (mean - std).values, (mean + std).values, color=palette[method], alpha=0.18,
+                                    lw=0)
+        by_step.set_xlabel("step")
+        by_time.set_xlabel("training seconds (evaluation not counted)")
+        by_step.set_ylabel(f"dev {score_label}")
+        by_step.set_title(f"{task}: dev {score_label} during training", loc="left")
+        if below:
+            fig.legend(loc="outside lower center", ncols=columns, fontsize=8)
+        else:
+            by_step.legend(loc="lower right", fontsize=8)
+        return _svg(fig, f"dev-{task}")
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:

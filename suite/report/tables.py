@@ -137,6 +137,12 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
         if any(flagged for flagged, _ in learning.values()):
             flagged, n = learning[method]
             row["still learning"] = f"yes ({flagged}/{n})" if flagged else ("no" if n else fmt.MISSING)
+        if "best_dev_step" in df and df.best_dev_step.notna().any():  # --eval-every: where the dev score peaked
+            steps = ok.best_dev_step.dropna().astype(int)
+            kept = ok.kept_step.dropna().astype(int) if "kept_step" in ok else steps[:0]
+            row["best dev step"] = " / ".join(map(str, sorted(steps))) or fmt.MISSING
+            if len(kept) and (kept != ok.steps.loc[kept.index]).any():
+                row["best dev step"] += " (kept)"
         if tuning:
             chosen = tuning.get(method)
             row["setting"] = (describe(chosen["setting"]) + _edge(chosen) if chosen and chosen.get("setting")
