@@ -62,6 +62,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..config.sweep import BASELINE, TUNE
     from ..data import replay
     from ..data.batches import eval_batches
+    from ..data.chat import chat_format
     from ..data.prepared import prepare
     from ..data.side_corpus import side_batches
     from ..data.tasks import extra_metrics, trivial_answers
@@ -107,14 +108,15 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         base = quantize.prepare(base, cell.gradient_checkpointing)  # peft's k-bit preparation, base frozen
     tokenizer = loading.prepare_tokenizer(tokenizer)
     beat("preparing the data")
-    prepared = prepare(task, cell.task_sizes, cell.max_len, tokenizer)  # cached on disk
+    templated = chat_format(tokenizer, cell.prompt_format)  # single-turn examples through the chat template?
+    prepared = prepare(task, cell.task_sizes, cell.max_len, tokenizer, templated)  # cached on disk
     train_set, dev_set, test_examples = prepared.train, prepared.dev, prepared.test
     if cell.loss_turns == "last":  # conversations: loss on the last answer only (dev loss keeps every one)
         train_set = [e.last_turn_only() for e in train_set]
     max_new_tokens = prepared.max_new_tokens
     m = record["metrics"]
     m["weights_dtype"] = quantize.weights_dtype(base)  # measured: what the base loaded in (nf4+float32...)
-    m.update(data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
+    m.update(prompt_format="chat" if templated else "plain", data_seconds=prepared.seconds, data_cached=prepared.cached, score_name=task.score_name,
              train_examples=len(train_set), dev_examples=len(dev_set), test_examples=len(test_examples),
              max_new_tokens=max_new_tokens, truncated_examples=prepared.truncated,
              truncated_eval_examples=prepared.eval_truncated)

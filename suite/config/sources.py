@@ -126,6 +126,21 @@ def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
     return data
 
 
+def _join_split_files(tasks):
+    """``["file:train.jsonl", "dev=dev.jsonl", "test=test.jsonl", "zh-ner"]`` (a comma-separated
+    ``--tasks``) -> ``["file:train.jsonl,dev=dev.jsonl,test=test.jsonl", "zh-ner"]``: a user's
+    named split files belong to the file task before them."""
+    if not isinstance(tasks, list):
+        return tasks
+    out = []
+    for task in tasks:
+        if re.match(r"(dev|test)=", str(task)) and out and str(out[-1]).startswith("file:"):
+            out[-1] += "," + task
+        else:
+            out.append(task)
+    return out
+
+
 def build_config(cli: dict, config_file: str | None = None, executor_options: frozenset = frozenset()) -> ShootoutConfig:
     """Defaults < TOML file < command line (``cli`` holds only the flags the user gave, with
     the executor's own options under ``executor_options``)."""
@@ -143,6 +158,8 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for key in ("methods", "tasks"):
         if isinstance(values.get(key), str):
             values[key] = [v.strip() for v in values[key].split(",") if v.strip()]
+    if "tasks" in values:
+        values["tasks"] = _join_split_files(values["tasks"])
     if isinstance(values.get("replay"), list):  # TOML: replay = ["none", "zh-news-side:0.3"]
         values["replay"] = ",".join(map(str, values["replay"]))
     for key in ("seeds", "tune_seeds"):

@@ -55,6 +55,27 @@ def template_of(tokenizer) -> str:
     return template or PLAIN_TEMPLATE
 
 
+def own_template(tokenizer) -> bool:
+    """Whether ``tokenizer`` carries a chat template of the model's own: one that is not
+    :data:`PLAIN_TEMPLATE` (which tiny-zh ships for conversations; ``--prompt-format auto`` keeps
+    the instruction prompt there)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return bool(template) and template not in (PLAIN_TEMPLATE, PLAIN_TEMPLATE.removeprefix("{{ bos_token or '' }}"))
+
+
+def chat_format(tokenizer, prompt_format: str) -> bool:
+    """Whether single-turn examples go through the chat template (``--prompt-format``: ``chat``,
+    ``plain``, or ``auto``: when the model has a template of its own, :func:`own_template`)."""
+    return prompt_format == "chat" or (prompt_format == "auto" and own_template(tokenizer))
+
+
+def as_turn(example: Example) -> Example:
+    """A single-turn example as a one-turn conversation (the same id, instruction, input and answer)."""
+    return example if example.is_conversation else Example.conversation([example.all_turns[0]], id=example.id)
+
+
 def render(tokenizer, template: str, messages: list[dict], generation: bool) -> str:
     """The text of ``messages`` through ``template`` (with the generation prompt or not)."""
     return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
@@ -154,6 +175,18 @@ class ChatEncoder:
         self.tokenizer = tokenizer
         self.template = template_of(tokenizer)
         self.close = user_close(tokenizer, self.template)
+        self._end: list | None = None
+
+    def end_marker(self) -> int | None:
+        """The special token the template closes an assistant message with (``<|im_end|>``,
+        ``<|eot_id|>``, ``</s>``), or None when it writes nothing after the answer (GLM-4's
+        template: the next ``<|user|>`` ends it)."""
+        if self._end is None:
+            (tokens,) = self.tokens([self.rendered(Example.conversation([("Hi", "", "OK")]))])
+            last = tokens.ids[tokens.answers[0][1] - 1]
+            special = set(self.tokenizer.all_special_ids) | set(self.tokenizer.get_added_vocab().values())
+            self._end = [last if last in special else None]
+        return self._end[0]
 
     def rendered(self, example: Example, first: int = 0) -> Rendered:
         return rendered(self.tokenizer, self.template, example, first, self.close)
@@ -179,6 +212,8 @@ class ChatEncoder:
             if first:
                 (tokens,) = self.tokens([self.rendered(example, first)])
             item = tokens.training(n - first)
+            if self.end_marker() is None:  # a template that closes no answer: end it with EOS, so training teaches the stop
+                item.answer = item.answer + [self.tokenizer.eos_token_id]
             if item.length <= max_len:
                 item.example_id = example.id
                 return item, first > 0
@@ -266,12 +301,5 @@ def turn_prompts(tokenizer, examples: list[Example], max_prompt: int) -> list[li
 def stop_ids(tokenizer) -> list[int]:
     """The tokens greedy generation stops at: the end-of-sequence token, and the token that
     closes an assistant message in the chat template when it is a special one (``<|im_end|>``)."""
-    stops = [tokenizer.eos_token_id]
-    encoder = ChatEncoder(tokenizer)
-    (tokens,) = encoder.tokens([encoder.rendered(Example.conversation([("Hi", "", "OK")]))])
-    start, end = tokens.answers[0]
-    last = tokens.ids[end - 1]
-    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
-    if last in special and last not in stops:
-        stops.append(last)
-    return stops
+    end = ChatEncoder(tokenizer).end_marker()
+    return [tokenizer.eos_token_id] + ([end] if end is not None and end != tokenizer.eos_token_id else [])

@@ -10,9 +10,11 @@ tokenizer's fingerprint, the chat template conversations are rendered with and t
 format.
 
 Single-turn examples are encoded in the instruction format (:func:`suite.data.batches.encode`),
-conversations through the model's chat template (:mod:`suite.data.chat`). The test split is one
-prompt per answer to generate: a single-turn example's, or each assistant turn of a
-conversation given the reference answers before it.
+or, with ``chat`` (``--prompt-format``, :func:`suite.data.chat.chat_format`), as one-turn
+conversations; conversations always go through the model's chat template (:mod:`suite.data.chat`),
+with the loss on the assistant's part. The test split is one prompt per answer to generate: a
+single-turn example's, or each assistant turn of a conversation given the reference answers
+before it.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ from . import batches, cache, chat
 from .batches import Encoded
 from .tasks import Example, Turn, format_prompt
 
-#: bump when the encoding or the stored layout changes (2: conversations; 3: the dev split's prompts)
-FORMAT = 3
+#: bump when the encoding or the stored layout changes (2: conversations; 3: the dev split's prompts; 4: an
+#: answer a chat template does not close ends with EOS)
+FORMAT = 4
 
 
 @dataclass
@@ -67,9 +70,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def cache_key(task, sizes: dict | None, max_len: int, tokenizer) -> dict:
+def cache_key(task, sizes: dict | None, max_len: int, tokenizer, chat_format: bool = False) -> dict:
     template = hashlib.sha256(chat.template_of(tokenizer).encode()).hexdigest()
-    return {
+    return {"prompt_format": "chat" if chat_format else "plain",
         "format": FORMAT, "task": task.name, "class": f"{type(task).__module__}.{type(task).__qualname__}",
         "source": task.source, "version": str(task.version), "sizes": sizes, "max_len": max_len,
         "max_new_tokens": task.max_new_tokens, "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -84,29 +87,40 @@ def cache_name(key: dict) -> str:
     return f"tasks/{safe}-{digest}.json"
 
 
-def encode(tokenizer, examples: list[Example], max_len: int) -> tuple[list[Encoded], int]:
+def encode(tokenizer, examples: list[Example], max_len: int, chat_format: bool = False) -> tuple[list[Encoded], int]:
     """Training ids of ``examples`` in their order, and how many were cut to ``max_len``:
-    single-turn ones in the instruction format, conversations through the chat template."""
+    single-turn ones in the instruction format (or, ``chat_format``, as one-turn conversations),
+    conversations through the chat template."""
     out: list[Encoded | None] = [None] * len(examples)
     cut = 0
-    for is_conversation, encoder in ((False, batches.encode), (True, chat.encode)):
-        chosen = [i for i, ex in enumerate(examples) if ex.is_conversation == is_conversation]
+    for templated, encoder in ((False, batches.encode), (True, chat.encode)):
+        chosen = [i for i, ex in enumerate(examples) if (ex.is_conversation or chat_format) == templated]
         if chosen:
-            items, n = encoder(tokenizer, [examples[i] for i in chosen], max_len)
+            items, n = encoder(tokenizer, [chat.as_turn(examples[i]) if templated else examples[i] for i in chosen],
+                               max_len)
             cut += n
             for i, item in zip(chosen, items):
                 out[i] = item
     return out, cut
 
 
-def eval_prompts(tokenizer, examples: list[Example], max_prompt: int) -> tuple[list[Example], list[list[int]], list[str], int]:
+def eval_prompts(tokenizer, examples: list[Example], max_prompt: int,
+                 chat_format: bool = False) -> tuple[list[Example], list[list[int]], list[str], int]:
     """One prompt per answer to generate, fitted to ``max_prompt``: ``(what each prompt asks,
-    its ids, its text, how many were cut)``; a conversation gives one per assistant turn."""
-    singles = iter(batches.encode_prompts(tokenizer, [ex for ex in examples if not ex.is_conversation], max_prompt))
-    conversations = [ex for ex in examples if ex.is_conversation]
+    its ids, its text, how many were cut)``; a conversation gives one per assistant turn. With
+    ``chat_format`` a single-turn example's prompt is its one-turn conversation's (it still asks
+    the example itself, scored as a single-turn answer)."""
+    plain = [ex for ex in examples if not ex.is_conversation and not chat_format]
+    singles = iter(batches.encode_prompts(tokenizer, plain, max_prompt))
+    conversations = [chat.as_turn(ex) for ex in examples if ex.is_conversation or chat_format]
     turns = iter(chat.turn_prompts(tokenizer, conversations, max_prompt) if conversations else [])
     asks, ids, texts, cut = [], [], [], 0
     for ex in examples:
+        if not ex.is_conversation and chat_format:
+            ((prompt, was_cut),) = next(turns)
+            asks.append(ex), ids.append(prompt), texts.append(tokenizer.decode(prompt))
+            cut += was_cut
+            continue
         if not ex.is_conversation:
             prompt, was_cut = next(singles)
             asks.append(ex), ids.append(prompt), texts.append(format_prompt(ex))
@@ -118,15 +132,15 @@ def eval_prompts(tokenizer, examples: list[Example], max_prompt: int) -> tuple[l
     return asks, ids, texts, cut
 
 
-def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
+def build(task, sizes: dict | None, max_len: int, tokenizer, chat_format: bool = False) -> TaskData:
     """The task's splits, tokenised (no cache)."""
     splits = task.splits(sizes)
-    train, truncated = encode(tokenizer, splits["train"], max_len)
-    dev, dev_truncated = encode(tokenizer, splits["dev"], max_len)
+    train, truncated = encode(tokenizer, splits["train"], max_len, chat_format)
+    dev, dev_truncated = encode(tokenizer, splits["dev"], max_len, chat_format)
     max_new_tokens = generation_budget(task.max_new_tokens, train)
-    test, prompts, texts, test_truncated = eval_prompts(tokenizer, splits["test"], max_len - max_new_tokens)
-    dev_asks, dev_prompts, _, _ = eval_prompts(tokenizer, splits["dev"], max_len - max_new_tokens)
-    conversations = any(ex.is_conversation for split in splits.values() for ex in split)
+    test, prompts, texts, test_truncated = eval_prompts(tokenizer, splits["test"], max_len - max_new_tokens, chat_format)
+    dev_asks, dev_prompts, _, _ = eval_prompts(tokenizer, splits["dev"], max_len - max_new_tokens, chat_format)
+    conversations = chat_format or any(ex.is_conversation for split in splits.values() for ex in split)
     return TaskData(
         train=train, dev=dev, test=test, test_prompts=prompts, test_texts=texts,
         dev_examples=dev_asks, dev_prompts=dev_prompts, train_answers=[ex.output for ex in splits["train"]],
@@ -135,14 +149,14 @@ def build(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
     )
 
 
-def prepare(task, sizes: dict | None, max_len: int, tokenizer) -> TaskData:
+def prepare(task, sizes: dict | None, max_len: int, tokenizer, chat_format: bool = False) -> TaskData:
     """The task's data for a cell: from the cache when an entry for exactly these inputs
     exists, else built and stored. ``cached`` and ``seconds`` say which and how long it took."""
     start = time.perf_counter()
-    key = cache_key(task, sizes, max_len, tokenizer)
+    key = cache_key(task, sizes, max_len, tokenizer, chat_format)
     data = _from_doc(cache.load_json(cache_name(key)), key)
     if data is None:
-        data = build(task, sizes, max_len, tokenizer)
+        data = build(task, sizes, max_len, tokenizer, chat_format)
         cache.store_json(cache_name(key), _to_doc(key, data), compact=True)
     data.seconds = time.perf_counter() - start
     return data

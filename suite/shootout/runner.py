@@ -9,6 +9,7 @@ locked while the shootout runs (:mod:`suite.shootout.outdir`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -24,10 +25,21 @@ from ..models import quantize
 
 def run_id(method: str, task: str, seed: int, tune: str = "", variant: str = "") -> str:
     """``task__method__s0``; a tuning run's id names its setting: ``task__method__tune-lr1e-03__s0``;
-    a variant (:func:`suite.config.variants.slug`) comes after the method: ``task__method__replay-zh-news-side-0.3__s0``."""
-    safe = lambda s: re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")  # noqa: E731
-    return (f"{safe(task)}__{safe(method)}__{variant + '__' if variant else ''}"
+    a variant (:func:`suite.config.variants.slug`) comes after the method: ``task__method__replay-zh-news-side-0.3__s0``.
+    A name longer than :data:`NAME_CHARS` (a ``file:`` task's paths) keeps its end and a digest of the whole."""
+    return (f"{_safe(task)}__{_safe(method)}__{variant + '__' if variant else ''}"
             f"{'tune-' + tune + '__' if tune else ''}s{seed}")
+
+
+#: the longest task or method name a run id holds as it is (run ids are directory names)
+NAME_CHARS = 80
+
+
+def _safe(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")
+    if len(safe) <= NAME_CHARS:
+        return safe
+    return f"{hashlib.sha1(name.encode()).hexdigest()[:10]}-{safe[-(NAME_CHARS - 11):].lstrip('-.')}"
 
 
 @dataclass
@@ -68,6 +80,8 @@ def resolve(config: ShootoutConfig, registry) -> Lineup:
     for name, task in tasks.items():  # leitai's own tasks are big; a file: task checked its splits when read
         if not isinstance(task, FileTask) and not _shipped(registry, name):
             check_splits(task, config.sizes_for(task))
+        for line in getattr(task, "overlap", []):  # a user's own splits that share prompts
+            print(f"leitai: warning: {name}: {line}", file=sys.stderr)
     methods = {name: registry.method(name, config.method_overrides.get(name)) for name in config.methods}
     unknown = set(config.method_overrides) - set(config.methods)
     if unknown:

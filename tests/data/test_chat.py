@@ -258,3 +258,106 @@ def test_piece_by_piece_tokenisation_agrees_where_boundaries_allow(tiny_zh_token
         encoder = chat.ChatEncoder(tokenizer)
         lay = encoder.rendered(CONVERSATION)
         assert chat._by_pieces(tokenizer, lay) == encoder.tokens([lay])[0]
+
+
+# -- single-turn examples through the chat template (--prompt-format) ---------------------------
+
+#: Llama-3-Instruct's template: header tokens around each role, <|eot_id|> closing each message
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+#: GLM-4-chat's (ChatGLM's line): role tokens, and nothing after an answer (the next <|user|> ends it)
+GLM4_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+SINGLE = Example("s1", "判断这条评论的情感倾向。", "物流很快，质量不错", "正面")
+
+
+def _bpe(specials: list[str], eos: str, template: str, bos: str | None = None):
+    """A small byte-level BPE with ``specials`` and ``template``, trained on this module's texts."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    texts = [t.user + "\n" + t.output for t in CONVERSATION.turns] + [SINGLE.instruction, SINGLE.input, "正面 负面",
+                                                                      "system user assistant"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts * 10, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=eos, bos_token=bos,
+                                   additional_special_tokens=[s for s in specials if s not in (eos, bos)])
+    fast.chat_template = template
+    return fast
+
+
+@pytest.fixture(scope="module")
+def llama3_tokenizer():
+    return _bpe(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+                "<|end_of_text|>", LLAMA3_TEMPLATE, bos="<|begin_of_text|>")
+
+
+@pytest.fixture(scope="module")
+def glm4_tokenizer():
+    return _bpe(["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"], "<|endoftext|>",
+                GLM4_TEMPLATE)
+
+
+#: each model's tokenizer fixture, its rendered single-turn prompt, and the answer tokens the loss is on
+SINGLE_TURN = {
+    "qwen2": ("qwen2_tokenizer", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+              "判断这条评论的情感倾向。\n物流很快，质量不错<|im_end|>\n<|im_start|>assistant\n", "正面<|im_end|>"),
+    "llama3": ("llama3_tokenizer", "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n判断这条评论的情感倾向。\n"
+               "物流很快，质量不错<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n", "正面<|eot_id|>"),
+    # the template writes nothing after an answer: leitai ends it with EOS, so that training teaches the stop
+    "glm4": ("glm4_tokenizer", "[gMASK]<sop><|user|>\n判断这条评论的情感倾向。\n物流很快，质量不错<|assistant|>\n",
+             "正面<|endoftext|>"),
+}
+
+
+@pytest.mark.parametrize("model", list(SINGLE_TURN))
+def test_a_single_turn_example_through_the_chat_template(model, request):
+    """--prompt-format chat: the exact ids (decoded), the loss on the assistant's part only, the
+    generation prompt, and generation stopping at the template's end of turn."""
+    from suite.data import prepared
+
+    fixture, prompt, answer = SINGLE_TURN[model]
+    tokenizer = request.getfixturevalue(fixture)
+    assert chat.own_template(tokenizer) and chat.chat_format(tokenizer, "auto")
+    (item,), cut = prepared.encode(tokenizer, [SINGLE], 256, chat_format=True)
+    assert not cut
+    assert tokenizer.decode(item.prompt) == prompt and tokenizer.decode(item.answer) == answer
+    batch = collate([item], tokenizer.pad_token_id)
+    assert batch["labels"][0][batch["labels"][0] != IGNORE].tolist() == item.answer  # the loss: the answer only
+    asks, ids, texts, cut = prepared.eval_prompts(tokenizer, [SINGLE], 200, chat_format=True)
+    assert asks == [SINGLE] and ids == [item.prompt] and texts == [prompt] and not cut  # scored as itself
+    assert item.answer[-1] in chat.stop_ids(tokenizer)
+    # the plain format keeps the instruction prompt
+    (plain,), _ = prepared.encode(tokenizer, [SINGLE], 256, chat_format=False)
+    assert "判断这条评论的情感倾向。" in tokenizer.decode(plain.prompt) and "<|" not in tokenizer.decode(plain.prompt)
+
+
+def test_auto_keeps_the_instruction_prompt_where_the_template_is_leitais_own(tiny_zh_tokenizer, qwen2_tokenizer):
+    """tiny-zh ships leitai's plain Human/Assistant template for conversations, not a chat
+    model's own: ``auto`` keeps its single-turn prompts as they were; ``chat`` asks for the template."""
+    assert not chat.own_template(tiny_zh_tokenizer)
+    assert not chat.chat_format(tiny_zh_tokenizer, "auto") and chat.chat_format(tiny_zh_tokenizer, "chat")
+    assert not chat.chat_format(qwen2_tokenizer, "plain")
+
+
+def test_the_prompt_format_is_recorded_and_keys_the_cache(tmp_path):
+    import json
+
+    from conftest import CELLS_ONLY, leitai
+
+    out = tmp_path / "o"
+    proc = leitai("run", "--methods", "lora", "--prompt-format", "chat", "--max-steps", "2", "--batch-size", "4",
+                  "--task-size", "16", *CELLS_ONLY, "-q", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(next(out.glob("runs/*/record.json")).read_text())
+    assert record["status"] == "ok" and record["metrics"]["prompt_format"] == "chat"
+    assert record["generations"][0]["prompt"].startswith("Human: ")  # tiny-zh's plain roles

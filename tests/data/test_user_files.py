@@ -50,7 +50,7 @@ def data_files(tmp_path_factory):
         (d / name).write_text(text, encoding="utf-8")
     (d / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + jsonl(RECORDS).encode())
     save_to_disk(RECORDS, d / "alpaca_dataset")
-    save_to_disk([chatglm(r) for r in RECORDS], d / "chatglm_datasetdict", {"train": (0, 50), "test": (50, 80)})
+    save_to_disk([chatglm(r) for r in RECORDS], d / "chatglm_datasetdict", {"part1": (0, 50), "part2": (50, 80)})  # pooled
     return d
 
 
@@ -187,3 +187,69 @@ def test_jsonl_and_dataset_directories_run_as_cells(name, data_files, tmp_path):
     assert record["metrics"]["score_name"] == (name.partition("?score=")[2] or "rouge_l_f1")
     assert 0 <= record["metrics"]["score"] <= 1
     assert len(record["generations"]) == record["metrics"]["test_examples"] > 0
+
+
+# -- a user's own splits, used as given -----------------------------------------------------------
+
+def _split_files(directory, sizes=(40, 10, 12), names=("train", "dev", "test")):
+    """Split files of RECORDS in ``directory``: ``sizes`` records each, one of the test ones sharing
+    its prompt with a training record (a reported overlap)."""
+    directory.mkdir(exist_ok=True)
+    at = 0
+    for name, n in zip(names, sizes):
+        records = RECORDS[at: at + n]
+        if name == "test":
+            records = records + [dict(RECORDS[0], output="Something else.")]
+        (directory / f"{name}.jsonl").write_text(jsonl(records), encoding="utf-8")
+        at += n
+    return directory
+
+
+@pytest.mark.parametrize("shape", ["named files", "a directory", "a DatasetDict"])
+def test_a_users_own_splits_are_used_as_given(shape, tmp_path):
+    d = _split_files(tmp_path / "splits")
+    if shape == "named files":
+        name = f"file:{d / 'train.jsonl'},dev={d / 'dev.jsonl'},test={d / 'test.jsonl'}"
+    elif shape == "a directory":
+        name = f"file:{d}"
+    else:  # validation: the dev split's name in many datasets
+        name = f"file:{save_to_disk(RECORDS[:40] + RECORDS[40:50] + RECORDS[50:62] + [dict(RECORDS[0], output='x')], tmp_path / 'dd', {'train': (0, 40), 'validation': (40, 50), 'test': (50, 63)})}"
+    task = resolve_task(name, None)
+    splits = task.splits(dict(task.default_sizes))
+    assert {s: len(v) for s, v in splits.items()} == {"train": 40, "dev": 10, "test": 13}  # as given: none re-split
+    assert [e.input for e in splits["dev"]] == [r["input"] for r in RECORDS[40:50]]  # in the file's order
+    assert task.overlap == ["1 of the 13 test examples have a prompt the train split has too"]
+
+
+def test_named_split_files_on_the_command_line_run_a_cell(tmp_path):
+    d = _split_files(tmp_path / "splits")
+    out = tmp_path / "out"
+    name = f"file:{d / 'train.jsonl'},dev={d / 'dev.jsonl'},test={d / 'test.jsonl'}"
+    proc = leitai("run", "--tasks", name, "--methods", "lora", "--max-steps", "1", "--batch-size", "4", *CELLS_ONLY, "-q",
+                  "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "leitai: warning: file:" in proc.stderr and "1 of the 13 test examples have a prompt the train split" in proc.stderr
+    assert set(pd.read_csv(out / "results.csv").task) == {name}
+    (record,) = [json.loads(p.read_text()) for p in out.glob("runs/*/record.json")]
+    assert (record["metrics"]["train_examples"], record["metrics"]["dev_examples"], record["metrics"]["test_examples"]) \
+        == (40, 10, 13)  # the files' record counts
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"test": 12}, "no train split (given: test); a test split alone cannot train anything"),
+    ({"train": 40, "test": 12}, "no dev split: give dev=PATH"),
+    ({"train": 40, "dev": 10}, "no test split: give test=PATH"),
+])
+def test_incomplete_own_splits_are_refused_in_one_line(files, message, tmp_path):
+    d = _split_files(tmp_path / "splits", tuple(files.values()), tuple(files))
+    with pytest.raises(UsageError, match=message):
+        resolve_task(f"file:{d}", None)
+    proc = leitai("run", "--tasks", f"file:{d}", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_split_files_stay_with_their_task_in_a_list_of_tasks():
+    from suite.config.sources import build_config
+
+    config = build_config({"tasks": "file:a.jsonl,dev=b.jsonl,test=c.jsonl,zh-ner,file:d.jsonl"})
+    assert config.tasks == ["file:a.jsonl,dev=b.jsonl,test=c.jsonl", "zh-ner", "file:d.jsonl"]
