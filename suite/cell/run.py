@@ -104,6 +104,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
 
     beat("loading the model")
     base, tokenizer = loading.load_base(spec, dtype, cell.quantize, device)
+    record["metrics"]["attn_implementation"] = loading.set_attention(base, cell.attn_implementation)  # what runs
     if quantized:
         base = quantize.prepare(base, cell.gradient_checkpointing)  # peft's k-bit preparation, base frozen
     tokenizer = loading.prepare_tokenizer(tokenizer)

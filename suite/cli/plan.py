@@ -8,10 +8,11 @@ from pathlib import Path
 from ..errors import UsageError
 from ..memory.plan import plan_device, plan_dtype, plan_model, read_config
 from ..memory.prediction import MethodPlan, parse_bytes
+from ..models.loading import check_attention
 
 #: the run settings ``leitai plan`` takes (one definition each, in suite/config/settings.py)
 PLAN_SETTINGS = ("methods", "model", "batch_size", "grad_accum", "max_len", "dtype", "gradient_checkpointing", "device",
-                 "trust_remote_code", "memory")
+                 "attn_implementation", "trust_remote_code", "memory")
 #: columns of the table, with their headers
 COLUMNS = {"method": "method", "trainable_params": "trainable", "weights_bytes": "weights GiB",
            "grads_bytes": "grads GiB", "optimizer_bytes": "optimizer GiB", "activation_bytes": "activations GiB",
@@ -115,6 +116,12 @@ def cmd_plan(args) -> int:
     device = plan_device(get("device"))
     dtype = plan_dtype(get("dtype"), device)
     config = read_config(model, reg, get("trust_remote_code"))
+    if get("attn_implementation") != "auto":  # the kernel the plan traces (eager keeps the attention weights)
+        try:
+            check_attention(config, get("attn_implementation"), device, get("trust_remote_code"))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        config._attn_implementation = get("attn_implementation")
     plans = plan_model(config, methods, params, get("batch_size"), get("max_len"), dtype, device,
                        get("gradient_checkpointing"), budget, get("trust_remote_code"), label=model)
     accum = f" (x{get('grad_accum')} accumulated: memory is one micro-batch's)" if get("grad_accum") > 1 else ""

@@ -170,6 +170,34 @@ def stand_in(config, trust_remote_code: bool = False):
         return None
 
 
+def set_attention(model, kernel: str) -> str | None:
+    """Run ``model``'s attention with ``kernel`` (``--attn-implementation``: ``auto`` keeps
+    transformers' choice) through transformers' own switch; the kernel that runs (None: a model
+    that does not say). A kernel the model or the machine cannot run is the ``ImportError`` or
+    ``ValueError`` transformers raises."""
+    if kernel != "auto":
+        model.set_attn_implementation(kernel)
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def check_attention(config, kernel: str, device: str, trust_remote_code: bool = False) -> None:
+    """Before any cell: a one-line ``ValueError`` when the model of ``config`` cannot run
+    attention ``kernel`` here (flash_attention_2 without its package or without CUDA, sdpa on a
+    model that has none)."""
+    if kernel == "auto" or config is None:
+        return
+    if kernel == "flash_attention_2" and device == "cpu":
+        raise ValueError(f"--attn-implementation {kernel} runs on CUDA only, not with --device cpu")
+    model = stand_in(config, trust_remote_code)
+    if model is None:  # an architecture that cannot be built on meta: the cell finds out
+        return
+    try:
+        set_attention(model, kernel)
+    except (ImportError, ValueError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--attn-implementation {kernel}: {text}") from None
+
+
 def prepare_tokenizer(tokenizer):
     """Make sure the tokenizer can pad (right side, for training) and has an end token."""
     if tokenizer.eos_token_id is None:

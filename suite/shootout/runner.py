@@ -74,7 +74,7 @@ def resolve(config: ShootoutConfig, registry) -> Lineup:
     from ..data.tasks import check_splits
     from ..data.user_files import FileTask, resolve_task
     from ..methods.method import check_params, method_params
-    from ..models.loading import model_config, stand_in
+    from ..models.loading import check_attention, model_config, stand_in
 
     tasks = {name: resolve_task(name, registry) for name in config.tasks}
     for name, task in tasks.items():  # leitai's own tasks are big; a file: task checked its splits when read
@@ -93,6 +93,7 @@ def resolve(config: ShootoutConfig, registry) -> Lineup:
         sweep.check(config.sweep, methods)
         grids = {name: sweep.method_grid(method, config.sweep) for name, method in methods.items()}
         base = model_config(config.model, registry, config.trust_remote_code)
+        check_attention(base, config.attn_implementation, config.device, config.trust_remote_code)
         build = (lambda: stand_in(base, config.trust_remote_code)) if base is not None else None
         for name, method in methods.items():
             check_params(method, params[name], config.method_overrides.get(name), build)
