@@ -72,6 +72,10 @@ COLUMNS = {
     "optimizer_bytes": "bytes of the optimiser's state",
     "activation_bytes": "bytes autograd holds for backward at the end of one step's forward (unique storages, parameters excluded)",
     "steps": "optimiser steps taken (each of `--batch-size` x `--grad-accum` examples)",
+    "prompt_format": "how single-turn examples were put to the model: `plain` (the instruction prompt) or `chat` (the "
+                     "model's chat template; `--prompt-format`)",
+    "attn_implementation": "the attention kernel that ran (`--attn-implementation`; `auto` leaves transformers' "
+                           "choice, e.g. `sdpa`)",
     "epochs": "passes over the train split the steps made (`--epochs` sets the steps; else `--max-steps` gives them)",
     "best_dev_step": "`--eval-every` runs: the step of the best dev evaluation (the highest dev score, then the lowest "
                      "dev loss); its score is `best_dev_score`",
