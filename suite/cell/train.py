@@ -168,8 +168,8 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
 
 
 class DevCurve:
-    """A run's dev evaluations: each a point of its curve (``split`` dev: the loss, the score when
-    asked, the training seconds so far); with ``keep_best``, the trainable parameters of the best
+    """A run's dev evaluations: each a point of its curve (``split`` dev: the loss; the score and
+    the training seconds so far when the score is asked for); with ``keep_best``, the trainable parameters of the best
     point (the highest dev score, then the lowest dev loss) are kept to put back after training.
     ``evaluate(answer_head, score)`` gives a point's ``(loss, score or None)``."""
 
@@ -182,7 +182,9 @@ class DevCurve:
     def at(self, step: int, seconds: float, answer_head: bool, score: bool = True) -> dict:
         beat("evaluating on dev", step)
         loss, value = self.evaluate(answer_head, score)
-        self.last = {"step": step, "split": "dev", "loss": loss, "score": value, "seconds": seconds}
+        self.last = {"step": step, "split": "dev", "loss": loss, "score": value}
+        if score:  # a point of the dev curve: where training was when it was measured
+            self.last["seconds"] = seconds
         self.curve.append(self.last)
         if score and (self.best is None or _rank(self.last) > _rank(self.best)):
             self.best = self.last

@@ -37,7 +37,7 @@ def test_replay_and_measurement_texts_are_disjoint(registry):
     assert len(measured) == replay.MEASURED and len(replayed) > 500
     assert not set(measured) & set(replayed)
     # and replay never reaches past what it leaves out: a larger measurement is refused
-    config = SimpleNamespace(replay="zh-news-side:0.25", batch_size=8, side_corpus="zh-news-side",
+    config = SimpleNamespace(replay="zh-news-side:0.25", batch_size=8, grad_accum=1, side_corpus="zh-news-side",
                              side_corpus_size=replay.MEASURED + 1)
     with pytest.raises(UsageError, match="--side-corpus-size 256 or less"):
         replay.resolve([config.replay], config, registry)
@@ -50,7 +50,7 @@ def test_a_batch_holds_the_asked_share_of_replay_sequences():
     texts = [f"量{i}" * 3 for i in range(replay.MEASURED)] + ["量0量0量0"] + [f"新闻{i}" * (1 + i % 5) for i in range(40)]
     reg = SimpleNamespace(side_corpora={"fake": Corpus(texts)})
     train_set = [Encoded(f"ex{i}", [1] * (3 + i % 7), [5, 6]) for i in range(23)]
-    cell = SimpleNamespace(replay="fake:0.3", batch_size=10, max_steps=9, seed=1, max_len=16, side_corpus="fake",
+    cell = SimpleNamespace(replay="fake:0.3", batch_size=10, grad_accum=1, epochs=0, max_steps=9, seed=1, max_len=16, side_corpus="fake",
                            side_corpus_size=4)
     mix = replay.batches(cell, reg, char_tokenizer, train_set)
     assert len(mix.task) == len(mix.replay) == 9

@@ -213,7 +213,8 @@ def test_a_users_own_splits_are_used_as_given(shape, tmp_path):
     elif shape == "a directory":
         name = f"file:{d}"
     else:  # validation: the dev split's name in many datasets
-        name = f"file:{save_to_disk(RECORDS[:40] + RECORDS[40:50] + RECORDS[50:62] + [dict(RECORDS[0], output='x')], tmp_path / 'dd', {'train': (0, 40), 'validation': (40, 50), 'test': (50, 63)})}"
+        rows = RECORDS[:62] + [dict(RECORDS[0], output="x")]
+        name = f"file:{save_to_disk(rows, tmp_path / 'dd', {'train': (0, 40), 'validation': (40, 50), 'test': (50, 63)})}"
     task = resolve_task(name, None)
     splits = task.splits(dict(task.default_sizes))
     assert {s: len(v) for s, v in splits.items()} == {"train": 40, "dev": 10, "test": 13}  # as given: none re-split
