@@ -80,10 +80,11 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..methods.guards import check_method_output, probe_batch, real_logits, starts_from_base_error, trained_base_names
     from ..methods.method import run_info
     from ..models import loading, quantize
-    from ..models.precision import dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
+    from ..models.precision import DTYPES, dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
     from ..plugins import registry
     from ..progress import beat
     from .provenance import environment
+    from .sharding import full_state, sharded, unsharded
     from .train import DevCurve, TrainSettings, record_replay, train
 
     reg = registry()
@@ -95,7 +96,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
     device_type = torch.device("cpu" if use_cpu else "cuda")
     dtype = resolve_dtype(cell.dtype, device_type)  # the base's weights; what trains is float32
-    amp = mixed_precision(dtype, device_type)
+    trainable_dtype = DTYPES[cell.trainable_dtype]  # what trains: float32, or bfloat16 ("pure bf16")
+    amp = mixed_precision(dtype, device_type, trainable_dtype)
     accelerator = Accelerator(cpu=use_cpu, mixed_precision=amp)
     device = accelerator.device
     record["env"] = environment(device, precision_label(dtype, amp))
@@ -179,7 +181,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         error = starts_from_base_error(model, probe, base_logits, rtol=1e-4 if dtype == torch.float32 and not quantized else quantize.RTOL)
         if error:
             raise GuardError(f"method {method.name!r} {error}")
-    upcast_trainable(model)  # after the guards, which hold the method to what apply returned
+    upcast_trainable(model, trainable_dtype)  # after the guards, which hold the method to what apply returned
     m["trainable_dtype"] = dtype_name(resources.unique_parameters(model, trainable_only=True))
     record["method_info"] = run_info(method, model, dict(cell.params))  # what ran: targets, init, fallbacks
     with accelerator.autocast():
@@ -189,7 +191,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     batches = mix.task  # one a step; --grad-accum cuts each into micro-batches
     settings = TrainSettings(
         lr=float(cell.params["lr"]), warmup=cell.warmup, weight_decay=cell.weight_decay,
-        grad_clip=cell.grad_clip, log_every=cell.log_every,
+        grad_clip=cell.grad_clip, log_every=cell.log_every, optimizer=cell.optimizer, shard=cell.shard,
     )
     weights_bytes = resources.tensor_bytes(resources.unique_parameters(model)) + quantize.state_bytes(model)
     # the planner knows float bases and task batches only (not replay's whole-sequence loss);
@@ -214,16 +216,24 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         with PeakMemory(device) as peak:
             result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params),
                            replay=mix.replay, micro_batches=cell.grad_accum,
-                           evaluate=dev.at if accelerator.is_main_process else None, eval_every=cell.eval_every)
+                           evaluate=dev.at, eval_every=cell.eval_every)
     model = accelerator.unwrap_model(model)
-    peaks = [peak.peak]
-    if accelerator.num_processes > 1:  # a distributed cell: memory per device, the rest on the main process
+    if not result.diverged:  # the dev split at the end, on every process (a sharded model computes with all)
+        end = dev.at(len(result.losses), result.seconds, result.answer_head, score=tuning or bool(cell.eval_every))
+        kept = dev.restore_best()  # --keep best: the best evaluation's parameters (None: the last is the best)
+    peaks, breakdown = [peak.peak], {k: [v] for k, v in result.breakdown.items()}
+    if accelerator.num_processes > 1:  # a distributed cell: memory per process; the rest on the main process
         peaks = accelerator.gather(torch.tensor([peak.peak], device=device)).tolist()
+        breakdown = {k: accelerator.gather(torch.tensor([v], device=device)).tolist() for k, v in result.breakdown.items()}
         result.tokens = int(accelerator.reduce(torch.tensor(result.tokens, device=device), "sum"))
+        whole = full_state(model) if sharded(model) else None  # every process gathers the shards
         if not accelerator.is_main_process:
             return False
-        m["peak_memory_per_device"] = peaks
-        m["processes"] = accelerator.num_processes
+        if whole is not None:  # go on unsharded, as an unsharded run would
+            model = unsharded(whole, lambda: method.apply(loading.load_base(spec, dtype, cell.quantize, device)[0],
+                                                          dict(cell.params)), trainable_dtype, device)
+        m.update(peak_memory_per_device=peaks, processes=accelerator.num_processes, shard=cell.shard,
+                 memory_per_process=breakdown)
 
     m.update(
         peak_memory_bytes=max(peaks), peak_memory_reserved_bytes=peak.reserved, memory_kind=peak.kind,
@@ -231,8 +241,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         tokens_per_second=result.tokens / result.seconds if result.seconds else None,
         steps=len(result.losses), epochs=sum(len(b) for b in batches[: len(result.losses)]) / len(train_set),
         lr=settings.lr, first_train_loss=result.losses[0] if result.losses else None,
-        final_train_loss=tail_mean(result.losses), answer_head=result.answer_head, **result.breakdown,
+        final_train_loss=tail_mean(result.losses), answer_head=result.answer_head,
     )
+    m.update({k: max(v) for k, v in breakdown.items()})  # the largest process's bytes
     m.update(learning_tail(result.losses))  # was the loss still falling at the end?
     record["curve"] += [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
     record_replay(mix, result, record)  # the replay part's losses: the curve's replay split
@@ -241,14 +252,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         record["error"] = f"non-finite training loss at step {len(result.losses)}"
         return True
 
-    end = dev.at(len(result.losses), result.seconds, result.answer_head, score=tuning or bool(cell.eval_every))
     m["eval_loss"] = end["loss"]
     if end["score"] is not None:
         m["dev_score"] = end["score"]
     if cell.eval_every:  # the curve's best point; --keep best tests its parameters
-        m.update(best_dev_step=dev.best["step"], best_dev_score=dev.best["score"], kept_step=end["step"])
-        if dev.restore_best() is not None:
-            m.update(kept_step=dev.best["step"], eval_loss=dev.best["loss"], dev_score=dev.best["score"])
+        m.update(best_dev_step=dev.best["step"], best_dev_score=dev.best["score"], kept_step=kept or end["step"])
+        if kept is not None:
+            m.update(eval_loss=dev.best["loss"], dev_score=dev.best["score"])
     if tuning:  # the dev split's score decides which setting the final runs use; test is never read
         record["status"] = "ok"
         return True

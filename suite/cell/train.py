@@ -18,8 +18,9 @@ import torch
 
 from ..data.batches import Encoded, collate
 from ..measures.loss import AnswerHead, loss_index, mixed_loss
-from ..measures.resources import optimizer_bytes, saved_for_backward, tail_mean, tensor_bytes
+from ..measures.resources import optimizer_bytes, saved_for_backward, tail_mean, tensor_bytes, unique_parameters
 from ..progress import beat
+from .sharding import shard
 
 
 @dataclass
@@ -29,6 +30,8 @@ class TrainSettings:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     log_every: int = 10
+    optimizer: str = "adamw"  # adamw | adamw8bit | paged-adamw8bit (--optimizer)
+    shard: str = "none"  # none | fsdp (--shard): how a cell of several processes holds the model
 
 
 @dataclass
@@ -47,8 +50,9 @@ class Diverged(Exception):
 
 
 def make_optimizer(model, settings: TrainSettings, steps: int, method=None, params: dict | None = None):
-    """The arena's optimiser for ``model``: AdamW at ``settings.lr`` over every parameter that
-    requires grad, with linear warm-up then cosine decay over ``steps``. With a ``method`` (and
+    """The arena's optimiser for ``model``: AdamW (``settings.optimizer``: torch's, or bitsandbytes'
+    8-bit one) at ``settings.lr`` over every parameter that requires grad, with linear warm-up
+    then cosine decay over ``steps``. With a ``method`` (and
     its ``params``), its :meth:`~suite.Method.param_groups`, checked by
     :func:`suite.methods.guards.checked_param_groups` (a :class:`~suite.errors.GuardError` if they are
     not exactly the trainable parameters)."""
@@ -57,7 +61,13 @@ def make_optimizer(model, settings: TrainSettings, steps: int, method=None, para
     from ..methods.guards import checked_param_groups
 
     groups = checked_param_groups(method, model, params or {})
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    else:  # bitsandbytes' 8-bit AdamW: its two states in 8 bits, blockwise (a parameter under 4,096 values: 32 bits)
+        import bitsandbytes as bnb
+
+        kind = bnb.optim.PagedAdamW8bit if settings.optimizer == "paged-adamw8bit" else bnb.optim.AdamW8bit
+        optimizer = kind(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, math.ceil(settings.warmup * steps), steps)
     return optimizer, schedule
 
@@ -70,7 +80,9 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     Each batch is one optimiser step. With ``micro_batches`` K > 1 it runs as K micro-batches
     whose gradients accumulate, each micro-batch's loss weighted by its share of the step's loss
     tokens, so the step's loss and gradients are those of the whole batch (gradient accumulation;
-    in memory: one micro-batch). With a ``method`` (and its ``params``), the optimiser takes its
+    in memory: one micro-batch). In a cell of several processes each takes its share of every
+    batch, weighted the same way over all of them; ``settings.shard`` ``fsdp`` shards the model
+    over them first (:mod:`suite.cell.sharding`), else accelerate wraps it (DDP). With a ``method`` (and its ``params``), the optimiser takes its
     parameter groups (:func:`make_optimizer`) and its :meth:`~suite.Method.after_step` runs after
     every step. With ``replay`` (one batch of replay sequences per step, :mod:`suite.data.replay`),
     each step trains on its task batch and its replay batch together, the loss
@@ -79,13 +91,21 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     after every N-th step but the last (the caller evaluates the end, :class:`DevCurve`), its
     seconds kept out of :attr:`TrainResult.seconds`.
     """
+    unwrapped = model  # what the method built; accelerate may wrap it (DDP), FSDP shards it in place
+    if settings.shard != "none":
+        shard(model, settings.shard)
     optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
-    unwrapped = model  # what the method built; accelerate may wrap it (DDP)
-    model, optimizer, schedule = accelerator.prepare(model, optimizer, schedule)
+    # the schedule steps once a step whatever the processes (accelerate's wrapper would step it once per process)
+    if settings.shard != "none":
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     all_params = list(model.parameters())
     device = accelerator.device
     result = TrainResult()
+    if settings.shard != "none":  # what this process holds of the sharded weights
+        result.breakdown["weights_bytes"] = tensor_bytes(unique_parameters(model))
     pending: list[torch.Tensor] = []
     pending_replay: list[torch.Tensor] = []
     model.train()
@@ -97,36 +117,41 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
     start = time.perf_counter()
     evaluating = 0.0
-    for step, items in enumerate(batches):
+    for step, whole in enumerate(batches):
         beat("training", step + 1, len(batches))
-        items = items[rank::world] if world > 1 else items  # data parallel: each process its share
-        extra = (replay[step][rank::world] if world > 1 else replay[step]) if replay else []
+        whole_extra = replay[step] if replay else []
+        items = whole[rank::world] if world > 1 else whole  # data parallel (or sharded): each process its share
+        extra = whole_extra[rank::world] if world > 1 else whole_extra
         micro = [(task, more) for task, more in zip(_split(items, micro_batches), _split(extra, micro_batches))
                  if task or more]
         parts = [collate(task + more, pad_id) for task, more in micro]  # task examples first, then replay sequences
         indexes = [loss_index(batch["labels"]) for batch in parts]
         is_task = [index[0] < len(task) for index, (task, _) in zip(indexes, micro)]
-        task_tokens = sum(int(t.sum()) for t in is_task)  # the step's loss tokens, for each micro-batch's weight
-        replay_tokens = sum(len(index[2]) for index in indexes) - task_tokens
+        # the step's loss is the mean over all its answer tokens, every micro-batch and process together: each
+        # part weighs its share (the processes' gradients are averaged, hence the whole step's tokens / world)
+        totals = (None, None)  # one batch in one process: its own means
+        if len(parts) > 1 or world > 1:
+            totals = tuple(sum(sum(e.answer_lengths()) for e in part) / world for part in (whole, whole_extra))
         result.tokens += sum(e.length for e in items + extra)
         task_loss = replayed = 0.0
-        totals = (task_tokens, replay_tokens) if len(parts) > 1 else (None, None)  # one batch: its own means
         for j, (batch, index, own) in enumerate(zip(parts, indexes, is_task)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
             measure = saved_for_backward(exclude=all_params) if step == j == 0 else nullcontext()  # once
-            sync = accelerator.no_sync(model) if world > 1 and j < len(parts) - 1 else nullcontext()  # DDP: on the last
+            # DDP syncs gradients on the last micro-batch (FSDP reduce-scatters each: exact either way)
+            last = j == len(parts) - 1
+            sync = nullcontext() if world == 1 or last or settings.shard != "none" else accelerator.no_sync(model)
             with sync:
                 with measure as saved:
-                    if extra:
+                    if whole_extra:
                         loss, task_part, replay_part = mixed_loss(head.logits(model, batch, index), index[2],
-                                                                  own.to(device, non_blocking=True), len(items),
-                                                                  len(extra), *totals)
+                                                                  own.to(device, non_blocking=True), len(whole),
+                                                                  len(whole_extra), *totals)
                         replayed = replayed + replay_part.detach()
                     else:
                         loss = task_part = head.loss(model, batch, index)
-                        if totals[0]:  # this micro-batch's share of the step's mean
-                            loss = task_part = loss * (len(index[2]) / task_tokens)
+                        if totals[0]:  # this part's share of the step's mean
+                            loss = task_part = loss * (len(index[2]) / totals[0])
                 task_loss = task_loss + task_part.detach()
                 accelerator.backward(loss)
             if step == j == 0:

@@ -67,6 +67,17 @@ class RunSettings:
     quantize: str = setting("none", "load the base model's linear layers in 4 or 8 bits (bitsandbytes, QLoRA's "
                             "recipe; needs leitai[quantize]): none, nf4, fp4 or int8; a comma-separated list runs "
                             "every method on each (see docs/quantize.md)", fair=True, metavar="none|nf4|fp4|int8")
+    trainable_dtype: str = setting("float32", "the dtype of what trains, its gradients and its optimiser state: "
+                                   "float32, or bfloat16 (\"pure bf16\", under bf16 autocast; small updates can round "
+                                   "away, docs/real-models.md); a comma-separated list runs every method at each",
+                                   fair=True, metavar="float32|bfloat16")
+    optimizer: str = setting("adamw", "AdamW in torch's float32 state, or bitsandbytes' 8-bit AdamW (adamw8bit; "
+                             "paged-adamw8bit pages its state to the CPU on CUDA; needs leitai[quantize]); a "
+                             "comma-separated list runs every method with each", fair=True,
+                             metavar="adamw|adamw8bit|paged-adamw8bit")
+    shard: str = setting("none", "with --gpus-per-cell N: none (data parallel, every process holds the whole model) "
+                         "or fsdp (PyTorch FSDP2: parameters, gradients and optimiser state sharded over the N "
+                         "processes, one unit per decoder layer)", choices=("none", "fsdp"))
     trust_remote_code: bool = setting(False, "allow a hub model's own code to run")
     log_every: int = setting(10, "steps between reading the loss back from the device", minimum=1)
     eval_batch_size: int = setting(32, "examples per batch for dev loss and generation", minimum=1)
@@ -113,8 +124,9 @@ class ShootoutConfig(RunSettings):
     out: str = setting("", "output directory", metavar="DIR", default_text="reports/<timestamp>")
     resume: bool = setting(False, "skip runs already finished in --out")
     executor: str = setting("", "where cells run: local, ray, or a plugin's", default_text="local")
-    gpus_per_cell: int = setting(1, "GPUs per cell; more than 1 runs the cell under torch's distributed "
-                                 "launch (DDP through accelerate)", minimum=1)
+    gpus_per_cell: int = setting(1, "processes per cell, one GPU each (on a CPU, processes over gloo); more than 1 "
+                                 "runs the cell under torch's distributed launch, data parallel or sharded (--shard)",
+                                 minimum=1)
     cold_start: bool = setting(False, "start every cell in a fresh Python process, importing torch and the rest "
                                "each time, instead of forking it from a warm-start server (docs/warm-start.md); "
                                "also LEITAI_COLD_START=1")

@@ -22,6 +22,7 @@ from ..errors import UsageError
 from ..models.quantize import parse as parse_quantize
 from . import sweep
 from .settings import TOML_NAMES, ShootoutConfig, check, parse_duration
+from .variants import values as values_of
 
 
 def parse_seeds(value, flag: str = "--seeds") -> list[int]:
@@ -118,12 +119,31 @@ def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
     data["method_overrides"] = overrides
     data["executor_options"] = {k: data.pop(k) for k in list(data) if k in executor_options}
     check(data, f"{path}: ")
-    if "quantize" in data:
-        try:
+    try:
+        if "quantize" in data:
             parse_quantize(data["quantize"])
-        except UsageError as e:
-            raise UsageError(f"{path}: {e}") from None
+        for key, choices in DIMENSION_CHOICES.items():
+            if key in data:
+                parse_choices(data[key], choices, key)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
     return data
+
+
+#: the settings that are a list of choices, each value a dimension of the shootout (suite.config.variants)
+DIMENSION_CHOICES = {"trainable_dtype": ("float32", "bfloat16"), "optimizer": ("adamw", "adamw8bit", "paged-adamw8bit")}
+
+
+def parse_choices(value, choices: tuple, flag: str) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``, each one of ``choices``; a one-line UsageError otherwise."""
+    items = values_of(value)
+    for v in items:
+        if v not in choices:
+            raise UsageError(f"{flag} takes {', '.join(choices[:-1])} or {choices[-1]} (or a comma-separated list of "
+                             f"them), not {v!r}")
+    if not items:
+        raise UsageError(f"{flag} must name at least one of " + ", ".join(choices))
+    return items
 
 
 def _join_split_files(tasks):
@@ -167,6 +187,9 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
             values[key] = parse_seeds(values[key], "--" + key.replace("_", "-"))
     if "quantize" in values:  # one or a list: each a dimension of the shootout, like the seeds
         values["quantize"] = ",".join(parse_quantize(values["quantize"]))
+    for key, choices in DIMENSION_CHOICES.items():  # likewise
+        if key in values:
+            values[key] = ",".join(parse_choices(values[key], choices, "--" + key.replace("_", "-")))
     if "stall_timeout" in values:
         values["stall_timeout"] = str(values["stall_timeout"])
         parse_duration(values["stall_timeout"])
@@ -179,4 +202,9 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
         raise UsageError("give --epochs or --max-steps, not both (one budget per shootout)")
     if config.keep == "best" and not config.eval_every:
         raise UsageError("--keep best needs --eval-every N: the dev evaluations to choose the best from")
+    if config.shard != "none" and config.gpus_per_cell < 2:
+        raise UsageError(f"--shard {config.shard} shards a cell over its processes: give --gpus-per-cell 2 or more")
+    if config.shard != "none" and any(o != "adamw" for o in values_of(config.optimizer)):
+        raise UsageError(f"--shard {config.shard} runs torch's AdamW only: bitsandbytes' 8-bit optimisers do not "
+                         "take sharded (DTensor) parameters")
     return config

@@ -58,6 +58,11 @@ DIMENSIONS: tuple[Dimension, ...] = (
     Dimension("replay", "none", _replay_label, _replay_slug),
     # the base's precision (suite/models/quantize.py): ``lora @ nf4``, ``task__lora__nf4__s0``
     Dimension("quantize", "none", lambda value, config: f" @ {value}", lambda value: _safe(value), baselines=True),
+    # what trains in bf16 ("pure bf16"): ``full @ bf16 trainables``, ``task__full__bf16-trainables__s0``
+    Dimension("trainable_dtype", "float32", lambda value, config: " @ bf16 trainables",
+              lambda value: "bf16-trainables"),
+    # the optimiser: ``full + adamw8bit``, ``task__full__adamw8bit__s0``
+    Dimension("optimizer", "adamw", lambda value, config: f" + {value}", lambda value: _safe(value)),
 )
 #: the settings that are dimensions: runs of one task differ in them on purpose
 SETTINGS = tuple(d.setting for d in DIMENSIONS)

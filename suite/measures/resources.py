@@ -15,7 +15,7 @@ def unique_parameters(model: torch.nn.Module, trainable_only: bool = False) -> l
     for p in model.parameters():
         if trainable_only and not p.requires_grad:
             continue
-        key = (p.data_ptr(), p.numel()) if p.device.type != "meta" else id(p)
+        key = (local(p).data_ptr(), p.numel()) if p.device.type != "meta" else id(p)
         if key not in seen:
             seen.add(key)
             out.append(p)
@@ -30,12 +30,26 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return sum(logical_numel(p) for p in unique_parameters(model, trainable_only))
 
 
+def local(t: torch.Tensor) -> torch.Tensor:
+    """What this process holds of ``t``: its shard of a sharded (DTensor) tensor, else ``t``."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes this process holds of ``tensors`` (a sharded tensor: its local shard)."""
+    return sum(local(t).numel() * t.element_size() for t in tensors)
 
 
 def optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return tensor_bytes(v for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v))
+    """Bytes of the optimiser's state in this process, each storage once (bitsandbytes' 8-bit
+    AdamW shares its quantisation maps between parameters)."""
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for v in state.values():
+            if torch.is_tensor(v) and local(v).data_ptr() not in seen:
+                seen.add(local(v).data_ptr())
+                total += tensor_bytes([v])
+    return total
 
 
 def dir_bytes(path: Path) -> int:
@@ -47,12 +61,14 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
     """Count the bytes autograd saves for backward while the block runs (unique storages).
 
     Yields a dict whose ``bytes`` is filled in on exit: the storages still held for backward
-    then. Storages of ``exclude`` (the model's parameters, already counted as weights) are left
-    out, so what remains is activations. A storage saved by a branch whose graph the block drops
+    then, at their size then (a sharded model's gathered weights are saved, then freed to size 0
+    when the layer is sharded again). Storages of ``exclude`` (the model's parameters, already
+    counted as weights; a sharded one's local shard) are left out, so what remains is
+    activations. A storage saved by a branch whose graph the block drops
     (DoRA's detached weight norm) is freed before the end, and its address may serve a later
     storage: each address keeps weak references to the tensors saved on it, to tell the two apart.
     """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    skip = {local(t).untyped_storage().data_ptr() for t in exclude}
     seen: dict[int, tuple[int, list]] = {}  # address: (bytes, weak references to the tensors saved there)
     result = {"bytes": 0}
 
@@ -69,7 +85,8 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
-    result["bytes"] = sum(nbytes for nbytes, refs in seen.values() if any_alive(refs))
+    result["bytes"] = sum(min(nbytes, max(t.untyped_storage().nbytes() for t in alive))
+                          for nbytes, refs in seen.values() if (alive := [t for r in refs if (t := r()) is not None]))
 
 
 def any_alive(refs) -> bool:

@@ -409,6 +409,16 @@ def find(model) -> Architecture:
     )
 
 
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The module list of ``model``'s decoder layers (the first list of as many modules as the
+    config has layers), wrapped or not (a peft model, LST's backbone): what a sharded cell makes
+    its units of. Raises :class:`ArchitectureError` when there is none."""
+    g = geometry(model)
+    for _, layers in _layer_lists(model, g.layers):
+        return layers
+    raise ArchitectureError(f"cannot find {g.layers} decoder layers in {type(model).__name__}")
+
+
 def attention_targets(model) -> list[str]:
     """Module-name suffixes of the attention's query and value projections in every decoder
     layer of ``model`` (``["q_proj", "v_proj"]`` on LLaMA), or of the fused projection that

@@ -98,7 +98,8 @@ COLUMNS = {
     "quantize": "the base's quantization (`--quantize`): `none`, `nf4`, `fp4` or `int8`",
     "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several; "
                      "quantized layers by their kind, read from the layers: `float32+nf4`)",
-    "trainable_dtype": "the dtype of what trains, measured after the core's cast to float32",
+    "trainable_dtype": "the dtype of what trains, measured after the core's cast (`--trainable-dtype`: float32, or "
+                       "bfloat16 for \"pure bf16\"; a variant of the method when the shootout runs both)",
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
     "plain_method": "the method's own name, without a `--replay` or `--quantize` label",
     "replay": "the run's `--replay` setting: `none`, or `SOURCE:FRACTION` (docs/replay.md)",

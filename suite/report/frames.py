@@ -24,10 +24,12 @@ EXTRA_COLUMNS = (
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "
     "infer_ms_per_token_base infer_ms_per_token_merged infer_overhead infer_overhead_merged "
     "device device_name dtype weights_dtype trainable_dtype method_info plain_method"
-).split() + list(variants.SETTINGS)
+).split() + [s for s in variants.SETTINGS if s != "trainable_dtype"]  # the cell measures trainable_dtype
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
-                "device", "device_name", "dtype", "weights_dtype", "trainable_dtype", "phase", "method_info",
-                "plain_method", *variants.SETTINGS)
+                "device", "device_name", "dtype", "weights_dtype", "phase", "method_info", "plain_method",
+                *variants.SETTINGS)
+#: a run's own identity: no metric of the same name replaces it
+IDENTITY = ("run_id", "method", "task", "seed", "model", "status", "error", "phase", "plain_method")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.data.tasks.trivial_answers`)
 TRIVIAL_NAMES = {"majority": "majority label", "copy": "copy the input", "empty": "empty answer"}
 #: what the linear probe on the frozen base (:func:`suite.measures.diagnostics.probe_baseline`) is called
@@ -81,7 +83,8 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
         config = r.get("config") or {}
         row["method"], row["plain_method"] = variants.record_name(r), r.get("method")
         row.update({d.setting: config.get(d.setting, d.off) for d in variants.DIMENSIONS})
-        row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in row})
+        # what the cell measured wins over what it was asked for (trainable_dtype is both)
+        row.update({k: _scalar(v) for k, v in (r.get("metrics") or {}).items() if k not in IDENTITY})
         row["probe_score"] = probes.get(r.get("task"))
         env = r.get("env") or {}
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))

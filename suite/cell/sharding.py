@@ -1,0 +1,57 @@
+"""Sharded cells (``--shard fsdp`` with ``--gpus-per-cell N``): one cell's parameters, gradients
+and optimiser state split over its N processes by PyTorch's FSDP2 (``fully_shard``), each
+decoder layer a unit of its own (found by role, :func:`suite.models.architecture.find`) and the
+rest of the model the root unit. Every method trains this way unchanged: full fine-tuning, peft's
+tuners and LST on a sharded frozen base (how a 70B LoRA is trained).
+
+A unit's parameters are gathered for its forward and backward and sharded again after; its
+gradients are reduce-scattered, so each process holds and updates its shard only. After
+training the processes gather the whole state dict (:func:`full_state`) and the main process
+goes on with an unsharded model holding it, as an unsharded run would: scoring, the saved
+adapter, forgetting and inference are measured the same way.
+"""
+from __future__ import annotations
+
+import torch
+
+SHARDINGS = ("none", "fsdp")
+
+
+def shard(model: torch.nn.Module, how: str) -> torch.nn.Module:
+    """Shard ``model`` in place (``how``: ``fsdp``; ``none`` leaves it whole)."""
+    if how == "none":
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    from ..models.architecture import decoder_layers
+
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP shards ``model``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state(model: torch.nn.Module) -> dict:
+    """The whole model's state dict as plain tensors on the CPU (every process must call it: it
+    gathers the shards)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def unsharded(state: dict, build, trainable_dtype: torch.dtype, device) -> torch.nn.Module:
+    """The model ``build()`` makes (the base with the method applied, unsharded), holding the
+    gathered ``state``, on ``device``."""
+    from ..models.precision import upcast_trainable
+
+    model = build()
+    upcast_trainable(model, trainable_dtype)
+    model.load_state_dict(state)
+    return model.to(device)
