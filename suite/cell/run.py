@@ -85,7 +85,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..progress import beat
     from .provenance import environment
     from .sharding import full_state, sharded, unsharded
-    from .train import DevCurve, TrainSettings, record_replay, train
+    from .train import DevCurve, TrainSettings, record_replay, split_step, train
 
     reg = registry()
     task = resolve_task(cell.task, reg)
@@ -197,8 +197,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     # the planner knows float bases and task batches only (not replay's whole-sequence loss);
     # a tuning cell's start-up stays lean
     if not tuning and not quantized and mix.replay is None:
-        plan = cell_prediction(method, cell.params, base.config, batches[0][: cell.batch_size], tokenizer.pad_token_id,
-                               dtype, cell.gradient_checkpointing, device.type, cell.trust_remote_code)
+        world = accelerator.num_processes  # the first process's first micro-batch, as training cuts it
+        first = split_step(batches[0][0::world], cell.grad_accum)[0]
+        plan = cell_prediction(method, cell.params, base.config, first, tokenizer.pad_token_id, dtype,
+                               cell.gradient_checkpointing, device.type, cell.trust_remote_code,
+                               trainable_dtype=trainable_dtype, optimizer=cell.optimizer, processes=world,
+                               shard=cell.shard)
         m["predicted_peak_bytes"] = plan and plan.pop("predicted_peak_bytes")
         record["plan"] = plan  # the predicted breakdown, beside the measured one in metrics
 

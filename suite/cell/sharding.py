@@ -27,7 +27,7 @@ def shard(model: torch.nn.Module, how: str) -> torch.nn.Module:
 
     for layer in decoder_layers(model):
         fully_shard(layer)
-    fully_shard(model)
+    fully_shard(model, reshard_after_forward=True)  # the root too: its gathered weights are not held for backward
     return model
 
 

@@ -112,7 +112,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     rank, world = accelerator.process_index, accelerator.num_processes
     head = AnswerHead(accelerator.unwrap_model(model))
     if batches:  # set-up, not training: does the answer-only head give the model's own loss?
-        first = collate(_split(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
+        first = collate(split_step(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
         index = tuple(t.to(device) for t in loss_index(first["labels"])[:3]) + (first["labels"].shape[1],)
         result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         whole_extra = replay[step] if replay else []
         items = whole[rank::world] if world > 1 else whole  # data parallel (or sharded): each process its share
         extra = whole_extra[rank::world] if world > 1 else whole_extra
-        micro = [(task, more) for task, more in zip(_split(items, micro_batches), _split(extra, micro_batches))
+        micro = [(task, more) for task, more in zip(split_step(items, micro_batches), split_step(extra, micro_batches))
                  if task or more]
         parts = [collate(task + more, pad_id) for task, more in micro]  # task examples first, then replay sequences
         indexes = [loss_index(batch["labels"]) for batch in parts]
@@ -234,7 +234,7 @@ def _rank(point: dict) -> tuple:
     return score, -point["loss"] if math.isfinite(point["loss"]) else -math.inf
 
 
-def _split(items: list, parts: int) -> list[list]:
+def split_step(items: list, parts: int) -> list[list]:
     """``items`` in ``parts`` contiguous runs of near-equal size (a step's micro-batches)."""
     return [items[i * len(items) // parts:(i + 1) * len(items) // parts] for i in range(parts)]
 

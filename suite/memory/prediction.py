@@ -65,6 +65,34 @@ def adamw_state_bytes(params) -> int:
     return sum(2 * p.numel() * p.element_size() + 4 for p in params)
 
 
+#: bitsandbytes' 8-bit AdamW: a parameter of fewer values keeps 32-bit state (``min_8bit_size``)
+MIN_8BIT_SIZE = 4096
+#: ... and the 8-bit states are quantised in blocks of this many values, each with a float32 ``absmax``
+BLOCK_8BIT = 256
+
+
+def optimizer_state_bytes(numels: list[int], element_size: int, optimizer: str = "adamw") -> int:
+    """The optimiser's state for parameters of ``numels`` values (each ``element_size`` bytes):
+    torch's AdamW (:func:`adamw_state_bytes`), or bitsandbytes' 8-bit AdamW: two uint8 states and
+    two float32 block maxima per 256 values, 32-bit states for a parameter under 4,096 values,
+    and its two 256-entry quantisation maps once (every parameter shares them)."""
+    if optimizer == "adamw":
+        return sum(2 * n * element_size + 4 for n in numels)
+    big = [n for n in numels if n >= MIN_8BIT_SIZE]
+    small = [n for n in numels if n < MIN_8BIT_SIZE]
+    return (sum(2 * n + 2 * 4 * math.ceil(n / BLOCK_8BIT) for n in big) + sum(2 * 4 * n for n in small)
+            + (2 * 256 * 4 if big else 0))
+
+
+def shard_numel(shape: torch.Size, processes: int) -> int:
+    """The values of a parameter of ``shape`` that the first (the largest) of ``processes`` holds
+    when FSDP shards it: its first ``ceil(rows / processes)`` rows (``torch.chunk``)."""
+    if not len(shape):
+        return 1
+    rows = shape[0]
+    return min(math.ceil(rows / processes), rows) * (math.prod(shape) // max(rows, 1))
+
+
 def synthetic_batch(batch_size: int, max_len: int, vocab: int, answer: float = 1.0) -> dict:
     """``batch_size`` unpadded examples of ``max_len`` tokens whose last ``answer`` fraction
     carries the loss (1.0: every token after the first, the largest logits)."""
@@ -78,11 +106,15 @@ def synthetic_batch(batch_size: int, max_len: int, vocab: int, answer: float = 1
 
 def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torch.float32,
             gradient_checkpointing: bool = False, device: str = "cpu", trust_remote_code: bool = False,
-            base=None) -> MethodPlan:
+            base=None, trainable_dtype: torch.dtype = torch.float32, optimizer: str = "adamw", processes: int = 1,
+            shard: str = "none") -> MethodPlan:
     """Predict one training step of ``method`` (with ``params``) on the model of ``config``
     built on the meta device in ``dtype`` (or ``base``, a meta model given), on ``batch`` (CPU
-    tensors: input_ids, attention_mask, labels, as :func:`suite.data.batches.collate` makes them).
-    Raises what building the model or applying the method raises."""
+    tensors: input_ids, attention_mask, labels, as :func:`suite.data.batches.collate` makes them:
+    one process's micro-batch). What trains is in ``trainable_dtype``, ``optimizer`` holds its
+    state; with ``shard`` ``fsdp`` over ``processes`` the weights, gradients and optimiser state
+    are what the largest process holds, and the peak adds the gathered layers (the unit being
+    computed and the next). Raises what building the model or applying the method raises."""
     from contextlib import nullcontext
 
     from ..measures.loss import AnswerHead, loss_index
@@ -90,7 +122,8 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     from ..models.loading import enable_gradient_checkpointing
     from ..models.precision import mixed_precision, upcast_trainable
 
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision(dtype, torch.device(device)))
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        mixed_precision(dtype, torch.device(device), trainable_dtype))
     shadow = Shadow(device, amp)
     plan = MethodPlan(method.name)
     autocast = (lambda: MetaAutocast(amp)) if amp is not None else nullcontext
@@ -101,7 +134,7 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
         if amp is not None:  # backward of a meta tensor runs on another thread, without this thread's modes
             _recompute_under(base, lambda: MetaAutocast(amp))
     model = _apply_on_meta(method, base, params)  # outside the shadow mode: every op through it costs time
-    upcast_trainable(model)
+    upcast_trainable(model, trainable_dtype)
     with shadow:
         plan.trainable_params = count_parameters(model, trainable_only=True)
         plan.weights_bytes = tensor_bytes(unique_parameters(model))
@@ -141,13 +174,23 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
             head.remove()
     with_grad = [p for p in trainable if p.grad is not None]
     plan.grads_bytes = tensor_bytes(p.grad for p in with_grad)
-    plan.optimizer_bytes = adamw_state_bytes(with_grad)
+    numels = [p.numel() for p in with_grad]
+    gathered = 0
+    if shard != "none":  # what the largest process holds, and one unit being computed and the next, gathered
+        from ..models.architecture import decoder_layers
+
+        local = lambda ps: sum(shard_numel(p.shape, processes) * p.element_size() for p in ps)  # noqa: E731
+        plan.weights_bytes = local(unique_parameters(model))
+        plan.grads_bytes = local(with_grad)
+        numels = [shard_numel(p.shape, processes) for p in with_grad]
+        gathered = 2 * max((tensor_bytes(layer.parameters()) for layer in decoder_layers(model)), default=0)
+    plan.optimizer_bytes = optimizer_state_bytes(numels, with_grad[0].element_size() if with_grad else 4, optimizer)
     plan.peak_activation_bytes = counter.peak
     # the head's output, and its float32 copy for the loss when it is in half precision
     logits = logits_bytes[0] if logits_bytes else _full_logits_bytes(config, batch, dtype)
     plan.transient_bytes = logits * (1 if dtype == torch.float32 else 3)
     plan.predicted_peak_bytes = (plan.weights_bytes + plan.optimizer_bytes + plan.peak_activation_bytes
-                                 + plan.transient_bytes)
+                                 + plan.transient_bytes + gathered)
     return plan
 
 
@@ -248,12 +291,14 @@ def gib(n: int | None) -> str:
 
 
 def cell_prediction(method, params: dict, config, items: list, pad_id: int, dtype: torch.dtype,
-                    gradient_checkpointing: bool, device: str, trust_remote_code: bool = False) -> dict | None:
+                    gradient_checkpointing: bool, device: str, trust_remote_code: bool = False, **run) -> dict | None:
     """A cell's prediction: ``predicted_peak_bytes`` on the basis its ``peak_memory_bytes`` is
     measured on (on CUDA the whole, as ``max_memory_allocated`` counts the weights already there;
     on the CPU without the weights, as the RSS is measured from just before training, weights
     loaded), and the breakdown the cell measures too (``weights_bytes``, ``grads_bytes``,
-    ``optimizer_bytes``, ``activation_bytes``). The cell's first batch (``items``) is the shape.
+    ``optimizer_bytes``, ``activation_bytes``). The first process's first micro-batch (``items``)
+    is the shape; ``run``: the rest of :func:`predict`'s settings (trainable dtype, optimiser,
+    processes, sharding).
     None where the plan cannot be made: the prediction never fails a cell. The global RNG is left
     as it was (the cell's seed decides)."""
     from ..data.batches import collate
@@ -262,7 +307,7 @@ def cell_prediction(method, params: dict, config, items: list, pad_id: int, dtyp
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             plan = predict(method, dict(params), config, collate(items, pad_id), dtype, gradient_checkpointing,
-                           device, trust_remote_code)
+                           device, trust_remote_code, **run)
     except Exception:
         return None
     return {"predicted_peak_bytes": plan.predicted_peak_bytes - (plan.weights_bytes if device != "cuda" else 0),
