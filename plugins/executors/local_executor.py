@@ -17,7 +17,7 @@ from pathlib import Path
 
 from suite import Executor, UsageError, hookimpl
 from suite.cell.records import run_dir
-from suite.shootout.processes import RUNNING, cpu_count, run_cell_process, thread_env
+from suite.shootout.processes import RUNNING, cpu_count, gpu_count, run_cell_process, thread_env
 
 
 class LocalExecutor(Executor):
@@ -36,15 +36,21 @@ class LocalExecutor(Executor):
         s, o = settings, settings.options
         if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
             raise UsageError(f"--workers must be a positive whole number, not {o.workers!r}")
-        self.workers = o.workers
         self.devices = [d.strip() for d in str(o.devices).split(",") if d.strip()]
         per_cell = max(1, s.gpus_per_cell)
+        # placement: as many workers as the devices hold cells, unless --workers says otherwise
+        self.workers = o.workers if "workers" in s.given or not self.devices else max(1, len(self.devices) // per_cell)
         if self.devices:
+            if s.device == "cpu":
+                raise UsageError(f"--devices {o.devices} names GPUs, but --device cpu trains on the CPU")
             if len(self.devices) < per_cell:
                 raise UsageError(f"--gpus-per-cell {per_cell} needs at least that many --devices")
             if self.workers > len(self.devices) // per_cell:
                 raise UsageError(f"--workers {self.workers} needs {self.workers * per_cell} devices, "
                                  f"--devices gives {len(self.devices)}")
+        elif self.workers > 1 and s.device != "cpu" and gpu_count():
+            raise UsageError(f"--workers {self.workers} without --devices would put every cell on the first GPU: "
+                             f"name the GPUs to share out (--devices 0,1,...), or train on the CPU (--device cpu)")
         self.slots = [self._slot_env(i) for i in range(self.workers)]
         self.warm = None
         if not s.cold_start and per_cell == 1:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..config.sources import DIMENSION_CHOICES, parse_choices
 from ..errors import UsageError
 from ..memory.plan import plan_device, plan_dtype, plan_model, read_config
 from ..memory.prediction import MethodPlan, parse_bytes
 from ..models.loading import check_attention
+from ..models.precision import DTYPES
 
 #: the run settings ``leitai plan`` takes (one definition each, in suite/config/settings.py)
 PLAN_SETTINGS = ("methods", "model", "batch_size", "grad_accum", "max_len", "dtype", "gradient_checkpointing", "device",
-                 "attn_implementation", "trust_remote_code", "memory")
+                 "attn_implementation", "gpus_per_cell", "shard", "trainable_dtype", "optimizer", "trust_remote_code",
+                 "memory")
 #: columns of the table, with their headers
 COLUMNS = {"method": "method", "trainable_params": "trainable", "weights_bytes": "weights GiB",
            "grads_bytes": "grads GiB", "optimizer_bytes": "optimizer GiB", "activation_bytes": "activations GiB",
@@ -122,11 +125,23 @@ def cmd_plan(args) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
         config._attn_implementation = get("attn_implementation")
+    run = {}
+    for key in DIMENSION_CHOICES:  # one value each: leitai plan plans one variant
+        (run[key],) = parse_choices(get(key), DIMENSION_CHOICES[key], "--" + key.replace("_", "-"))[:1] or [None]
+        if "," in str(get(key)):
+            raise UsageError(f"--{key.replace('_', '-')}: leitai plan plans one value, not a list ({get(key)})")
+    processes, shard = get("gpus_per_cell"), get("shard")
+    if shard != "none" and processes < 2:
+        raise UsageError(f"--shard {shard} shards a cell over its processes: give --gpus-per-cell 2 or more")
     plans = plan_model(config, methods, params, get("batch_size"), get("max_len"), dtype, device,
-                       get("gradient_checkpointing"), budget, get("trust_remote_code"), label=model)
+                       get("gradient_checkpointing"), budget, get("trust_remote_code"), label=model, processes=processes,
+                       trainable_dtype=DTYPES[run["trainable_dtype"]], optimizer=run["optimizer"], shard=shard)
     accum = f" (x{get('grad_accum')} accumulated: memory is one micro-batch's)" if get("grad_accum") > 1 else ""
+    per = (f", per GPU of {processes} ({'FSDP-sharded' if shard != 'none' else 'data parallel'}; each takes "
+           f"{-(-get('batch_size') // processes)} of the batch)" if processes > 1 else "")
     print(f"leitai plan: {model}, batch {get('batch_size')} x {get('max_len')} tokens{accum}, {str(dtype)[6:]} weights "
-          f"(trainable float32), AdamW, {device}{', gradient checkpointing' if get('gradient_checkpointing') else ''}")
+          f"(trainable {run['trainable_dtype']}), {run['optimizer']}, {device}"
+          f"{', gradient checkpointing' if get('gradient_checkpointing') else ''}{per}")
     print(table(plans, budget).to_markdown(index=False))
     if args.chart != "none":
         title = f"{model}: batch {get('batch_size')} x {get('max_len')}, {str(dtype)[6:]}"

@@ -138,9 +138,10 @@ class ShootoutConfig(RunSettings):
                           default_text="no sweep")
     tune_seeds: list = setting([0], "seeds the tuning runs train with: a count or a comma-separated list",
                                metavar="N|A,B", default_text="1")
-    memory: str = setting("", "memory budget per cell, e.g. 24GiB or 80GB: before the shootout starts, refuse "
-                          "(exit status 2) when a cell's predicted peak would not fit it (leitai plan; docs/plan.md)",
-                          metavar="SIZE", default_text="no check")
+    memory: str = setting("", "memory budget per GPU (per process of a cell), e.g. 24GiB or 80GB: leitai run "
+                          "refuses (exit status 2), before anything runs, a shootout with a cell whose predicted peak "
+                          "would not fit it; leitai plan marks the methods that would not and the largest batch that "
+                          "would (docs/plan.md)", metavar="SIZE", default_text="no check")
     baselines: bool = setting(True, "also evaluate the untrained base model and the task's trivial baseline "
                               "(majority label, copy the input or empty answer) on every task")
     #: method -> {setting: value}, from ``--set`` and ``[method.NAME]`` tables

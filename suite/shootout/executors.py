@@ -32,6 +32,8 @@ class ExecutorSettings:
     progress: bool = True  # show each cell's step bar
     options: argparse.Namespace = field(default_factory=argparse.Namespace)
     cold_start: bool = False  # every cell in a fresh process (no warm-start server), as before suite.shootout.warm
+    given: frozenset = frozenset()  # the executor's options the user gave (the rest are its defaults)
+    device: str = "auto"  # where cells train (--device): auto, cpu or cuda
 
 
 class Executor:
@@ -108,7 +110,8 @@ def make_executor(config, registry, progress: bool = True) -> Executor:
 
     settings = ExecutorSettings(
         gpus_per_cell=config.gpus_per_cell, cpus_per_cell=config.cpus_per_cell or None, progress=progress,
-        cold_start=config.cold_start or cold_start_requested(),
+        cold_start=config.cold_start or cold_start_requested(), given=frozenset(config.executor_options),
+        device=config.device,
         options=argparse.Namespace(**{**defaults, **config.executor_options}),
     )
     return cls(settings)

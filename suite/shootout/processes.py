@@ -260,6 +260,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def gpu_count() -> int:
+    """GPUs this machine shows, found without loading CUDA into this process (a process forked
+    after that cannot use it): ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's
+    ``/proc/driver/nvidia/gpus``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 0
+
+
 def thread_env(threads: int) -> dict:
     """Environment that caps a child's CPU threads (torch reads these at start-up)."""
     n = str(max(1, threads))
