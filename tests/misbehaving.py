@@ -267,7 +267,7 @@ class Hangs(LoRA):
         if planning(model):
             return super().apply(model, params)
         attempt(self.name)
-        pid = Path(os.environ["UNRULY_DIR"]) / f"{self.name}.pid"
+        pid = Path(os.environ["UNRULY_DIR"]) / f"{self.name}{os.environ.get('RANK', '')}.pid"  # each rank its own
         pid.with_suffix(".tmp").write_text(str(os.getpid()))
         pid.with_suffix(".tmp").replace(pid)  # whole, or not there
         if not os.environ.get("UNRULY_NO_HANG"):
