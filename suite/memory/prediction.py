@@ -183,7 +183,11 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
         plan.weights_bytes = local(unique_parameters(model))
         plan.grads_bytes = local(with_grad)
         numels = [shard_numel(p.shape, processes) for p in with_grad]
-        gathered = 2 * max((tensor_bytes(layer.parameters()) for layer in decoder_layers(model)), default=0)
+        layers = list(decoder_layers(model))
+        gathered = 2 * max((tensor_bytes(layer.parameters()) for layer in layers), default=0)
+        # backward keeps the local shards of the gradients, and one unit's whole ones until they are reduce-scattered
+        unit_grads = max((tensor_bytes(p for p in layer.parameters() if p.grad is not None) for layer in layers), default=0)
+        counter.peak = plan.activation_bytes + plan.grads_bytes + unit_grads
     plan.optimizer_bytes = optimizer_state_bytes(numels, with_grad[0].element_size() if with_grad else 4, optimizer)
     plan.peak_activation_bytes = counter.peak
     # the head's output, and its float32 copy for the loss when it is in half precision
