@@ -95,6 +95,8 @@ COLUMNS = {
     "device": "`cpu` or `cuda`",
     "device_name": "the CPU's or GPU's name",
     "dtype": "the base weights' dtype and any autocast, e.g. `float32`, `bfloat16 + bf16 autocast` (`--dtype`)",
+    "optimizer": "the optimiser (`--optimizer`): `adamw` (torch's) or bitsandbytes' `adamw8bit` / `paged-adamw8bit`; "
+                 "a variant of the method when the shootout runs several (`full + adamw8bit`)",
     "quantize": "the base's quantization (`--quantize`): `none`, `nf4`, `fp4` or `int8`",
     "weights_dtype": "the dtype of the base model's parameters as loaded, measured (`+`-joined when several; "
                      "quantized layers by their kind, read from the layers: `float32+nf4`)",
@@ -128,6 +130,10 @@ COLUMNS = {
                                    "the layer, or merging re-quantizes the weights and changes the logits",
     "peak_memory_per_device": "a distributed cell's peak memory on each device (JSON list)",
     "processes": "a distributed cell's process count",
+    "shard": "a distributed cell's sharding: `none` (data parallel) or `fsdp` (`--shard`)",
+    "memory_per_process": "a distributed cell's bytes per process (JSON): `weights_bytes`, `grads_bytes`, "
+                          "`optimizer_bytes` (what each holds of a sharded model) and `activation_bytes`; the columns "
+                          "hold the largest process's",
 }
 
 
