@@ -55,7 +55,7 @@ HELPERS = {
     },
     "executors": {
         "suite.shootout.executors": ("ExecutorSettings",),
-        "suite.shootout.processes": ("run_cell_process", "thread_env", "cpu_count", "RUNNING", "Interrupted"),
+        "suite.shootout.processes": ("run_cell_process", "thread_env", "cpu_count", "gpu_count", "RUNNING", "Interrupted"),
         "suite.shootout.warm": ("WarmServer",),
         "suite.cell.spec": ("Cell",),
         "suite.cell.records": ("run_dir", "failed_record", "read_json"),

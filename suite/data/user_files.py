@@ -136,9 +136,11 @@ def _examples(path: str, records: list, fmt: str | None = None) -> tuple[list[Ex
         if fmt is None:
             fmt, first = this, where
         elif this != fmt:
-            other = f"the first one ({first})" if first else "the other splits' records are"
-            raise UsageError(f"{path}: {where}: the record is {FORMATS[this]}, {other} {FORMATS[fmt]}; "
-                             "a task's records are of one format")
+            if first:
+                raise UsageError(f"{path}: {where}: the record is {FORMATS[this]}, the first one ({first}) "
+                                 f"{FORMATS[fmt]}; a file holds records of one format")
+            raise UsageError(f"{path}: {where}: the record is {FORMATS[this]}, the other splits' records are "
+                             f"{FORMATS[fmt]}; a task's records are of one format")
         examples.append(to_example(path, where, record, fmt))
     return examples, fmt
 
