@@ -65,6 +65,13 @@ class BitFit(Method):
 
         return untouched()
 
+    def export(self, model, directory, params, dtype=None):
+        """The whole model in the base's own architecture, as safetensors, its weights in ``dtype``."""
+        if dtype is not None:
+            model.to(dtype)
+        model.save_pretrained(str(directory))
+        return "transformers"
+
 
 @hookimpl
 def register_methods(register):

@@ -36,6 +36,13 @@ class Full(Method):
             raise ValueError(f"full: saved weights do not match the model ({sorted(map(str, wrong))[:3]})")
         return model.to(param.device)
 
+    def export(self, model, directory, params, dtype=None):
+        """The whole model in the base's own architecture, as safetensors, its weights in ``dtype``."""
+        if dtype is not None:
+            model.to(dtype)
+        model.save_pretrained(str(directory))
+        return "transformers"
+
 
 @hookimpl
 def register_methods(register):

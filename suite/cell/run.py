@@ -68,7 +68,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..data.tasks import extra_metrics, trivial_answers
     from ..data.user_files import resolve_task
     from ..errors import GuardError
-    from ..measures import resources
+    from ..measures import resources, retention
     from ..measures.attention import ATTENTION_PROMPTS, prepended_attention
     from ..measures.diagnostics import answer_format, learning_tail, probe_baseline
     from ..measures.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting
@@ -147,6 +147,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         record["trivial"] = {"kind": kind, "score": scores["score"], "generations": generations}
         if task.choices:  # what a linear map reads from the frozen base at the answer position
             record["probe"] = probe_baseline(task, base, prepared, tokenizer.pad_token_id, device, cell.eval_batch_size)
+        if cell.base_retention and cell.retention != retention.NONE:  # the base on the harness's tasks, once per base
+            with accelerator.autocast():
+                record["retention"] = retention.measure(base, tokenizer, cell.retention, cell.retention_include,
+                                                        cell.eval_batch_size)
         record["status"] = "ok"
         return True
 
@@ -289,6 +293,12 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
 
     with accelerator.autocast():
         m.update(forgetting.after(model), forgetting_view_before=view_before)
+        if cell.retention != retention.NONE:  # what it kept of the base's answers on the harness's tasks
+            seconds = time.perf_counter()
+            record["retention"] = retention.measure(model, tokenizer, cell.retention, cell.retention_include,
+                                                    cell.eval_batch_size)
+            m.update(retention_accuracy=retention.pooled(record["retention"]),
+                     retention_seconds=time.perf_counter() - seconds)
     m.update(inference_costs(
         method, model, lambda: loading.load_base(spec, dtype, cell.quantize, device)[0].to(device),
         prepared.test_prompts[: cell.infer_prompts], cell.infer_new_tokens, tokenizer.pad_token_id, accelerator.autocast,

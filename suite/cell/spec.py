@@ -28,6 +28,9 @@ class Cell(RunSettings):
     #: for a final run of a swept method: the setting its tuning chose, how many it tried and
     #: the dev figures of each (see :func:`suite.shootout.runner.choose_settings`)
     tuning: dict | None = None
+    #: a baseline cell that also scores the base's retention (``--retention``): one per base of a
+    #: shootout, the first task's (:func:`suite.shootout.runner.baseline_cells`)
+    base_retention: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1)

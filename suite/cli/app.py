@@ -13,7 +13,7 @@ EPILOG = (
 )
 
 
-CORE_COMMANDS = ("run", "report", "list", "new-plugin", "plan")
+CORE_COMMANDS = ("run", "report", "list", "new-plugin", "plan", "export")
 
 
 def _parser(plugin_commands=(), executors=None) -> argparse.ArgumentParser:
@@ -55,6 +55,10 @@ def _parser(plugin_commands=(), executors=None) -> argparse.ArgumentParser:
 
     plan_arguments(sub.add_parser("plan", help="predict each method's training memory for a model from its config "
                                   "alone, against a budget (docs/plan.md)"))
+    from .export import add_arguments as export_arguments
+
+    export_arguments(sub.add_parser("export", help="a finished run's trained model in the form people deploy: "
+                                    "PEFT adapter, merged or whole model, tokenizer (docs/after-the-shootout.md)"))
     new = sub.add_parser("new-plugin", help="write an installable method-plugin package to start from",
                          epilog=EPILOG)
     new.add_argument("name", help="the method's name, e.g. my-adapter (lower case, digits, hyphens)")
@@ -77,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     from ..stopping import SIGTERM_STATUS, Terminated, sigterm_stops
 
     try:
+        from .export import cmd_export
         from .plan import cmd_plan
 
         commands = {"run": cmd_run, "report": cmd_report, "list": cmd_list, "new-plugin": cmd_new_plugin,
-                    "plan": cmd_plan}
+                    "plan": cmd_plan, "export": cmd_export}
         with sigterm_stops():  # a batch scheduler's stop is handled as Ctrl-C is
             if args.command in commands:
                 return commands[args.command](args)

@@ -101,6 +101,13 @@ class RunSettings:
                           "text/JSONL file) and the share of each batch's sequences drawn from it; a comma-separated "
                           "list runs every method at each setting (docs/replay.md)", fair=True,
                           metavar="none|SOURCE:FRACTION[,...]")
+    retention: str = setting("none", "general-ability retention: score the base model once and each final run's "
+                             "trained model on lm-evaluation-harness multiple-choice tasks (C-Eval, CMMLU or your own, "
+                             "from a local copy), in the cell; needs leitai[eval] (docs/after-the-shootout.md)",
+                             fair=True, metavar="none|lm-eval:TASK[,TASK...]")
+    retention_include: str = setting("", "a directory of harness task configs (YAML) that --retention's tasks may "
+                                     "come from, e.g. for a local copy of C-Eval or CMMLU", fair=True, metavar="DIR",
+                                     default_text="the harness's own task configs only")
     infer_prompts: int = setting(8, "test prompts to time inference on, per run (0: no timing)", fair=True, minimum=0)
     infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
     stall_timeout: str = setting("30m", "end a cell that reports no progress (a training step, an evaluation batch, "
@@ -165,6 +172,8 @@ class ShootoutConfig(RunSettings):
         elif self.side_corpus != "none":
             registry.get("side_corpora", self.side_corpus, hint="or none")
         self.replay = replay.resolve(variants.values(self.replay), self, registry)  # checked and normalised; a list is a dimension
+        if self.retention_include:  # cells may start elsewhere (another working directory, a Ray worker)
+            self.retention_include = str(Path(self.retention_include).expanduser().resolve())
         if not self.out:
             self.out = str(Path("reports") / time.strftime("%Y%m%d-%H%M%S"))
         if not self.methods or not self.tasks:

@@ -168,6 +168,24 @@ class Method:
         (called only when :attr:`mergeable`, after the adapter was saved; may work in place)."""
         raise NotImplementedError(f"method {self.name!r} cannot merge")
 
+    def export(self, model: torch.nn.Module, directory: Path, params: dict, dtype: torch.dtype | None = None) -> str | None:
+        """Write the trained ``model`` (what :meth:`load` rebuilt on a fresh base) to ``directory``
+        in a standard format that loads without leitai, for ``leitai export``; return which:
+
+        - ``"transformers"``: a model directory ``transformers.AutoModelForCausalLM.from_pretrained``
+          loads (with ``trust_remote_code=True`` where its ``config.json`` has an ``auto_map``, the
+          code then being in the directory: LST);
+        - ``"peft"``: an adapter ``peft.PeftModel.from_pretrained(base, directory)`` loads on the base.
+
+        ``dtype``: what the user asked the exported base weights in (None: as they are); a method
+        keeps its own trained tensors as it sees fit (a PEFT adapter stays as trained). The core
+        adds the tokenizer, the chat template and ``leitai-export.json``, and checks the result
+        by loading it back the way the format says (``leitai export --check``). The default
+        returns None: no standard format, and the core exports what :meth:`save` writes, with a
+        README saying how to load it through leitai's plugin classes.
+        """
+        return None
+
     def save(self, model: torch.nn.Module, directory: Path, params: dict) -> None:
         """Write what is needed to restore the trained model on top of the base weights."""
         directory.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,11 @@ class PeftMethod(Method):
     def save(self, model, directory, params):
         model.save_pretrained(str(directory))
 
+    def export(self, model, directory, params, dtype=None):
+        """PEFT's own format (the adapter as trained; the base is named in ``adapter_config.json``)."""
+        model.save_pretrained(str(directory))
+        return "peft"
+
     def load(self, base_model, directory, params):
         from peft import PeftModel
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..atomic import atomic_path, remedy, write_text_atomic
 from . import content, html_page, markdown
-from .frames import EXTRA_COLUMNS, RESULT_COLUMNS, baselines_frame, curves_frame, generations_frame, results_frame
+from .frames import EXTRA_COLUMNS, RESULT_COLUMNS, baselines_frame, curves_frame, generations_frame, results_frame, retention_frame
 from .sources import gather
 
 __all__ = ["write_report", "RESULT_COLUMNS", "EXTRA_COLUMNS", "results_frame", "curves_frame", "generations_frame",
@@ -48,6 +48,9 @@ def write_report(dirs: list[Path], out: Path) -> pd.DataFrame:
         _csv(curves_frame(records), out / "curves.csv")
         _csv(generations_frame(records), out / "generations.csv")
         _csv(baselines_frame(records)[0], out / "baselines.csv")
+        answered = retention_frame(records)
+        if len(answered):  # --retention: each harness question's correctness, per run and for the base
+            _csv(answered, out / "retention.csv")
         write_text_atomic(out / "summary.md", markdown.render(report))
         write_text_atomic(out / "report.html", html_page.render(report))
     except OSError as e:  # a full disk: say what to do once there is room

@@ -105,6 +105,16 @@ COLUMNS = {
     "method_info": "what ran, as the method reported it (`Method.run_info`), as JSON text",
     "plain_method": "the method's own name, without a `--replay` or `--quantize` label",
     "replay": "the run's `--replay` setting: `none`, or `SOURCE:FRACTION` (docs/replay.md)",
+    # --retention (suite/measures/retention.py), after the known extras (sorted by name with the rest)
+    "retention_accuracy": "`--retention` runs: the share of the harness tasks' questions (all of them pooled) the "
+                          "trained model answers right, scored by lm-evaluation-harness on the model in memory",
+    "retention_base_accuracy": "`--retention` runs: the same for the untouched base model (its baseline cell), on "
+                               "the questions both answered",
+    "retention_change": "retention_accuracy − retention_base_accuracy on the same questions (negative: answers the "
+                        "base gave right and the run lost)",
+    "retention_tasks": "`--retention` runs: each harness task's accuracy before (the base) and after (the run), "
+                       "as JSON text: `{\"TASK\": {\"before\": 0.57, \"after\": 0.53}}`",
+    "retention_seconds": "`--retention` runs: seconds the harness took to score the trained model",
     # further measurements, passed through by name
     "answer_head": "whether the output head ran only at the answer positions (else on full logits)",
     "data_seconds": "seconds to load and tokenise the task (or read it from the cache)",

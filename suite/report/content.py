@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ..config import variants
-from . import environment, figures, tables, tradeoff
+from . import environment, figures, retention, tables, tradeoff
 from .frames import baselines_frame, curves_frame, generations_frame, phase, results_frame
 from .verdict import NOTE as VERDICT_NOTE
 from .verdict import TaskVerdict, judge
@@ -83,6 +83,8 @@ class TaskSection:
     #: a conversation task's score per assistant turn (empty for single-turn tasks)
     turns: pd.DataFrame = field(default_factory=pd.DataFrame)
     ran: pd.DataFrame = field(default_factory=pd.DataFrame)  # what each method recorded it ran
+    #: --retention: the base's and each method's accuracy on the harness's tasks (empty without)
+    retention: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)  # caption -> inline SVG
 
@@ -120,6 +122,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
         task_baselines = baselines[baselines.task == task]
         verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task])
         verdict.sentences += tradeoff.sentences(task, name, results, stats, generations, orders[task], places)
+        verdict.sentences += retention.sentences(records, results, stats, task, orders[task])
         tuning = {m: t for (t_, m), t in chosen.items() if t_ == task}
         tuning_seconds = tuning_runs[tuning_runs.task == task].groupby("method").train_seconds.sum().to_dict()
         section = TaskSection(
@@ -129,6 +132,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             answers=tables.answers_table(results, generations, task, orders[task]), verdict=verdict,
             turns=tables.turn_table(results, stats, task),
             ran=tables.method_info_table(results, task, orders[task]),
+            retention=retention.table(records, results, stats, task, orders[task]),
         )
         kinds = tables.memory_kinds(results, task)
         if len(kinds) == 1:

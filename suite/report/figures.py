@@ -261,28 +261,31 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
 
 def pareto(task: str, results: pd.DataFrame, stats: pd.DataFrame, order: list[str],
            palette: dict[str, str], score_label: str, verdict=None) -> str | None:
-    """Score against trainable parameters and against peak memory, the front marked; methods
+    """Score against trainable parameters, against peak memory and, with ``--retention``, against the
+    retention lost (the base's accuracy minus the run's, :mod:`suite.measures.retention`), the front marked; methods
     not above the best baseline (``verdict``) drawn with a cross, the best baseline as a line."""
     from matplotlib.ticker import EngFormatter
 
     panels = (("trainable_params", "trainable parameters"), ("peak_memory_bytes", "peak memory (MB)"))
+    if "retention_change" in results and results.loc[results.task == task, "retention_change"].notna().any():
+        panels += (("retention_change", "retention lost (accuracy)"),)  # --retention: lost answers as a cost
     below = set(verdict.not_above()) if verdict is not None else set()
     labels = [f"{m} (not above baseline)" if m in below else m for m in order]
     if verdict is not None and verdict.baseline:
         labels.append(f"best baseline: {verdict.baseline[0]}")
     columns = legend_columns(labels, LEGEND_COLUMNS)
     with _style():
-        fig = _figure(7, 3.4 + 0.2 * _legend_rows(len(labels), columns))
-        axes = fig.subplots(1, 2, sharey=True)
+        fig = _figure(3.5 * len(panels), 3.4 + 0.2 * _legend_rows(len(labels), columns))
+        axes = fig.subplots(1, len(panels), sharey=True)
         drawn = False
         for ax, (metric, label) in zip(axes, panels):
-            scale = 1e6 if metric.endswith("_bytes") else 1
+            scale = 1e6 if metric.endswith("_bytes") else -1 if metric == "retention_change" else 1  # lost: −Δ
             points, errs = [], {}
             for m in order:
                 cost, score = summary_of(stats, task, m, metric), summary_of(stats, task, m, "score")
                 if cost.n and score.n and math.isfinite(cost.mean) and math.isfinite(score.mean):
                     points.append((m, cost.mean / scale, score.mean))
-                    errs[m] = (cost.std / scale if cost.n > 1 else 0.0, score.std if score.n > 1 else 0.0)
+                    errs[m] = (cost.std / abs(scale) if cost.n > 1 else 0.0, score.std if score.n > 1 else 0.0)
             if not points:
                 continue
             drawn = True

@@ -27,7 +27,7 @@ EXTRA_COLUMNS = (
 ).split() + [s for s in variants.SETTINGS if s != "trainable_dtype"]  # the cell measures trainable_dtype
 TEXT_COLUMNS = ("run_id", "method", "task", "model", "status", "error", "memory_kind", "score_name",
                 "device", "device_name", "dtype", "weights_dtype", "phase", "method_info", "plain_method",
-                *variants.SETTINGS)
+                "retention_tasks", *variants.SETTINGS)
 #: a run's own identity: no metric of the same name replaces it
 IDENTITY = ("run_id", "method", "task", "seed", "model", "status", "error", "phase", "plain_method")
 #: what a trivial baseline is called in the tables, by kind (:func:`suite.data.tasks.trivial_answers`)
@@ -68,13 +68,15 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
     variant's label (``full + replay 0.3``, :mod:`suite.config.variants`), so tables, figures and paired
     tests compare variants like methods; ``plain_method`` is the method's own name and the
     dimensions' settings (``replay``) have a column each. ``probe_score`` is the task's
-    linear-probe baseline (from its baseline record), beside each run's own score.
+    linear-probe baseline (from its baseline record), beside each run's own score. With
+    ``--retention``, the base's retention (:func:`base_retention`) joins each run's
+    (:func:`retention_columns`).
     """
     probes = {}
     for r in _float_first(records):  # the probe of the float base where there are several (as baselines_frame)
         if is_baseline(r) and r.get("status") == "ok" and r.get("probe"):
             probes.setdefault(r.get("task"), r["probe"].get("score"))
-    rows = []
+    rows, bases = [], base_retention(records)
     for r in records:
         if is_baseline(r):
             continue
@@ -90,6 +92,7 @@ def results_frame(records: list[dict]) -> pd.DataFrame:
         row.update(device=env.get("device"), device_name=env.get("device_name"), dtype=env.get("dtype"))
         info = r.get("method_info")  # what the method chose (Method.run_info), as JSON text
         row["method_info"] = json.dumps(info, ensure_ascii=False) if info else None  # in the method's order
+        row.update(retention_columns(r, bases))  # --retention: the base's accuracy beside the run's
         rows.append(row)
     df = pd.DataFrame(rows)
     known = RESULT_COLUMNS + EXTRA_COLUMNS
@@ -176,3 +179,61 @@ def baselines_frame(records: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
             answers += [_generation(rid, g) for g in gens or []]
     frame = pd.DataFrame(rows, columns=["run_id", "task", "baseline", "score_name", "score", "eval_loss", "choice_accuracy"])
     return frame.sort_values(["task", "run_id"], kind="stable").reset_index(drop=True), pd.DataFrame(answers, columns=GENERATION_COLUMNS)
+
+
+def base_key(record: dict) -> tuple:
+    """What tells the bases of a shootout apart: the settings of the dimensions that change the
+    base itself (``--quantize``)."""
+    config = record.get("config") or {}
+    return tuple(config.get(d.setting, d.off) for d in variants.DIMENSIONS if d.baselines)
+
+
+def base_retention(records: list[dict]) -> dict[tuple, dict]:
+    """The baseline records that scored the base's retention (``record["retention"]``,
+    :mod:`suite.measures.retention`), by base (:func:`base_key`), the float base first."""
+    out = {}
+    for r in _float_first(records):
+        if is_baseline(r) and r.get("status") == "ok" and r.get("retention"):
+            out.setdefault(base_key(r), r)
+    return out
+
+
+def _pooled(tasks: dict, names) -> float | None:
+    marks = [c for n in names for c in tasks[n].get("correct", [])]
+    return sum(marks) / len(marks) if marks else None
+
+
+def retention_columns(record: dict, bases: dict[tuple, dict]) -> dict:
+    """A run's retention beside its base's: ``retention_tasks`` (each harness task's accuracy
+    before and after, JSON text) and, on the questions both answered, ``retention_base_accuracy``
+    and ``retention_change`` (after − before). Empty for a run without retention."""
+    mine = (record.get("retention") or {}).get("tasks")
+    if not mine:
+        return {}
+    base = ((bases.get(base_key(record)) or {}).get("retention") or {}).get("tasks") or {}
+    shared = [n for n in mine if n in base]
+    tasks = {n: {"before": base[n]["accuracy"] if n in base else None, "after": t["accuracy"]} for n, t in mine.items()}
+    row = {"retention_tasks": json.dumps(tasks, ensure_ascii=False, sort_keys=True)}
+    if shared:
+        before, after = _pooled(base, shared), _pooled(mine, shared)
+        row.update(retention_base_accuracy=before, retention_change=after - before)
+    return row
+
+
+RETENTION_COLUMNS = ["run_id", "task", "harness_task", "question", "correct"]
+
+
+def retention_frame(records: list[dict]) -> pd.DataFrame:
+    """Each question of each harness task, for every run (and the base's baseline cell) that
+    measured retention: ``correct`` is 1 or 0 (``retention.csv``)."""
+    rows = [{"run_id": r["run_id"], "task": r.get("task"), "harness_task": name, "question": i, "correct": c}
+            for r in records for name, t in sorted(((r.get("retention") or {}).get("tasks") or {}).items())
+            for i, c in enumerate(t.get("correct") or [])]
+    return pd.DataFrame(rows, columns=RETENTION_COLUMNS)
+
+
+def retention_answers(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`retention_frame` in the shape the paired tests read (:func:`suite.report.significance.per_example`):
+    one "answer" per question, ``harness_task:question``, scored 1 or 0."""
+    return pd.DataFrame({"run_id": frame.run_id, "example_id": frame.harness_task + ":" + frame.question.astype(str),
+                         "turn": 1, "example_score": frame.correct})

@@ -16,6 +16,7 @@ import pandas as pd
 from .content import NOTES, OVERALL_NOTE, RAN_NOTE, TURNS_NOTE, Report
 from .figures import CJK_FAMILIES
 from .formatting import numeric_column
+from .retention import NOTE as RETENTION_NOTE
 
 FONTS = ", ".join(["system-ui", "-apple-system", "'Segoe UI'", "'DejaVu Sans'"] + [f"'{f}'" for f in CJK_FAMILIES]
                   + ["sans-serif"])
@@ -147,6 +148,8 @@ def render(report: Report) -> str:
             p += ["<details><summary>Pairwise differences</summary>",
                   "<p class='note'>Score of the row minus the column's, mean over the shared test examples; * where a "
                   "paired test says they differ (p &lt; 0.05).</p>", table(s.verdict.pairwise), "</details>"]
+        if not s.retention.empty:
+            p += ["<h3>Retention</h3>", table(s.retention), f"<p class='note'>{e(RETENTION_NOTE)}</p>"]
         if not s.turns.empty:
             p += ["<h3>Score by turn</h3>", table(s.turns), f"<p class='note'>{e(TURNS_NOTE)}</p>"]
         if not s.ran.empty:

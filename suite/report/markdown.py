@@ -11,6 +11,7 @@ import pandas as pd
 
 from .content import NOTES, OVERALL_NOTE, RAN_NOTE, TURNS_NOTE, Report
 from .formatting import numeric_column
+from .retention import NOTE as RETENTION_NOTE
 
 #: answers-table cells longer than this are cut in summary.md (report.html has them whole)
 ANSWER_CHARS = 120
@@ -59,6 +60,8 @@ def render(report: Report) -> str:
             lines += ["### Pairwise differences", "", "Score of the row minus the column's, mean over the shared test "
                       "examples; * where a paired test says they differ (p < 0.05).", "",
                       table(s.verdict.pairwise), ""]
+        if not s.retention.empty:
+            lines += ["### Retention", "", table(s.retention), "", cell(RETENTION_NOTE), ""]
         if not s.turns.empty:
             lines += ["### Score by turn", "", table(s.turns), "", cell(TURNS_NOTE), ""]
         if not s.ran.empty:

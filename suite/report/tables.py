@@ -112,6 +112,7 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
     show_format = any(x < FORMAT_MIN for x in shares.values())
     learning = {m: still_learning(results, task, m) for m in methods}
     quantized = "quantize" in df and (df.quantize.fillna("none") != "none").any()  # --quantize: say each base
+    retained = "retention_change" in df and df.retention_change.notna().any()
     rows = {}
     for method in methods:
         runs = df[df.method == method]
@@ -156,6 +157,8 @@ def task_table(results: pd.DataFrame, stats: pd.DataFrame, task: str, verdict=No
                 row["memory kind"] = " / ".join(sorted(ok.memory_kind.dropna().unique())) or fmt.MISSING
             if col == "train_seconds" and tuning:
                 row["tuning train s"] = fmt.number((tuning_seconds or {}).get(method)) if method in (tuning_seconds or {}) else fmt.MISSING
+            if col == "forgetting" and retained:  # --retention: lost answers beside the lost language
+                row["retention Δ"] = fmt.mean_std(summary_of(stats, task, method, "retention_change"))
             if col == "train_seconds" and quantized:
                 row["s/step"] = fmt.number(_per_step(ok))
                 row["vs float base"] = versus_float_base(df, method)

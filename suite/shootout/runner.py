@@ -73,6 +73,7 @@ def resolve(config: ShootoutConfig, registry) -> Lineup:
     """
     from ..data.tasks import check_splits
     from ..data.user_files import FileTask, resolve_task
+    from ..measures import retention
     from ..methods.method import check_params, method_params
     from ..models.loading import check_attention, model_config, stand_in
 
@@ -102,6 +103,9 @@ def resolve(config: ShootoutConfig, registry) -> Lineup:
     except ValueError as e:
         raise UsageError(str(e)) from None
     quantize.check(variants.values(config.quantize), methods)
+    if retention.parse(config.retention) and not config.baselines:
+        raise UsageError("--retention scores the base model in the baseline cells, and --no-baselines drops them")
+    retention.check(config.retention, config.retention_include)  # the harness, its tasks, their local data
     return Lineup(tasks, methods, params, grids)
 
 
@@ -119,12 +123,14 @@ def _cell(config: ShootoutConfig, lineup: Lineup, variant: dict | None = None, *
 
 def baseline_cells(config: ShootoutConfig, lineup: Lineup) -> list[Cell]:
     """One cell per task that scores the untrained base model and the task's trivial answers (and
-    one per value of a dimension that changes the base, :func:`suite.config.variants.baseline_combinations`)."""
+    one per value of a dimension that changes the base, :func:`suite.config.variants.baseline_combinations`); the
+    first task's also score the base's retention (``--retention``)."""
     if not config.baselines:
         return []
     return [_cell(config, lineup, variant, run_id=run_id(sweep.BASELINE, task, 0, variant=_slug(config, variant)),
-                  method=sweep.BASE_MODEL, task=task, seed=0, params={}, phase=sweep.BASELINE)
-            for task in config.tasks for variant in variants.baseline_combinations(config)]
+                  method=sweep.BASE_MODEL, task=task, seed=0, params={}, phase=sweep.BASELINE,
+                  base_retention=i == 0)  # the base's retention once per base: it does not depend on the task
+            for i, task in enumerate(config.tasks) for variant in variants.baseline_combinations(config)]
 
 
 def tuning_cells(config: ShootoutConfig, lineup: Lineup) -> list[Cell]:

@@ -27,7 +27,7 @@ def test_the_quantize_extra_pins_the_range_the_code_names_and_the_installed_vers
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     assert extras["quantize"] == ["bitsandbytes" + ",".join(quantize.BNB_RANGE)]
     assert version("bitsandbytes") in SpecifierSet(",".join(quantize.BNB_RANGE))
-    assert "quantize" in (ROOT / "tox.ini").read_text() and ".[test,ray,quantize]" in (ROOT / ".ci/run").read_text()
+    assert "quantize" in (ROOT / "tox.ini").read_text() and ".[test,ray,quantize,eval]" in (ROOT / ".ci/run").read_text()
 
 
 def test_importing_suite_then_peft_prints_nothing_on_stderr():

@@ -33,6 +33,12 @@ def _activation(cfg, gated: bool) -> str:
     return "silu" if gated else "gelu"
 
 
+def _body(arch) -> str | None:
+    """The name of the module that runs the decoder layers: the layers' parent, found by role
+    (OPT's ``model.decoder``, which its causal LM calls directly); None: transformers' ``base_model``."""
+    return arch.layers_name.rpartition(".")[0] if arch is not None else None
+
+
 def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
     """Freeze ``base`` and put a side network with settings ``params`` beside it.
 
@@ -80,7 +86,7 @@ def build(base: torch.nn.Module, params: dict) -> LadderSideModel:
                     down.weight.zero_()
                     down.weight[torch.arange(shape.width, device=keep.device), keep] = 1.0
     torch.nn.init.zeros_(side.up.weight)  # untrained: logits are exactly the backbone's
-    model = LadderSideModel(base, side)
+    model = LadderSideModel(base, side, _body(arch))
     model.init_info = info
     return model
 
@@ -130,6 +136,35 @@ class LST(Method):
         save_file(state, str(directory / "side.safetensors"))
         info = {"method": self.name, "params": params, "side": model.side.shape.to_dict()}
         (directory / "method.json").write_text(json.dumps(info, indent=1))
+
+    def export(self, model, directory: Path, params, dtype=None):
+        """A transformers model directory that loads without leitai's source:
+        ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``. The code travels
+        with the weights, as remote code on the Hugging Face hub does: ``modeling_lst.py`` and
+        ``model.py`` (the side network, which imports nothing of leitai); the frozen backbone in
+        ``base/`` (in ``dtype``), the side network in ``side.safetensors`` (float32, as trained)."""
+        import shutil
+
+        from safetensors.torch import save_file
+
+        from .modeling_lst import LstConfig
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        base = model.base
+        if dtype is not None:
+            base.to(dtype)
+        base.save_pretrained(str(directory / "base"))
+        state = {k: v.detach().contiguous().cpu() for k, v in model.side.state_dict().items()}
+        save_file(state, str(directory / "side.safetensors"))
+        here = Path(__file__).parent
+        for name in ("modeling_lst.py", "model.py"):
+            shutil.copyfile(here / name, directory / name)
+        config = LstConfig(side=model.side.shape.to_dict(), body=model._body_name, base_dir="base",
+                           architectures=["LstForCausalLM"],
+                           auto_map={"AutoConfig": "modeling_lst.LstConfig", "AutoModelForCausalLM": "modeling_lst.LstForCausalLM"})
+        config.save_pretrained(str(directory))
+        return "transformers"
 
     def load(self, base_model, directory: Path, params):
         """Rebuild the side network beside ``base_model`` and load the saved weights into it."""

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+
+from .model import SideShape  # noqa: F401  (defined beside the network, which loads without leitai)
 
 DEFAULTS = {
     "lr": 1e-2,
@@ -40,29 +41,6 @@ PAPER = (
 )
 
 INITS = ("prune", "random")
-
-
-@dataclass(frozen=True)
-class SideShape:
-    """The side network's dimensions for one backbone and one set of settings."""
-
-    hidden: int  # d, the backbone's width
-    width: int  # d / r, the side network's width
-    heads: int  # the backbone's number of attention heads, kept
-    head_dim: int  # the backbone's head dim / r
-    ffn: int  # the backbone's MLP width / r
-    gated: bool  # SwiGLU-style MLP (gate * up), as the backbone's
-    act: str  # the backbone's activation (a transformers ACT2FN name)
-    layers: tuple  # 0-based backbone layers whose output feeds a side block
-    eps: float  # norm epsilon
-    gate_temperature: float
-
-    @property
-    def attn(self) -> int:
-        return self.heads * self.head_dim
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def check_settings(params: dict, width: int | None = None, layers: int | None = None) -> None:

@@ -9,16 +9,42 @@ Forward pass (Sung et al. 2022, adapted to a decoder-only LM)::
 
 with ``mu_j = sigmoid(alpha_j / T)``. Autograd keeps only the ladder inputs and the side
 network's own (width d/r) activations; nothing of the backbone's layers.
+
+This module imports nothing of leitai: ``leitai export`` copies it beside ``modeling_lst.py`` into
+an exported model directory, which transformers then loads without leitai
+(``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)``).
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import SideShape
+
+@dataclass(frozen=True)
+class SideShape:
+    """The side network's dimensions for one backbone and one set of settings."""
+
+    hidden: int  # d, the backbone's width
+    width: int  # d / r, the side network's width
+    heads: int  # the backbone's number of attention heads, kept
+    head_dim: int  # the backbone's head dim / r
+    ffn: int  # the backbone's MLP width / r
+    gated: bool  # SwiGLU-style MLP (gate * up), as the backbone's
+    act: str  # the backbone's activation (a transformers ACT2FN name)
+    layers: tuple  # 0-based backbone layers whose output feeds a side block
+    eps: float  # norm epsilon
+    gate_temperature: float
+
+    @property
+    def attn(self) -> int:
+        return self.heads * self.head_dim
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class SideCache:
@@ -157,19 +183,6 @@ class SideNetwork(nn.Module):
         return self.up(self.norm(s))
 
 
-def _body(base: nn.Module) -> nn.Module:
-    """The module that runs the decoder layers and returns their hidden states: the layers'
-    parent as :mod:`suite.models.architecture` finds it (OPT's ``model.decoder``, which its causal LM
-    calls directly), else transformers' ``base_model``."""
-    from suite.models.architecture import ArchitectureError, find
-
-    try:
-        name = find(base).layers_name.rpartition(".")[0]
-    except ArchitectureError:
-        return base.base_model
-    return base.get_submodule(name) if name else base
-
-
 class LadderSideModel(nn.Module):
     """A frozen causal LM with a trainable side network; used like a transformers causal LM.
 
@@ -178,14 +191,18 @@ class LadderSideModel(nn.Module):
     for both the backbone and the side network.
     """
 
-    def __init__(self, base: nn.Module, side: SideNetwork):
+    def __init__(self, base: nn.Module, side: SideNetwork, body: str | None = None):
         super().__init__()
         self.base = base
         self.side = side
-        body = _body(base)
-        if body is base:
+        # the module that runs the decoder layers and returns their hidden states, by name (not a
+        # second parent): the layers' parent as leitai found it (OPT's ``model.decoder``, which its
+        # causal LM calls directly), else transformers' ``base_model``
+        if body is None:
+            body = next((n for n, m in base.named_modules() if m is base.base_model and m is not base), None)
+        if not body:
             raise ValueError(f"lst: cannot find the transformer body of {type(base).__name__}")
-        self._body_name = next(n for n, m in base.named_modules() if m is body)  # a name: not a second parent
+        self._body_name = body
         if base.get_output_embeddings() is None:
             raise ValueError(f"lst: {type(base).__name__} has no output embeddings (LM head)")
 
