@@ -69,7 +69,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..errors import GuardError
     from ..measures import resources
     from ..measures.attention import ATTENTION_PROMPTS, prepended_attention
-    from ..measures.diagnostics import answer_format, learning_tail, probe_baseline
+    from ..measures.diagnostics import answer_format, divergence, learning_tail, probe_baseline
     from ..measures.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting
     from ..measures.inference import inference_costs
     from ..measures.loss import mean_loss
@@ -157,6 +157,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     base.to(device)
     with accelerator.autocast():
         forgetting.measure_base(base)  # the untouched base model, before the method touches it
+        # its dev loss, as the baseline cell measures it: a run whose dev loss ends far above it diverged
+        m["base_eval_loss"] = mean_loss(base, eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
 
     total = count_parameters(base)
     base_named = list(base.named_parameters())
@@ -230,7 +232,13 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     with accelerator.autocast():
         m["eval_loss"] = mean_loss(model, eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device,
                                    result.answer_head)
-        record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
+    record["curve"].append({"step": len(result.losses), "split": "dev", "loss": m["eval_loss"]})
+    blew_up = divergence(m["first_train_loss"], m["final_train_loss"], m["eval_loss"], m["base_eval_loss"])
+    if blew_up:  # its loss ended far above where it started: not scored
+        record["status"], record["error"] = "diverged", blew_up
+        return True
+
+    with accelerator.autocast():
         if tuning:  # the dev split's score decides which setting the final runs use; test is never read
             texts = answers(model, prepared.dev_prompts)
             m["dev_score"] = scored(task, texts, prepared.dev_examples)[0]["score"]
