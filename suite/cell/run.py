@@ -27,8 +27,13 @@ SILENCED = (
 
 
 def _silence_known_warnings():
+    """The known noise of the libraries: :data:`SILENCED`'s warnings, and their bars that tell the
+    user nothing (:func:`suite.quiet.quiet_bars`)."""
+    from ..quiet import quiet_bars
+
     for pattern in SILENCED:
         warnings.filterwarnings("ignore", message=pattern)
+    quiet_bars()
 
 
 def run_cell(cell: Cell, run_dir: Path) -> dict | None:
