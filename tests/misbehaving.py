@@ -277,7 +277,7 @@ class Hangs(LoRA):
 
 
 class Crawls(LoRA):
-    """Trains, but slowly (``$UNRULY_STEP_SECONDS`` a step, default 4), with a helper process of
+    """Trains, but slowly (``$UNRULY_STEP_SECONDS`` a step, default 8), with a helper process of
     its own (``sleep``) running beside it: a cell that makes progress and cannot finish in time.
     Its process id is in ``$UNRULY_DIR/crawls.pid``, the helper's in ``crawls-helper.pid``."""
 
@@ -293,7 +293,7 @@ class Crawls(LoRA):
         return super().apply(model, params)
 
     def after_step(self, model, step, steps):
-        time.sleep(float(os.environ.get("UNRULY_STEP_SECONDS", "4")))
+        time.sleep(float(os.environ.get("UNRULY_STEP_SECONDS", "8")))
 
 
 @hookimpl
