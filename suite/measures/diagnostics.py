@@ -34,10 +34,9 @@ TAIL_MIN_FALL = 0.02
 #: below this share of well-formed answers a run has not learned the answer format
 FORMAT_MIN = 0.5
 #: a run whose loss ends more than this share above where it started has diverged
-#: (:func:`divergence`). Measured on tiny-zh's zh-sentiment (150 steps of 16): a run that learns
-#: nothing (lr 1e-9) ends with a tail mean 4% above its first step (steps spread by 3%, the
-#: highest 12% above the first), and an untrained prepend method's dev loss is up to 3% above
-#: the base's; LoRA at lr 1e4 ends 80% above.
+#: (:func:`divergence`); why 20%, measured (a run that learns nothing ends 4% above its first
+#: step, an untrained method's dev loss up to 3% above the base's): docs/diagnostics.md,
+#: "Diverged runs"
 DIVERGED_ABOVE = 0.2
 
 
