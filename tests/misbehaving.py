@@ -279,15 +279,17 @@ class Hangs(LoRA):
 class Crawls(LoRA):
     """Trains, but slowly (``$UNRULY_STEP_SECONDS`` a step, default 8), with a helper process of
     its own (``sleep``) running beside it: a cell that makes progress and cannot finish in time.
-    Its process id is in ``$UNRULY_DIR/crawls.pid``, the helper's in ``crawls-helper.pid``."""
+    Its process id is in ``$UNRULY_DIR/crawls.pid``, the helper's in ``crawls-helper.pid``
+    (``crawls-1.pid``... for the other ranks of a distributed cell)."""
 
     name = "crawls"
 
     def apply(self, model, params):
         if not planning(model):
             helper = subprocess.Popen(["sleep", "600"])
+            rank = "" if os.environ.get("RANK", "0") == "0" else f"-{os.environ['RANK']}"
             for name, pid in (("crawls-helper", helper.pid), ("crawls", os.getpid())):
-                path = Path(os.environ["UNRULY_DIR"]) / f"{name}.pid"
+                path = Path(os.environ["UNRULY_DIR"]) / f"{name}{rank}.pid"
                 path.with_suffix(".tmp").write_text(str(pid))
                 path.with_suffix(".tmp").replace(path)
         return super().apply(model, params)
