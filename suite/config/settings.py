@@ -74,7 +74,7 @@ class RunSettings:
     infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
     stall_timeout: str = setting("30m", "end a cell that reports no progress (a training step, an evaluation batch, "
                                  "a new phase) for this long, with every process it started, record it timeout with "
-                                 "the step it reached, and go on: e.g. 90s, 20m, 2h; 0: never (docs/faults.md)",
+                                 "the step it reached, and go on: e.g. 90s, 20m, 2h; 0 or none: never (docs/faults.md)",
                                  metavar="DURATION")
     cell_timeout: str = setting("none", "end a cell that runs longer than this in all, with every process it started "
                                 "(a distributed cell's ranks too), record it timeout with the step it reached, and go "
