@@ -9,7 +9,8 @@ import is listed in :mod:`suite.api`; the packages below follow the stages of a 
 """
 from . import (
     api,
-    quiet,  # noqa: F401  (first: it quiets a library before peft can import it)
+    code_files,  # noqa: F401  (before leitai's modules: when this process began importing them)
+    quiet,  # noqa: F401  (before peft: it quiets a library peft imports)
 )
 
 api.install()  # the import paths of leitai before its modules were grouped by stage (suite.api.MOVED)

@@ -2,12 +2,13 @@
 
 In-process tests use the classes (``check_method(Unfrozen())``); shootouts in a subprocess load
 this module as a plugin (``conftest.MISBEHAVING``, which registers every one of them) and pick
-theirs with ``--methods``. The cluster-like ones (``dies-once``, ``dies-always``, ``hangs``) count
+theirs with ``--methods``. The cluster-like ones (``dies-once``, ``dies-always``, ``hangs``, ``crawls``) count
 their attempts in files under ``$UNRULY_DIR``.
 """
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -275,9 +276,31 @@ class Hangs(LoRA):
         return super().apply(model, params)
 
 
+class Crawls(LoRA):
+    """Trains, but slowly (``$UNRULY_STEP_SECONDS`` a step, default 8), with a helper process of
+    its own (``sleep``) running beside it: a cell that makes progress and cannot finish in time.
+    Its process id is in ``$UNRULY_DIR/crawls.pid``, the helper's in ``crawls-helper.pid``
+    (``crawls-1.pid``... for the other ranks of a distributed cell)."""
+
+    name = "crawls"
+
+    def apply(self, model, params):
+        if not planning(model):
+            helper = subprocess.Popen(["sleep", "600"])
+            rank = "" if os.environ.get("RANK", "0") == "0" else f"-{os.environ['RANK']}"
+            for name, pid in (("crawls-helper", helper.pid), ("crawls", os.getpid())):
+                path = Path(os.environ["UNRULY_DIR"]) / f"{name}{rank}.pid"
+                path.with_suffix(".tmp").write_text(str(pid))
+                path.with_suffix(".tmp").replace(path)
+        return super().apply(model, params)
+
+    def after_step(self, model, step, steps):
+        time.sleep(float(os.environ.get("UNRULY_STEP_SECONDS", "8")))
+
+
 @hookimpl
 def register_methods(register):
-    for cls in (Raiser, NaN, Crasher, Leaky, Hollow, Liar, Peeker, DiesOnce, DiesAlways, Hangs):
+    for cls in (Raiser, NaN, Crasher, Leaky, Hollow, Liar, Peeker, DiesOnce, DiesAlways, Hangs, Crawls):
         register(cls())
 
 

@@ -98,7 +98,7 @@ STAGES = ("foundations", "data", "models", "measures", "methods", "plugins", "me
           "shootout", "testing", "cli", "suite")
 TOP_LEVEL = {"suite.errors": "foundations", "suite.atomic": "foundations", "suite.quiet": "foundations",
              "suite.stopping": "foundations", "suite.progress": "foundations", "suite.hookspecs": "foundations",
-             "suite.api": "foundations",
+             "suite.api": "foundations", "suite.code_files": "foundations",
              # the registry resolves method names, ``peft:PATH`` among them (suite.methods.peft_file)
              "suite.plugins": "plugins",
              # the package: its public API (the facade) and the aliases of the old import paths

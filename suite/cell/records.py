@@ -16,7 +16,12 @@ from pathlib import Path
 from ..atomic import write_json_atomic  # noqa: F401  (executors imported it from here)
 from ..errors import UsageError
 
-STATUSES = ("ok", "failed", "oom", "diverged")
+#: every status a run's record may have, in the order the report counts them: ``ok``; ``failed``
+#: (the reason in ``error``); ``oom``; ``diverged`` (its loss blew up:
+#: :func:`suite.measures.diagnostics.divergence`); ``timeout`` (ended by the watchdog, past its
+#: ``--cell-timeout`` or without progress for its ``--stall-timeout``:
+#: :func:`suite.shootout.processes.wait_watched`)
+STATUSES = ("ok", "failed", "oom", "diverged", "timeout")
 
 
 def run_dir(out_dir: Path, run_id: str) -> Path:

@@ -27,8 +27,13 @@ SILENCED = (
 
 
 def _silence_known_warnings():
+    """The known noise of the libraries: :data:`SILENCED`'s warnings, and their bars that tell the
+    user nothing (:func:`suite.quiet.quiet_bars`)."""
+    from ..quiet import quiet_bars
+
     for pattern in SILENCED:
         warnings.filterwarnings("ignore", message=pattern)
+    quiet_bars()
 
 
 def run_cell(cell: Cell, run_dir: Path) -> dict | None:
@@ -70,7 +75,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..errors import GuardError
     from ..measures import resources, retention
     from ..measures.attention import ATTENTION_PROMPTS, prepended_attention
-    from ..measures.diagnostics import answer_format, learning_tail, probe_baseline
+    from ..measures.diagnostics import answer_format, divergence, learning_tail, probe_baseline
     from ..measures.forgetting import SIDE_BATCH, SIDE_MAX_TOKENS, Forgetting
     from ..measures.inference import inference_costs
     from ..measures.loss import mean_loss
@@ -166,6 +171,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     base.to(device)
     with accelerator.autocast():
         forgetting.measure_base(base)  # the untouched base model, before the method touches it
+        # its dev loss, as the baseline cell measures it: a run whose dev loss ends far above it diverged
+        m["base_eval_loss"] = mean_loss(base, eval_batches(dev_set, cell.eval_batch_size), tokenizer.pad_token_id, device)
 
     total = count_parameters(base)
     base_named = list(base.named_parameters())
@@ -267,6 +274,10 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         m.update(best_dev_step=dev.best["step"], best_dev_score=dev.best["score"], kept_step=kept or end["step"])
         if kept is not None:
             m.update(eval_loss=dev.best["loss"], dev_score=dev.best["score"])
+    blew_up = divergence(m["first_train_loss"], m["final_train_loss"], m["eval_loss"], m["base_eval_loss"])
+    if blew_up:  # its loss ended far above where it started: not scored
+        record["status"], record["error"] = "diverged", blew_up
+        return True
     if tuning:  # the dev split's score decides which setting the final runs use; test is never read
         record["status"] = "ok"
         return True

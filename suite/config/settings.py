@@ -111,8 +111,12 @@ class RunSettings:
     infer_prompts: int = setting(8, "test prompts to time inference on, per run (0: no timing)", fair=True, minimum=0)
     infer_new_tokens: int = setting(16, "new tokens per timed generation", fair=True, minimum=0)
     stall_timeout: str = setting("30m", "end a cell that reports no progress (a training step, an evaluation batch, "
-                                 "a new phase) for this long, record it failed with the step it reached, and go on: "
-                                 "e.g. 90s, 20m, 2h; 0: never (docs/faults.md)", metavar="DURATION")
+                                 "a new phase) for this long, with every process it started, record it timeout with "
+                                 "the step it reached, and go on: e.g. 90s, 20m, 2h; 0 or none: never (docs/faults.md)",
+                                 metavar="DURATION")
+    cell_timeout: str = setting("none", "end a cell that runs longer than this in all, with every process it started "
+                                "(a distributed cell's ranks too), record it timeout with the step it reached, and go "
+                                "on: e.g. 20s, 45m, 6h; none (or 0): no limit (docs/faults.md)", metavar="DURATION")
 
 
 @dataclass(kw_only=True)
@@ -205,12 +209,18 @@ TOML_NAMES = frozenset(f.name for f in fields(ShootoutConfig) if f.metadata["fla
 _SECONDS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
+#: the settings that are durations (:func:`parse_duration`), each checked before any cell runs
+DURATIONS = ("stall_timeout", "cell_timeout")
+
+
 def parse_duration(text, what: str = "--stall-timeout") -> float:
-    """``90s``, ``20m``, ``2h`` or a number of seconds; ``0`` is none. A one-line
+    """``90s``, ``20m``, ``2h`` or a number of seconds; ``0`` or ``none`` is none (0.0). A one-line
     :class:`UsageError` otherwise."""
+    if str(text).strip().lower() == "none":
+        return 0.0
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
     if not m or m.group(2) not in _SECONDS:
-        raise UsageError(f"{what}: cannot read {text!r} as a duration (e.g. 90s, 20m, 2h, or 0 for none)")
+        raise UsageError(f"{what}: cannot read {text!r} as a duration (e.g. 90s, 20m, 2h, or none)")
     return float(m.group(1)) * _SECONDS[m.group(2)]
 
 

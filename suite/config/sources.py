@@ -21,7 +21,7 @@ import tomllib
 from ..errors import UsageError
 from ..models.quantize import parse as parse_quantize
 from . import sweep
-from .settings import TOML_NAMES, ShootoutConfig, check, parse_duration
+from .settings import DURATIONS, TOML_NAMES, ShootoutConfig, check, parse_duration
 from .variants import values as values_of
 
 
@@ -190,9 +190,10 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for key, choices in DIMENSION_CHOICES.items():  # likewise
         if key in values:
             values[key] = ",".join(parse_choices(values[key], choices, "--" + key.replace("_", "-")))
-    if "stall_timeout" in values:
-        values["stall_timeout"] = str(values["stall_timeout"])
-        parse_duration(values["stall_timeout"])
+    for key in DURATIONS:  # 90s, 20m, 2h (a TOML file may give a number of seconds)
+        if key in values:
+            values[key] = str(values[key])
+            parse_duration(values[key], "--" + key.replace("_", "-"))
     if "task_size" in values:
         values["task_size"] = str(values["task_size"])
         if values["task_size"] not in ("default", "full") and not values["task_size"].isdigit():

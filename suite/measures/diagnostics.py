@@ -11,6 +11,9 @@ protocol", point 6), computed by the core from what a cell has anyway:
 - :func:`answer_format`: the share of greedy answers that are non-empty and, for a task with a
   closed answer set, one of its answers. Below :data:`FORMAT_MIN` the run did not learn the
   answer format, whatever its choice accuracy says about the labels.
+- :func:`divergence`: whether the run's loss blew up: its training loss ended, or its dev loss
+  is, more than :data:`DIVERGED_ABOVE` above where it started (its first step; the untrained
+  base model's dev loss). Such a run's record is ``diverged``, not ``ok``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ TAIL_ALPHA = 0.05
 TAIL_MIN_FALL = 0.02
 #: below this share of well-formed answers a run has not learned the answer format
 FORMAT_MIN = 0.5
+#: a run whose loss ends more than this share above where it started has diverged
+#: (:func:`divergence`); why 20%, measured (a run that learns nothing ends 4% above its first
+#: step, an untrained method's dev loss up to 3% above the base's): docs/diagnostics.md,
+#: "Diverged runs"
+DIVERGED_ABOVE = 0.2
 
 
 # ---------------------------------------------------------------- linear probe
@@ -166,3 +174,26 @@ def probe_baseline(task, model, prepared, pad_id: int, device, batch_size: int =
     right = [a == ex.output for a, ex in zip(answers, prepared.test)]
     return {"kind": "probe", "score": scores["score"], "choice_accuracy": sum(right) / len(right) if right else math.nan,
             "generations": generations}
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def divergence(first_train_loss: float | None, final_train_loss: float | None, eval_loss: float | None = None,
+               base_eval_loss: float | None = None) -> str | None:
+    """Why a run diverged, or None: its training loss ended (``final_train_loss``, the mean of
+    the last 10% of the steps) more than :data:`DIVERGED_ABOVE` above its first step's, or its
+    dev loss is more than that above the untrained base model's (``base_eval_loss``, measured in
+    the same cell on the same dev examples). A non-finite loss is caught while training
+    (:func:`suite.cell.train.train`)."""
+    limit, above = 1 + DIVERGED_ABOVE, f"more than {DIVERGED_ABOVE:.0%} above"
+    if _above(final_train_loss, first_train_loss, limit):
+        return (f"training loss rose from {first_train_loss:.4g} (step 1) to {final_train_loss:.4g} (the mean of "
+                f"the last 10% of the steps), {above}")
+    if _above(eval_loss, base_eval_loss, limit):
+        return f"dev loss {eval_loss:.4g}, {above} the untrained base model's {base_eval_loss:.4g}"
+    return None
+
+
+def _above(value: float | None, start: float | None, limit: float) -> bool:
+    return value is not None and start is not None and math.isfinite(start) and start > 0 and value > limit * start

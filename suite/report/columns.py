@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import re
 
+from ..measures.diagnostics import DIVERGED_ABOVE
+
+_ABOVE = f"{DIVERGED_ABOVE:.0%}"
+
 #: the meaning of every column of ``results.csv`` (and ``results.parquet``) a core run writes
 COLUMNS = {
     # the output contract (suite.report.RESULT_COLUMNS)
@@ -16,8 +20,12 @@ COLUMNS = {
     "task": "the task's name (`--tasks`)",
     "seed": "the run's seed (every RNG; the batch order too)",
     "model": "the base model (`--model`)",
-    "status": "`ok`, `failed` (the reason in `error`), `oom` (out of memory) or `diverged` (a non-finite training loss)",
-    "error": "why the run did not finish `ok`: the exception's type and the first line of its message",
+    "status": "`ok`, `failed` (the reason in `error`), `oom` (out of memory), `diverged` (a non-finite training "
+              f"loss, a training loss that ended more than {_ABOVE} above its first step's, or a dev loss more than "
+              f"{_ABOVE} above the untrained base model's: `base_eval_loss`) or `timeout` (ended by the watchdog: past its "
+              "`--cell-timeout`, or no progress for its `--stall-timeout`; `error` says which and the step it reached)",
+    "error": "why the run did not finish `ok`: the exception's type and the first line of its message; for a "
+             "`diverged` or `timeout` run, what the core found (which loss, how far; which limit, the step reached)",
     "trainable_params": "parameters with `requires_grad` after the method was applied, tied tensors once, counted by "
                         "the core; recorded for a cell the run-time guard fails too",
     "total_params": "the base model's parameters, counted by the core before the method is applied (a packed 4-bit "
@@ -41,6 +49,9 @@ COLUMNS = {
     "phase": "`final` (scored on test) or `tune` (a `--sweep` setting, scored on dev)",
     "dev_score": "the score on the dev split: a tuning run's (what its sweep chooses by), and with `--eval-every` "
                  "a final run's at the parameters it kept (`kept_step`)",
+    "base_eval_loss": "the untrained base model's dev loss, measured in the run's own cell before the method is "
+                      f"applied (as the baseline cell measures it): a run whose `eval_loss` is more than {_ABOVE} above it "
+                      "is `diverged`",
     "choice_accuracy": "classification tasks (`Task.choices`): the share of test examples whose reference is the "
                        "choice the model gives the highest likelihood",
     "class_prior_loss": "classification tasks: the loss per answer token of a model that knows the answer format "

@@ -16,8 +16,8 @@ NOTES = (
     "Each row is one method; numbers are means over the seeds that finished ok (n), "
     "± the sample standard deviation when n > 1.",
     "95% CI: Student's t interval of the mean score over seeds, mean ± t(0.975, n−1)·s/√n.",
-    "runs: every run of the method on the task by status; failed, oom and diverged runs are "
-    "listed under 'Runs that did not finish ok' and are not part of the means.",
+    "runs: every run of the method on the task by status; failed, oom, diverged and timeout runs are "
+    "listed under 'Runs that did not finish ok' and are not part of the means (the verdict says why).",
     "peak memory: what 'memory kind' says was measured (cuda_max_allocated on GPU; on CPU the "
     "cell process's peak RSS during training minus its RSS before). adapter: bytes on disk of "
     "the saved trainable weights. final train loss: mean of the last 10% of step losses; "

@@ -18,7 +18,7 @@ RESULT_COLUMNS = (
     "first_train_loss final_train_loss eval_loss score_name score"
 ).split()
 EXTRA_COLUMNS = (
-    "phase dev_score choice_accuracy class_prior_loss probe_score format_share format_learned still_learning "
+    "phase dev_score base_eval_loss choice_accuracy class_prior_loss probe_score format_share format_learned still_learning "
     "tail_slope tail_slope_p prepended_positions prepended_attention_share prepended_uniform_share "
     "peak_memory_reserved_bytes predicted_peak_bytes weights_bytes grads_bytes optimizer_bytes activation_bytes "
     "steps lr truncated_examples forgetting_before forgetting_after forgetting infer_ms_per_token "

@@ -86,7 +86,7 @@ def method_order(results: pd.DataFrame, stats: pd.DataFrame, task: str) -> list[
 
 
 def status_counts(statuses) -> str:
-    """``ok 2, failed 1``: every status that occurred, in the order ok, failed, oom, diverged."""
+    """``ok 2, failed 1``: every status that occurred, in the order of :data:`suite.cell.records.STATUSES`."""
     counts = pd.Series(list(statuses)).value_counts()
     order = [s for s in STATUSES if s in counts] + sorted(s for s in counts.index if s not in STATUSES)
     return ", ".join(f"{s} {counts[s]}" for s in order)

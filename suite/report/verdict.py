@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..cell.records import STATUSES
 from ..measures.diagnostics import FORMAT_MIN
 from . import formatting as fmt
 from .frames import PROBE
@@ -28,6 +29,7 @@ class TaskVerdict:
     probe: float | None = None  # the linear probe's score (a yardstick, not one of the baselines a verdict needs)
     below_probe: dict[str, bool] = field(default_factory=dict)  # method -> below the probe at 95% confidence
     reasons: dict[str, list[str]] = field(default_factory=dict)  # method not above -> what the diagnostics say
+    left_out: dict[str, str] = field(default_factory=dict)  # method -> its runs not in the means, and why
     sentences: list[str] = field(default_factory=list)
 
     def not_above(self) -> list[str]:
@@ -63,8 +65,27 @@ def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame
     verdict.pairwise = pd.DataFrame.from_dict(cells, orient="index", columns=names)
     verdict.pairwise.index.name = "row − column"
     verdict.reasons = {m: diagnose(verdict, results, stats, m) for m in verdict.not_above()}
+    verdict.left_out = left_out(results, task, order)
     verdict.sentences = _sentences(verdict, stats, means)
     return verdict
+
+
+def left_out(results: pd.DataFrame, task: str, order: list[str]) -> dict[str, str]:
+    """Method -> why some of its runs on ``task`` are not in its means: each status other than ok
+    (failed, oom, diverged, timeout), in how many of its runs, and the first such run's error."""
+    df = results[results.task == task]
+    out = {}
+    for method in order:
+        runs = df[df.method == method]
+        parts = []
+        for status in [s for s in STATUSES if s != "ok"] + sorted(set(runs.status) - set(STATUSES)):
+            bad = runs[runs.status == status]
+            if len(bad):
+                error = next((str(x).strip() for x in bad.error if isinstance(x, str) and x.strip()), "")
+                parts.append(f"{status} in {len(bad)} of {len(runs)} runs" + (f": {error}" if error else ""))
+        if parts:
+            out[method] = "; ".join(parts)
+    return out
 
 
 def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method: str) -> list[str]:
@@ -115,8 +136,10 @@ def _cost(stats: pd.DataFrame, task: str, method: str) -> str:
 
 
 def _sentences(v: TaskVerdict, stats: pd.DataFrame, means: dict[str, float]) -> list[str]:
+    gone = ([f"Left out of the means, runs that did not finish ok: "
+             f"{'; '.join(f'{m} ({why})' for m, why in v.left_out.items())}."] if v.left_out else [])
     if not v.best:
-        return [f"{v.task}: no method finished ok, so there is no verdict."]
+        return [f"{v.task}: no method finished ok, so there is no verdict."] + gone
     score = lambda m: fmt.number(means[m])  # noqa: E731
     if len(v.best) == 1:
         runner = min(v.against_best.values(), key=lambda c: c.p_two_sided, default=None)
@@ -144,7 +167,7 @@ def _sentences(v: TaskVerdict, stats: pd.DataFrame, means: dict[str, float]) -> 
                        f"{', '.join(why)}.")
         else:
             out.append(f"Every method is above the best baseline ({name}, {fmt.number(value)}) at 95% confidence.")
-    return out
+    return out + gone
 
 
 NOTE = (f"Verdicts and ties: per task, every pair of methods is compared on the same test examples with a paired "
@@ -154,6 +177,8 @@ NOTE = (f"Verdicts and ties: per task, every pair of methods is compared on the 
         f"task's trivial answer) at 95% confidence, one-sided; 'vs probe' whether it is below the linear probe "
         f"(the same test the other way), which is a yardstick, not a baseline to beat. For a method not above the "
         f"best baseline the verdict names what the diagnostics found: dev loss at or above the class prior (within "
-        f"10%, or more), training loss still falling, answers outside the format, below the linear probe. The "
+        f"10%, or more), training loss still falling, answers outside the format, below the linear probe. Means are "
+        f"over a method's runs that finished ok; the verdict names the others (failed, out of memory, diverged, "
+        f"timeout) and why, as the first such run's error says. The "
         f"pairwise table gives row minus column, * where the difference is significant. With many methods some "
         f"differences pass by chance; read them with that in mind.")

@@ -10,7 +10,9 @@ it, and when it is forked from the driver instead, is :mod:`suite.shootout.warm`
 The driver talks to the server over a Unix socket pair (``SOCK_SEQPACKET``: one message a
 datagram): it sends ``{"op": "run", "id", "spec", "env", "cwd"}`` with the write end of the
 cell's stderr pipe attached (``SCM_RIGHTS``), the server answers ``{"id", "pid"}`` and, when
-the child ends, ``{"id", "exit"}`` (negative: the signal that killed it). The server ignores
+the child ends, ``{"id", "exit"}`` (negative: the signal that killed it). It forks no cell once
+the source of a module it holds has changed on disk (:mod:`suite.code_files`): it answers
+``{"id", "stale": [paths], "stale_count"}``, and the driver starts a fresh server. The server ignores
 Ctrl-C and SIGTERM (the cells and the driver handle them) and dies with the driver; a child
 dies with the server.
 """
@@ -28,6 +30,7 @@ import threading
 import time
 import traceback
 
+from .. import code_files
 from ..stopping import die_with_parent
 
 #: what the server imports: the heavy libraries and the core a cell imports anyway
@@ -41,16 +44,27 @@ PRELOAD = (
     "suite.measures.resources", "suite.methods.method", "suite.methods.guards", "suite.models.loading",
     "suite.models.precision",
 )
+#: the packages whose every module the server imports too (a few hundredths of a second): leitai's
+#: stages a cell runs, and the built-in plugins. A warm cell then imports none of leitai's modules
+#: after its fork, so its leitai code is all the server's, checked unchanged on disk before the fork
+#: (:func:`suite.code_files.changed`).
+CELL_PACKAGES = ("suite.data", "suite.models", "suite.measures", "suite.methods", "suite.memory", "suite.config",
+                 "suite.cell", "plugins")
 
 
 def _preload() -> None:
     import importlib
+    import pkgutil
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in PRELOAD:
             importlib.import_module(name)
+        for package in CELL_PACKAGES:
+            for found in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+                if found.name.rpartition(".")[2] != "__main__":  # a program (python -m suite.cell), not a module
+                    importlib.import_module(found.name)
         _shared_lookups()
 
 
@@ -74,6 +88,16 @@ def _shared_lookups() -> None:
         pass
 
 
+def plugin_packages() -> tuple[str, ...]:
+    """The top-level packages of the installed plugins and of ``LEITAI_PLUGINS``: a module of
+    theirs this server holds is watched for edits (:mod:`suite.code_files`) wherever it lies."""
+    from .. import plugins
+
+    modules = [ep.module for _, _, ep in plugins.ENTRY_POINTS or ()]
+    modules += [m.strip() for m in os.environ.get("LEITAI_PLUGINS", "").split(",") if m.strip()]
+    return tuple(sorted({m.partition(".")[0] for m in modules}))
+
+
 def _send(sock: socket.socket, message: dict) -> None:
     try:
         sock.send(json.dumps(message).encode())
@@ -89,7 +113,11 @@ def _state() -> dict:
         threads = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     return {"pid": os.getpid(), "cuda_initialized": torch.cuda.is_initialized(), "os_threads": threads,
             "python_threads": threading.active_count(), "modules": len(sys.modules), "forked": FORKED,
-            "plugins_registered": sys.modules["suite.plugins"]._cached is not None}
+            "plugins_registered": sys.modules["suite.plugins"]._cached is not None, "watched_files": len(CODE)}
+
+
+#: the source files of the modules the server holds, as it imported them (:func:`suite.code_files.snapshot`)
+CODE: code_files.Snapshot = {}
 
 
 #: whether this server process was forked from the driver (:func:`fork_server`)
@@ -160,6 +188,7 @@ def serve(fd: int, forked: bool = False) -> int:
 
     gc.collect()
     gc.freeze()  # the imported objects stay on pages the children share (no copy on the GC's touch)
+    CODE.update(code_files.snapshot(plugin_packages()))  # the files of the modules cells will run, as imported
     unsafe = fork_probe()  # checked before any cell is forked; nothing runs here between cells
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -197,6 +226,10 @@ def serve(fd: int, forked: bool = False) -> int:
             continue
         if torch.cuda.is_initialized() or unsafe:  # never: a forked child could not use CUDA, or would hang
             _send(sock, {"id": request["id"], "error": unsafe or "the warm-start server initialised CUDA"})
+            continue
+        stale = code_files.changed(CODE)
+        if stale:  # a cell forked now would run this server's old modules beside new ones: the driver starts a fresh server
+            _send(sock, {"id": request["id"], "stale": stale[:20], "stale_count": len(stale)})  # one datagram
             continue
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,7 +1,7 @@
 """A cell's process, as every executor starts it: the command, the environment that caps its
-threads, its stderr passed through, the watchdog on its heartbeat, and a ``failed`` record for a
-process that died without writing one. Ctrl-C and SIGTERM stop every cell process of the driver
-(:data:`RUNNING`)."""
+threads, its stderr passed through, the watchdog on its time and its heartbeat (a ``timeout``
+record for a cell it ends), and a ``failed`` record for a process that died without writing
+one. Ctrl-C and SIGTERM stop every cell process of the driver (:data:`RUNNING`)."""
 from __future__ import annotations
 
 import os
@@ -93,9 +93,9 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     unless the server found forking unsafe (:class:`suite.shootout.warm.ColdStart`); else (or under a
     distributed launch) it starts cold, ``python -m suite.cell``. The child's stderr (its
     progress bar) is passed through while the last few KB are kept, so a child that dies
-    without writing a record can still say why. A child whose heartbeat (:mod:`suite.progress`)
-    is older than the cell's ``stall_timeout`` is killed with its own children
-    (:func:`wait_watched`). The child dies with us. Raises :class:`Interrupted` for a child that
+    without writing a record can still say why. A child that runs past the cell's
+    ``cell_timeout``, or whose heartbeat (:mod:`suite.progress`) is older than its
+    ``stall_timeout``, is killed with its own children (:func:`wait_watched`). The child dies with us. Raises :class:`Interrupted` for a child that
     :data:`RUNNING` stopped.
     """
     from .warm import ColdStart
@@ -144,7 +144,8 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     try:
-        code, stalled = wait_watched(proc, run_dir, parse_duration(cell.stall_timeout))
+        code, stalled = wait_watched(proc, run_dir, parse_duration(cell.stall_timeout),
+                                     parse_duration(cell.cell_timeout, "--cell-timeout"))
     except BaseException:  # Ctrl-C in this thread: the child got the signal too; make sure it is gone
         proc.kill()
         _wait_quietly(proc)
@@ -160,24 +161,31 @@ def launch_child(cell: Cell, run_dir: Path, env: dict | None = None, processes: 
     return code, b"".join(tail).decode("utf-8", errors="replace"), stalled
 
 
-def wait_watched(proc, run_dir: Path, stall: float) -> tuple[int, str | None]:
-    """Wait for a cell's process; when its heartbeat in ``run_dir`` (:mod:`suite.progress`; the
-    process's start until its first beat) is more than ``stall`` seconds old (0: never), kill it
-    and its children. Returns its exit code and, if it was killed so, why."""
+def wait_watched(proc, run_dir: Path, stall: float, limit: float = 0.0) -> tuple[int, str | None]:
+    """Wait for a cell's process; kill it and every process under it (:func:`kill_tree`) when it
+    has run for more than ``limit`` seconds (its ``--cell-timeout``), or when its heartbeat in
+    ``run_dir`` (:mod:`suite.progress`; the process's start until its first beat) is more than
+    ``stall`` seconds old (its ``--stall-timeout``); 0: no such limit. Returns its exit code and,
+    if it was killed so, why, with the step it reached."""
     started = time.time()
-    every = min(5.0, max(0.2, stall / 10)) if stall else None
+    every = min([5.0] + [max(0.2, s / 10) for s in (stall, limit) if s]) if stall or limit else None
     while True:
         try:
             return proc.wait(timeout=every), None
         except subprocess.TimeoutExpired:
             pass
         last = progress.read(run_dir)
-        quiet = time.time() - max(started, last["time"] if last else 0.0)
-        if quiet > stall:
-            kill_tree(proc)
-            _wait_quietly(proc)
-            return proc.poll(), (f"no progress for {quiet:.0f} s, the cell's --stall-timeout: ended by the watchdog "
-                                 f"(last: {progress.describe(last)})")
+        now = time.time()
+        quiet = now - max(started, last["time"] if last else 0.0)
+        if limit and now - started > limit:
+            why = f"ran past its --cell-timeout of {limit:g} s"
+        elif stall and quiet > stall:
+            why = f"no progress for {quiet:.0f} s, the cell's --stall-timeout"
+        else:
+            continue
+        kill_tree(proc)
+        _wait_quietly(proc)
+        return proc.poll(), f"{why}: ended by the watchdog (last: {progress.describe(last)})"
 
 
 def kill_tree(proc) -> None:
@@ -207,7 +215,8 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
     """Run ``cell`` in its own process in ``run_dir`` and return its record.
 
     A process that exits without a record gets a ``failed`` record naming its exit status and
-    last line of output; one stopped by Ctrl-C or SIGTERM gets none (raises
+    last line of output; one the watchdog ended (:func:`wait_watched`) a ``timeout`` record with
+    why and the step it reached (``record["progress"]``); one stopped by Ctrl-C or SIGTERM gets none (raises
     :class:`Interrupted`). ``warm``: fork it from that :class:`suite.shootout.warm.WarmServer`; a cell
     whose server died under it (not its own doing) runs again once, on a new server.
     """
@@ -228,8 +237,8 @@ def run_cell_process(cell: Cell, run_dir: Path, env: dict | None = None, process
                 break
     record = read_json(run_dir / "record.json")
     if record is None:
-        if stalled:
-            record = failed_record(cell, stalled, tail)
+        if stalled:  # past its --cell-timeout, or no progress for its --stall-timeout
+            record = {**failed_record(cell, stalled, tail), "status": "timeout"}
             record["progress"] = progress.read(run_dir)  # the step it reached
             write_json_atomic(run_dir / "record.json", record)
             return record

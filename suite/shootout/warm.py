@@ -167,6 +167,8 @@ class WarmJob:
         self.state: dict = {}  # a state request's answer
         self.code: int | None = None
         self.error: str | None = None
+        self.stale: list[str] = []  # the server forked nothing: these files of its modules changed on disk
+        self.stale_count = 0  # how many did (stale holds the first few)
         self._started = threading.Event()
         self._ended = threading.Event()
 
@@ -191,8 +193,22 @@ class WarmJob:
         self.send_signal(signal.SIGKILL)
 
 
+#: fresh servers a cell asks while the code keeps changing on disk, before it starts cold
+STALE_TRIES = 3
+
+
+def _shut(sock: socket.socket) -> None:
+    """Close the driver's end of a server's socket: the server sees it and exits."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 class WarmServer:
-    """The driver's handle on the fork server: started on first use, started again if it died."""
+    """The driver's handle on the fork server: started on first use, started again if it died,
+    and replaced by a fresh one when the code of its modules changed on disk."""
 
     def __init__(self, fork: bool = True):
         self.fork = fork  # False: always a fresh process, never forked from this one
@@ -208,6 +224,7 @@ class WarmServer:
         self._launcher: ThreadPoolExecutor | None = None
         self.closed = False  # by close(): no request starts it again until start()
         self.cold: str | None = None  # why cells start cold: no server can fork them safely here
+        self._retired: list = []  # (proc, sock) of servers whose code changed: they end with their last cell
 
     def start(self) -> None:
         """Start the server if it is not running (it imports while the caller goes on)."""
@@ -281,6 +298,12 @@ class WarmServer:
                 self._jobs.pop(message["id"], None)
                 job._started.set()
                 job._ended.set()
+                self._release(sock)
+            elif "stale" in message:  # its code changed on disk: spawn() retires it
+                job.stale, job.stale_count = message["stale"], message.get("stale_count", len(message["stale"]))
+                self._jobs.pop(message["id"], None)
+                job._started.set()
+                job._ended.set()
             else:  # the server refused the request
                 job.error = message.get("error", "the warm-start server refused the cell")
                 self._jobs.pop(message["id"], None)
@@ -322,6 +345,32 @@ class WarmServer:
         if self.cold:
             raise ColdStart(self.cold)
 
+    def _retire(self, proc, stale: list[str], count: int) -> None:
+        """Server ``proc``'s code changed on disk (``stale``): no cell is forked from it again, and
+        the next one starts from a fresh server, never one forked from this process (the driver
+        holds the same old modules). Cells it is running are not cut short: it ends after the last."""
+        from .. import code_files
+
+        with self._lock:
+            if self._proc is not proc:  # another cell's thread retired it already
+                return
+            print(f"leitai: {code_files.describe(stale, count)} changed on disk since the warm-start server imported "
+                  f"{'it' if count == 1 else 'them'}; the next cell starts from a fresh server", file=sys.stderr)
+            self.fork = False
+            self._retired.append((proc, self._sock))
+            self._proc, self._sock = None, None
+            sock = self._retired[-1][1]
+        self._release(sock)
+
+    def _release(self, sock) -> None:
+        """End a retired server once no cell of its is running (it exits when its socket closes)."""
+        with self._lock:
+            retired = [(p, s) for p, s in self._retired if s is sock]
+            if not retired or any(getattr(job, "_sock", None) is sock for job in self._jobs.values()):
+                return
+            self._retired.remove(retired[0])
+        _shut(sock)
+
     def _request(self, message: dict, fds: list[int] = ()) -> WarmJob:
         for _ in range(3):  # a server that died before this request, or was found unsafe, is started again
             if self.cold and message["op"] == "run":
@@ -340,7 +389,7 @@ class WarmServer:
                 if sock is None:
                     continue
                 job = WarmJob()
-                job._sock = sock
+                job._sock, job._proc = sock, proc
                 job_id = next(self._ids)
                 self._jobs[job_id] = job
                 try:
@@ -353,9 +402,18 @@ class WarmServer:
 
     def spawn(self, spec: str, env: dict, stderr_fd: int) -> WarmJob:
         """Fork a cell running ``spec`` with ``env``, its stderr on ``stderr_fd`` (the caller
-        closes its copy); returns once the child runs (its ``pid`` is known)."""
-        job = self._request({"op": "run", "spec": str(spec), "env": env, "cwd": os.getcwd()}, [stderr_fd])
-        job._started.wait()
+        closes its copy); returns once the child runs (its ``pid`` is known). A server whose code
+        changed on disk forks nothing: it is retired and the cell asks a fresh one; after
+        :data:`STALE_TRIES` of them (the files keep changing), the cell starts cold (:class:`ColdStart`)."""
+        for _ in range(STALE_TRIES):
+            job = self._request({"op": "run", "spec": str(spec), "env": env, "cwd": os.getcwd()}, [stderr_fd])
+            job._started.wait()
+            if not job.stale:
+                break
+            self._retire(job._proc, job.stale, job.stale_count)
+        else:
+            print("leitai: leitai's or a plugin's code keeps changing on disk; this cell starts cold", file=sys.stderr)
+            raise ColdStart("the code changed on disk under each fresh warm-start server")
         if job.error and job.code is None and job._ended.is_set() and job.pid is None:
             raise ServerDied(job.error)
         return job
@@ -369,16 +427,16 @@ class WarmServer:
         return job.state
 
     def close(self) -> None:
-        """Stop the server (the cells it forked are over by now; any left die with it)."""
+        """Stop the server (the cells it forked are over by now; any left die with it), and any
+        retired one still running."""
         with self._lock:
             proc, sock, self._proc, self._sock = self._proc, self._sock, None, None
             launcher, self._launcher, self.closed = self._launcher, None, True
+            retired, self._retired = self._retired, []
+        for _, old in retired:
+            _shut(old)
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
+            _shut(sock)
         if proc is not None:
             try:
                 proc.wait(timeout=10 if self._ready.is_set() else 0)  # one still importing is not waited for

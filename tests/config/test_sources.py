@@ -84,3 +84,30 @@ def test_executor_options_come_from_the_executor(tmp_path, registry):
     cfg = build_config({"executor_options": {"ray_address": "x:1"}}, None, frozenset(owners)).fill_defaults(registry)
     with pytest.raises(UsageError, match="--ray-address is an option of the ray executor, not of local"):
         make_executor(cfg, registry)
+
+
+def test_durations_read_from_the_command_line_and_toml(tmp_path):
+    """``--cell-timeout`` and ``--stall-timeout``: 90s, 20m, 2h, a number of seconds, or none."""
+    from suite.config.settings import parse_duration
+
+    assert parse_duration("none") == parse_duration("0") == 0.0
+    assert parse_duration("20s") == parse_duration("20") == 20.0 and parse_duration(" 1.5m ") == 90.0
+    assert parse_duration("2h", "--cell-timeout") == 7200.0
+    config = build_config({})
+    assert config.cell_timeout == "none" and parse_duration(config.cell_timeout) == 0.0  # no limit by default
+    path = tmp_path / "c.toml"
+    path.write_text("cell_timeout = 45\nstall_timeout = '10m'\n")
+    config = build_config({}, str(path))
+    assert (config.cell_timeout, config.stall_timeout) == ("45", "10m")
+    assert build_config({"cell_timeout": "6h"}, str(path)).cell_timeout == "6h"
+
+
+@pytest.mark.parametrize("flag", ["--cell-timeout", "--stall-timeout"])
+def test_a_duration_that_cannot_be_read_stops_before_anything_runs(flag, tmp_path, capsys):
+    from suite.cli.app import main
+
+    out = tmp_path / "o"
+    assert main(["run", "--methods", "lora", flag, "2 weeks", "--out", str(out), "-q"]) == 2
+    assert capsys.readouterr().err == (f"leitai: error: {flag}: cannot read '2 weeks' as a duration (e.g. 90s, 20m, "
+                                       "2h, or none)\n")
+    assert not out.exists()

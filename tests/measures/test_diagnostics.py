@@ -78,6 +78,24 @@ def test_still_learning_fires_on_a_falling_curve_not_on_a_flat_one():
     assert diagnostics.learning_tail([1.0, 0.9, 0.8]) == {}  # too few steps to say
 
 
+def test_divergence_fires_only_past_its_threshold():
+    """A run diverged when its training loss ends, or its dev loss is, more than DIVERGED_ABOVE
+    (20%) above where it started; at the threshold, below it, or without a reference it did not."""
+    above = diagnostics.DIVERGED_ABOVE
+    assert above == 0.2  # the documented figure (docs/faults.md, the status column in docs/records.md)
+    assert diagnostics.divergence(6.0, 6.0 * (1 + above)) is None  # at the threshold: not past it
+    assert diagnostics.divergence(6.0, 2.0, 6.0 * (1 + above), 6.0) is None
+    assert diagnostics.divergence(6.0, 0.2, 0.2, 6.8) is None  # a run that learned
+    assert diagnostics.divergence(6.0, 6.3, 6.9, 6.8) is None  # one that learned nothing (lr 1e-9 ends ~4% up)
+    assert diagnostics.divergence(6.112, 15.04) == ("training loss rose from 6.112 (step 1) to 15.04 (the mean of the "
+                                                    "last 10% of the steps), more than 20% above")
+    assert diagnostics.divergence(6.0, 2.0, 11.6, 6.8) == "dev loss 11.6, more than 20% above the untrained base model's 6.8"
+    assert diagnostics.divergence(6.0, 7.3, 11.6, 6.8).startswith("training loss rose")  # the training loss first
+    assert diagnostics.divergence(None, None, 11.6, None) is None  # no reference: no verdict
+    assert diagnostics.divergence(6.0, 2.0, math.nan, 6.8) is None  # no dev answer tokens: no dev loss to judge
+    assert diagnostics.divergence(6.0, 2.0, math.inf, 6.8).startswith("dev loss inf")
+
+
 def test_answer_format_share():
     choices = ("正面", "负面")
     got = diagnostics.answer_format(["正面", " 负面 ", "", "还行", "正面", "负面负面", "负面", "正面"], choices)

@@ -184,7 +184,7 @@ def test_a_server_forked_after_a_thread_pool_is_replaced(tmp_path):
 
 def test_the_watchdog_ends_a_cell_without_progress(tmp_path):
     """A cell that stops making progress (the ``hangs`` method blocks in ``apply``) is ended
-    after ``--stall-timeout`` and recorded failed with why and where it stopped; the next cell runs."""
+    after ``--stall-timeout`` and recorded timeout with why and where it stopped; the next cell runs."""
     markers = tmp_path / "markers"
     markers.mkdir()
     out = tmp_path / "out"
@@ -195,10 +195,72 @@ def test_the_watchdog_ends_a_cell_without_progress(tmp_path):
     assert time.monotonic() - began < 200  # not the 600 s the method sleeps
     results = pd.read_csv(out / "results.csv").set_index("method")
     assert results.loc["bitfit", "status"] == "ok"
-    assert results.loc["hangs", "status"] == "failed"
+    assert results.loc["hangs", "status"] == "timeout"
     error = results.loc["hangs", "error"]
     assert "--stall-timeout: ended by the watchdog (last: applying the method)" in error, error
     record = json.loads((out / "runs" / "zh-sentiment__hangs__s0" / "record.json").read_text())
     assert record["progress"]["phase"] == "applying the method"
     pid = int((markers / "hangs.pid").read_text())
     assert not Path(f"/proc/{pid}").exists()  # no process left behind
+
+
+#: a plugin package whose modules a cell edits: ``ed-first`` rewrites ``helpers`` and ``lazy`` (to
+#: VERSION 2, reached through a name version 1 does not have) after it has read version 1;
+#: ``lazy`` is imported by each cell, after the fork
+EDITED = {
+    "__init__.py": (
+        "import os\n"
+        "from pathlib import Path\n"
+        "from plugins.methods.bitfit import BitFit\n"
+        "from suite import hookimpl\n"
+        "from .helpers import VERSION  # noqa: F401  (the server holds this module)\n"
+        "\n"
+        "class Edited(BitFit):\n"
+        "    def __init__(self, name):\n"
+        "        self.name = name\n"
+        "\n"
+        "    def apply(self, model, params):\n"
+        "        if not any(p.is_meta for p in model.parameters()):\n"
+        "            from .lazy import version\n"
+        "            Path(os.environ['EDIT_DIR'], self.name).write_text(version())\n"
+        "            if self.name == 'ed-first':\n"
+        "                here = Path(__file__).parent\n"
+        "                (here / 'helpers.py').write_text(\"VERSION = '1'\\nRENAMED = '2'\\n\")\n"
+        "                (here / 'lazy.py').write_text('from .helpers import RENAMED\\n\\n\\ndef version():\\n    return RENAMED\\n')\n"
+        "        return super().apply(model, params)\n"
+        "\n"
+        "@hookimpl\n"
+        "def register_methods(register):\n"
+        "    register(Edited('ed-first'))\n"
+        "    register(Edited('ed-second'))\n"
+    ),
+    "helpers.py": "VERSION = '1'\n",
+    "lazy.py": "from .helpers import VERSION\n\n\ndef version():\n    return VERSION\n",
+}
+
+
+def test_a_shootout_outlives_an_edit_of_a_plugin(tmp_path):
+    """The first cell of a warm shootout edits its plugin's modules; the server the second cell
+    would be forked from still holds the old ones (forked from the driver, which loaded the
+    plugin). It forks nothing: the driver says why in one line and starts a fresh server, and the
+    second cell runs the new code. Without that, the second cell would run the old ``apply`` with
+    the new ``lazy`` and fail with ``ImportError: cannot import name 'RENAMED'``."""
+    package = tmp_path / "src" / "edplug"
+    package.mkdir(parents=True)
+    for name, text in EDITED.items():
+        (package / name).write_text(text, encoding="utf-8")
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    out = tmp_path / "out"
+    proc = leitai("run", "--methods", "ed-first,ed-second", *SMALL, "--out", out,
+                  env={"LEITAI_PLUGINS": "edplug", "PYTHONPATH": str(tmp_path / "src"), "EDIT_DIR": str(versions)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = pd.read_csv(out / "results.csv").set_index("method")
+    assert list(results.status) == ["ok", "ok"], results.error.tolist()
+    assert (versions / "ed-first").read_text() == "1" and (versions / "ed-second").read_text() == "2"
+    lines = proc.stderr.splitlines()
+    # lazy.py changed too, but the server never imported it
+    assert lines == [f"leitai: {package / 'helpers.py'} changed on disk since the warm-start server imported it; "
+                     "the next cell starts from a fresh server"], proc.stderr
+    record = json.loads((out / "runs" / "zh-sentiment__ed-second__s0" / "record.json").read_text())
+    assert record["env"]["cell_start"] == "warm"
