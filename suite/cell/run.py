@@ -274,7 +274,8 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         m.update(best_dev_step=dev.best["step"], best_dev_score=dev.best["score"], kept_step=kept or end["step"])
         if kept is not None:
             m.update(eval_loss=dev.best["loss"], dev_score=dev.best["score"])
-    blew_up = divergence(m["first_train_loss"], m["final_train_loss"], m["eval_loss"], m["base_eval_loss"])
+    blew_up = divergence(m["first_train_loss"], m["final_train_loss"], m["eval_loss"], m["base_eval_loss"],
+                         len(result.losses))
     if blew_up:  # its loss ended far above where it started: not scored
         record["status"], record["error"] = "diverged", blew_up
         return True

@@ -12,8 +12,8 @@ protocol", point 6), computed by the core from what a cell has anyway:
   closed answer set, one of its answers. Below :data:`FORMAT_MIN` the run did not learn the
   answer format, whatever its choice accuracy says about the labels.
 - :func:`divergence`: whether the run's loss blew up: its training loss ended, or its dev loss
-  is, more than :data:`DIVERGED_ABOVE` above where it started (its first step; the untrained
-  base model's dev loss). Such a run's record is ``diverged``, not ``ok``.
+  is, more than :data:`DIVERGED_ABOVE` above where it started (its first step, in a run of at
+  least :data:`DIVERGED_MIN_STEPS` steps; the untrained base model's dev loss). Such a run's record is ``diverged``, not ``ok``.
 """
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ FORMAT_MIN = 0.5
 #: step, an untrained method's dev loss up to 3% above the base's): docs/diagnostics.md,
 #: "Diverged runs"
 DIVERGED_ABOVE = 0.2
+#: fewer steps than this: the training loss's test does not apply (its tail mean would be one
+#: step's loss, on one batch, against the first's: a batch of 4 alone can be 20% above another)
+DIVERGED_MIN_STEPS = 20
 
 
 # ---------------------------------------------------------------- linear probe
@@ -180,14 +183,15 @@ def probe_baseline(task, model, prepared, pad_id: int, device, batch_size: int =
 
 
 def divergence(first_train_loss: float | None, final_train_loss: float | None, eval_loss: float | None = None,
-               base_eval_loss: float | None = None) -> str | None:
+               base_eval_loss: float | None = None, steps: int = DIVERGED_MIN_STEPS) -> str | None:
     """Why a run diverged, or None: its training loss ended (``final_train_loss``, the mean of
-    the last 10% of the steps) more than :data:`DIVERGED_ABOVE` above its first step's, or its
+    the last 10% of the steps) more than :data:`DIVERGED_ABOVE` above its first step's (a run of
+    at least :data:`DIVERGED_MIN_STEPS` ``steps``), or its
     dev loss is more than that above the untrained base model's (``base_eval_loss``, measured in
     the same cell on the same dev examples). A non-finite loss is caught while training
     (:func:`suite.cell.train.train`)."""
     limit, above = 1 + DIVERGED_ABOVE, f"more than {DIVERGED_ABOVE:.0%} above"
-    if _above(final_train_loss, first_train_loss, limit):
+    if steps >= DIVERGED_MIN_STEPS and _above(final_train_loss, first_train_loss, limit):
         return (f"training loss rose from {first_train_loss:.4g} (step 1) to {final_train_loss:.4g} (the mean of "
                 f"the last 10% of the steps), {above}")
     if _above(eval_loss, base_eval_loss, limit):

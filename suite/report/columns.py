@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from ..measures.diagnostics import DIVERGED_ABOVE
+from ..measures.diagnostics import DIVERGED_ABOVE, DIVERGED_MIN_STEPS
 
 _ABOVE = f"{DIVERGED_ABOVE:.0%}"
 
@@ -21,8 +21,9 @@ COLUMNS = {
     "seed": "the run's seed (every RNG; the batch order too)",
     "model": "the base model (`--model`)",
     "status": "`ok`, `failed` (the reason in `error`), `oom` (out of memory), `diverged` (a non-finite training "
-              f"loss, a training loss that ended more than {_ABOVE} above its first step's, or a dev loss more than "
-              f"{_ABOVE} above the untrained base model's: `base_eval_loss`) or `timeout` (ended by the watchdog: past its "
+              f"loss, a training loss that ended more than {_ABOVE} above its first step's (a run of "
+              f"{DIVERGED_MIN_STEPS} steps or more), or a dev loss more than {_ABOVE} above the untrained base model's: "
+              "`base_eval_loss`) or `timeout` (ended by the watchdog: past its "
               "`--cell-timeout`, or no progress for its `--stall-timeout`; `error` says which and the step it reached)",
     "error": "why the run did not finish `ok`: the exception's type and the first line of its message; for a "
              "`diverged` or `timeout` run, what the core found (which loss, how far; which limit, the step reached)",

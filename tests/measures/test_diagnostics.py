@@ -91,6 +91,11 @@ def test_divergence_fires_only_past_its_threshold():
                                                     "last 10% of the steps), more than 20% above")
     assert diagnostics.divergence(6.0, 2.0, 11.6, 6.8) == "dev loss 11.6, more than 20% above the untrained base model's 6.8"
     assert diagnostics.divergence(6.0, 7.3, 11.6, 6.8).startswith("training loss rose")  # the training loss first
+    # a short run: one step against another is batch noise, the dev loss alone decides
+    assert diagnostics.DIVERGED_MIN_STEPS == 20  # the documented figure (docs/diagnostics.md)
+    assert diagnostics.divergence(5.629, 6.852, 6.45, 6.40, steps=2) is None  # seen: --max-steps 2, batches of 4
+    assert diagnostics.divergence(5.629, 6.852, 6.45, 6.40, steps=20).startswith("training loss rose")
+    assert diagnostics.divergence(6.0, 7.3, 11.6, 6.8, steps=2).startswith("dev loss 11.6")
     assert diagnostics.divergence(None, None, 11.6, None) is None  # no reference: no verdict
     assert diagnostics.divergence(6.0, 2.0, math.nan, 6.8) is None  # no dev answer tokens: no dev loss to judge
     assert diagnostics.divergence(6.0, 2.0, math.inf, 6.8).startswith("dev loss inf")
