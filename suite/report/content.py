@@ -120,7 +120,8 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
     for task in tasks:
         name = tables.score_name(results, task)
         task_baselines = baselines[baselines.task == task]
-        verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task])
+        verdict = judge(task, name, results, stats, generations, task_baselines, baseline_answers, orders[task],
+                        curves)
         verdict.sentences += tradeoff.sentences(task, name, results, stats, generations, orders[task], places)
         verdict.sentences += retention.sentences(records, results, stats, task, orders[task])
         tuning = {m: t for (t_, m), t in chosen.items() if t_ == task}
@@ -144,7 +145,9 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             front = figures.pareto(task, results, stats, orders[task], palette, name, verdict)
             if loss:
                 section.figures["Training loss"] = loss
-            during = figures.dev_curves(task, results, curves, orders[task], palette, name)
+            yardsticks = ([verdict.baseline] if verdict.baseline else []) + (
+                [("linear probe", verdict.probe)] if verdict.probe is not None else [])
+            during = figures.dev_curves(task, results, curves, orders[task], palette, name, tuple(yardsticks))
             if during:
                 section.figures["Dev score during training (--eval-every)"] = during
             if front:

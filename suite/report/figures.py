@@ -206,10 +206,11 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
 
 
 def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
-               palette: dict[str, str], score_label: str) -> str | None:
+               palette: dict[str, str], score_label: str, yardsticks: tuple = ()) -> str | None:
     """The dev score of every method on ``task`` at each evaluation (``--eval-every``), against the
-    step and against the training seconds so far: mean over ok seeds, a ±1 std band; None when
-    no run was evaluated during training."""
+    step and against the training seconds so far: mean over ok seeds, a ±1 std band, and a grey
+    line at each of ``yardsticks`` (``(name, score)``: the best baseline, the linear probe); None
+    when no run was evaluated during training."""
     ok = results[(results.task == task) & (results.status == "ok")]
     dev = curves[(curves.split == "dev") & curves.run_id.isin(ok.run_id) & curves.score.notna()]
     if dev.empty or dev.groupby("run_id").size().max() < 2:
@@ -235,6 +236,11 @@ def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: li
                 for ax, x in ((by_step, mean.index), (by_time, seconds.values)):
                     ax.fill_between(x, (mean - std).values, (mean + std).values, color=palette[method], alpha=0.18,
                                     lw=0)
+        for (name, value), dashes in zip(yardsticks, ("--", ":")):
+            for ax in (by_step, by_time):
+                ax.axhline(value, color="0.45", ls=dashes, lw=1)
+            by_step.annotate(f"{name} {value:.3f} (test)", (0.01, value), xycoords=("axes fraction", "data"),
+                             xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.35")
         by_step.set_xlabel("step")
         by_time.set_xlabel("training seconds (evaluation not counted)")
         by_step.set_ylabel(f"dev {score_label}")

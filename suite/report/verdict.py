@@ -38,8 +38,10 @@ class TaskVerdict:
 
 
 def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame, generations: pd.DataFrame,
-          baselines: pd.DataFrame, baseline_answers: pd.DataFrame, order: list[str]) -> TaskVerdict:
-    """The verdict on ``task`` from its final runs (``results``), their answers and its baselines."""
+          baselines: pd.DataFrame, baseline_answers: pd.DataFrame, order: list[str],
+          curves: pd.DataFrame | None = None) -> TaskVerdict:
+    """The verdict on ``task`` from its final runs (``results``), their answers and its baselines;
+    with ``curves`` (``curves.csv``), what the dev curves of ``--eval-every`` say too."""
     verdict = TaskVerdict(task, score_name)
     ok = results[(results.task == task) & (results.status == "ok")]
     scores = {m: per_example(generations, ok[ok.method == m].run_id) for m in order}
@@ -64,7 +66,8 @@ def judge(task: str, score_name: str, results: pd.DataFrame, stats: pd.DataFrame
     cells = {a: {b: _difference(compare(scores[a], scores[b])) if a != b else "" for b in names} for a in names}
     verdict.pairwise = pd.DataFrame.from_dict(cells, orient="index", columns=names)
     verdict.pairwise.index.name = "row − column"
-    verdict.reasons = {m: diagnose(verdict, results, stats, m) for m in verdict.not_above()}
+    verdict.reasons = {m: diagnose(verdict, results, stats, m) + dev_curve(verdict, ok, curves, m)
+                       for m in verdict.not_above()}
     verdict.left_out = left_out(results, task, order)
     verdict.sentences = _sentences(verdict, stats, means)
     return verdict
@@ -112,6 +115,28 @@ def diagnose(v: TaskVerdict, results: pd.DataFrame, stats: pd.DataFrame, method:
         out.append(f"the answer position gives its prepended positions {100 * got:.1f}% of its attention "
                    f"(uniform: {100 * uniform:.0f}%)")
     return out
+
+
+def dev_curve(v: TaskVerdict, ok: pd.DataFrame, curves: pd.DataFrame | None, method: str) -> list[str]:
+    """With ``--eval-every``: does ``method``'s dev score (the mean over its ok seeds at each
+    evaluation) ever rise above the best baseline and the linear probe, and at which step first;
+    and its peak. Empty without dev scores. The yardsticks are test scores, the curve's points dev
+    ones: a point within a few hundredths of one says little on a small dev split."""
+    if curves is None or not len(curves) or v.baseline is None:
+        return []
+    dev = curves[(curves.split == "dev") & curves.run_id.isin(ok[ok.method == method].run_id) & curves.score.notna()]
+    if not len(dev):
+        return []
+    mean = dev.groupby("step").score.mean()
+    marks = [(v.baseline[0], v.baseline[1])] + ([("linear probe", v.probe)] if v.probe is not None else [])
+    said = []
+    for name, value in marks:
+        above = mean[mean > value]
+        said.append(f"the {name}'s {fmt.number(value)} " + (f"first at step {int(above.index[0])}" if len(above)
+                                                            else "at no step"))
+    seeds = dev.run_id.nunique()
+    return [f"dev score ({'one seed' if seeds == 1 else f'mean of {seeds} seeds'}, every evaluation) above {' and '.join(said)}; "
+            f"its peak {fmt.number(mean.max())} at step {int(mean.idxmax())} of {int(mean.index.max())}"]
 
 
 def _difference(c: Comparison) -> str:
