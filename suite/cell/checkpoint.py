@@ -8,9 +8,9 @@ half checkpoint); the one before it is then removed. It holds:
 - ``trainable.pt`` and ``optimizer.pt`` (one process, or data parallel: every process holds the
   same), or ``state/`` (a sharded cell: torch's distributed checkpoint, each process writing its
   own shards of the trainable parameters and of the optimiser's state);
-- ``loop.pt``: the step, the schedule's state, the losses, tokens and training seconds so far, the
+- ``loop.pt``: the step, the schedule's state, the losses and training seconds so far, the
   dev curve so far (with ``--keep best``, the best point's parameters too);
-- ``rank-<N>.pt``: each process's random states, the model's buffers (LST's ladder statistics,
+- ``rank-<N>.pt``: each process's random states, its count of tokens, the model's buffers (LST's ladder statistics,
   set at its first training step) and the method's own state (:meth:`suite.Method.training_state`:
   AdaLoRA's importance scores and rank pattern);
 - ``cell.json``: the cell it was written for. A checkpoint of another cell's settings (another
@@ -22,7 +22,7 @@ step's loss and the final parameters).
 
 A cell that finishes (:data:`FINISHED`) removes its checkpoints before writing its record. One
 that does not (killed, past its ``--cell-timeout``, a lost machine or rank, an error) keeps them,
-and ``--resume`` runs it again from the last one (:func:`unfinished`).
+and ``--resume`` runs it again from the last one (:func:`last_step`).
 """
 from __future__ import annotations
 
@@ -52,9 +52,17 @@ def latest(run_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name[len(PREFIX):]), default=None)
 
 
-def unfinished(run_dir: Path) -> bool:
-    """Whether the run's directory holds a checkpoint: its cell did not end on its own."""
-    return latest(run_dir) is not None
+def last_step(run_dir: Path) -> int | None:
+    """The step of the run's newest checkpoint; None: it has none (it finished, or never wrote one)."""
+    path = latest(run_dir)
+    return None if path is None else int(path.name[len(PREFIX):])
+
+
+def differences(path: Path, cell: Cell, world: int | None = None) -> list[str]:
+    """The settings of ``cell`` (and its number of processes, ``world``) that checkpoint ``path``
+    was not written with: it cannot continue that cell."""
+    written = json.loads((Path(path) / "cell.json").read_text(encoding="utf-8"))
+    return [k for k, v in _identity(cell, world).items() if written.get(k) != v]
 
 
 def remove_all(run_dir: Path) -> None:
@@ -117,18 +125,21 @@ class Checkpoints:
                        tmp / "trainable.pt")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"rng": _rng_state(), "buffers": {n: b.detach().cpu() for n, b in unwrapped.named_buffers()},
-                    "method": self.method.training_state(unwrapped)}, tmp / f"rank-{self.rank}.pt")
+                    "method": self.method.training_state(unwrapped), "tokens": result.tokens},  # this process's
+                   tmp / f"rank-{self.rank}.pt")
         if self.rank == 0:
             torch.save({"step": step, "schedule": schedule.state_dict(), "losses": result.losses,
-                        "replay_losses": result.replay_losses, "tokens": result.tokens,
+                        "replay_losses": result.replay_losses,
                         "seconds": result.seconds, "answer_head": result.answer_head, "dev": self.dev.state(),
                         "writing": self.writing}, tmp / "loop.pt")
             (tmp / "cell.json").write_text(json.dumps(_identity(self.cell, self.world), ensure_ascii=False))
         self._barrier()
         if self.rank == 0:  # complete: it replaces the one before
-            before = latest(self.run_dir)
-            tmp.rename(self.run_dir / f"{PREFIX}{step}")
-            if before is not None:
+            before, target = latest(self.run_dir), self.run_dir / f"{PREFIX}{step}"
+            if target.exists():  # one of the same step, left by a run whose checkpoint was not used
+                shutil.rmtree(target)
+            tmp.rename(target)
+            if before is not None and before != target:
                 shutil.rmtree(before, ignore_errors=True)
         self._barrier()
         self.last_written = time.perf_counter()
@@ -146,12 +157,15 @@ class Checkpoints:
                 shutil.rmtree(stale, ignore_errors=True)
         if path is None:
             return 0
-        written = json.loads((path / "cell.json").read_text(encoding="utf-8"))
-        differs = [k for k, v in _identity(self.cell, self.world).items() if written.get(k) != v]
-        if differs:
+        differs = differences(path, self.cell, self.world)
+        if differs:  # the driver said so (suite.shootout.runner._execute), but for the number of processes
+            self._barrier()  # every process has read it
             if self.rank == 0:
-                print(f"leitai: {self.cell.run_id}: its checkpoint ({path.name}) was written with other settings "
-                      f"({', '.join(differs)}): starting over", file=sys.stderr)
+                if differs == ["processes"]:
+                    print(f"leitai: {self.cell.run_id}: its checkpoint ({path.name}) was written by a cell of "
+                          f"another number of processes: starting over", file=sys.stderr)
+                remove_all(self.run_dir)
+            self._barrier()
             return 0
         unwrapped = self.accelerator.unwrap_model(model)
         if _sharded(unwrapped):
@@ -175,7 +189,7 @@ class Checkpoints:
         own = torch.load(path / f"rank-{self.rank}.pt", map_location="cpu", weights_only=False)
         schedule.load_state_dict(loop["schedule"])
         result.losses, result.replay_losses = list(loop["losses"]), list(loop["replay_losses"])
-        result.tokens, result.seconds, result.answer_head = loop["tokens"], loop["seconds"], loop["answer_head"]
+        result.tokens, result.seconds, result.answer_head = own["tokens"], loop["seconds"], loop["answer_head"]
         self.writing = loop["writing"]
         self.dev.load_state(loop["dev"])
         with torch.no_grad():  # what the modules keep besides parameters (LST's ladder statistics, set while training)
@@ -185,9 +199,6 @@ class Checkpoints:
         self.method.load_training_state(unwrapped, own["method"])
         _set_rng_state(own["rng"])
         self.resumed_from = loop["step"]
-        if self.rank == 0:
-            print(f"leitai: {self.cell.run_id}: continuing from its checkpoint after step {loop['step']}",
-                  file=sys.stderr)
         return loop["step"]
 
     def _barrier(self) -> None:
@@ -197,9 +208,9 @@ class Checkpoints:
             torch.distributed.barrier()
 
 
-def _identity(cell: Cell, world: int) -> dict:
+def _identity(cell: Cell, world: int | None) -> dict:
     fields = asdict(cell)
-    return {**{k: fields[k] for k in SAME}, "processes": world}
+    return {k: fields[k] for k in SAME} | ({} if world is None else {"processes": world})
 
 
 def _sharded(model) -> bool:

@@ -293,8 +293,13 @@ def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> N
     on from there, :mod:`suite.cell.checkpoint`), through the executor, counting what happens."""
     todo = []
     for cell in cells:
-        done = read_record(out, cell.run_id)
-        if done is None or checkpoint.unfinished(run_dir(out, cell.run_id)):
+        done, path = read_record(out, cell.run_id), checkpoint.latest(run_dir(out, cell.run_id))
+        if path is not None:
+            differs = checkpoint.differences(path, cell)
+            then = (f"its checkpoint ({path.name}) was written with other settings ({', '.join(differs)}): it starts "
+                    "over" if differs else f"it goes on from its checkpoint after step {checkpoint.last_step(path.parent)}")
+            print(f"leitai: {cell.run_id}: did not finish; {then}", file=sys.stderr)
+        if done is None or path is not None:
             todo.append(cell)
             continue
         _check_same_settings(out, cell, done)
