@@ -53,6 +53,19 @@ class AdaLoRA(LoRA):
             config.total_step = steps
         model.base_model.update_and_allocate(step)
 
+    def training_state(self, model):
+        """The rank allocator's importance scores (smoothed, with their uncertainty) and the rank
+        pattern it has allocated so far: the budget a resumed run goes on from."""
+        allocator = model.base_model.rankallocator
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": model.peft_config[model.active_adapter].rank_pattern}
+
+    def load_training_state(self, model, state):
+        allocator, device = model.base_model.rankallocator, next(model.parameters()).device
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
+            {name: t.to(device) for name, t in state[key].items()} for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"))
+        model.peft_config[model.active_adapter].rank_pattern = state["rank_pattern"]
+
 
 def schedule(tinit: float, tfinal: float, steps: int) -> tuple[int, int]:
     """AdaLoRA's warm-up and final phase in steps, from fractions of a run of ``steps`` steps,

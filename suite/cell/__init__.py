@@ -1,6 +1,7 @@
 """The cell stage, one cell (method x task x seed) in a process of its own: what a cell is
 (:mod:`.spec`, its ``cell.json``), the run read top to bottom (:mod:`.run`, ``python -m
-suite.cell SPEC``), the training loop (:mod:`.train`), the versions and machine it ran on
+suite.cell SPEC``), the training loop (:mod:`.train`), its checkpoints (:mod:`.checkpoint`), a
+cell sharded over its processes (:mod:`.sharding`), the versions and machine it ran on
 (:mod:`.provenance`) and the record it writes (:mod:`.records`)."""
 
 

@@ -88,6 +88,7 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
     from ..models.precision import DTYPES, dtype_name, mixed_precision, precision_label, resolve_dtype, upcast_trainable
     from ..plugins import registry
     from ..progress import beat
+    from .checkpoint import Checkpoints
     from .provenance import environment
     from .sharding import full_state, sharded, unsharded
     from .train import DevCurve, TrainSettings, record_replay, split_step, train
@@ -225,13 +226,14 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
                 if score else None
 
     dev = DevCurve(model, dev_point, record["curve"], keep_best=cell.keep == "best")
+    checkpoints = Checkpoints(cell, run_dir, accelerator, method, dev)  # --checkpoint-every; --resume goes on
     quiet = os.environ.get("LEITAI_PROGRESS") == "0"
     quiet = quiet or not accelerator.is_main_process
     with tqdm(total=len(batches), desc=cell.run_id, unit="step", leave=False, mininterval=1.0, disable=quiet) as bar:
         with PeakMemory(device) as peak:
             result = train(model, batches, tokenizer.pad_token_id, settings, accelerator, bar, method, dict(cell.params),
                            replay=mix.replay, micro_batches=cell.grad_accum,
-                           evaluate=dev.at, eval_every=cell.eval_every)
+                           evaluate=dev.at, eval_every=cell.eval_every, checkpoints=checkpoints)
     model = accelerator.unwrap_model(model)
     if not result.diverged:  # the dev split at the end, on every process (a sharded model computes with all)
         end = dev.at(len(result.losses), result.seconds, result.answer_head, score=tuning or bool(cell.eval_every))
@@ -259,6 +261,9 @@ def _run(cell: Cell, run_dir: Path, record: dict) -> bool:
         final_train_loss=tail_mean(result.losses), answer_head=result.answer_head,
     )
     m.update({k: max(v) for k, v in breakdown.items()})  # the largest process's bytes
+    m["checkpoint_seconds"] = checkpoints.writing
+    if checkpoints.resumed_from is not None:  # the seconds, tokens and losses are the pieces' together
+        m["resumed_from_step"] = checkpoints.resumed_from
     m.update(learning_tail(result.losses))  # was the loss still falling at the end?
     record["curve"] += [{"step": i + 1, "split": "train", "loss": v} for i, v in enumerate(result.losses)]
     record_replay(mix, result, record)  # the replay part's losses: the curve's replay split
@@ -348,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no record, the cell is not done (``python -m`` would exit 1)
         return 130
     if record is not None:  # under a distributed launch only the main process writes it
+        from .checkpoint import FINISHED, remove_all
+
+        if record["status"] in FINISHED:  # nothing to go on from (before the record: never both)
+            remove_all(run_dir)
         write_json_atomic(run_dir / "record.json", record)
     return 0
 

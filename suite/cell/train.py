@@ -74,7 +74,7 @@ def make_optimizer(model, settings: TrainSettings, steps: int, method=None, para
 
 def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSettings, accelerator, progress=None,
           method=None, params: dict | None = None, replay: list[list[Encoded]] | None = None,
-          micro_batches: int = 1, evaluate=None, eval_every: int = 0) -> TrainResult:
+          micro_batches: int = 1, evaluate=None, eval_every: int = 0, checkpoints=None) -> TrainResult:
     """Train ``model`` on ``batches`` in order; stops early (``diverged``) on a non-finite loss.
 
     Each batch is one optimiser step. With ``micro_batches`` K > 1 it runs as K micro-batches
@@ -89,7 +89,9 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     :func:`suite.measures.loss.mixed_loss`; each part's loss is kept (``losses``, ``replay_losses``).
     With ``evaluate`` and ``eval_every`` N, ``evaluate(step, training_seconds, answer_head)`` runs
     after every N-th step but the last (the caller evaluates the end, :class:`DevCurve`), its
-    seconds kept out of :attr:`TrainResult.seconds`.
+    seconds kept out of :attr:`TrainResult.seconds`. With ``checkpoints``
+    (:class:`suite.cell.checkpoint.Checkpoints`), training goes on from the last checkpoint if
+    there is one, and writes one whenever it is due (its seconds kept out too).
     """
     unwrapped = model  # what the method built; accelerate may wrap it (DDP), FSDP shards it in place
     if settings.shard != "none":
@@ -115,9 +117,14 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         first = collate(split_step(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
         index = tuple(t.to(device) for t in loss_index(first["labels"])[:3]) + (first["labels"].shape[1],)
         result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
+    first = checkpoints.restore(model, optimizer, schedule, result) if checkpoints else 0
+    done = result.seconds  # the training seconds of the pieces before a checkpoint
+    if progress is not None and first:
+        progress.update(first)
     start = time.perf_counter()
-    evaluating = 0.0
-    for step, whole in enumerate(batches):
+    aside = 0.0  # evaluating and writing checkpoints: not training
+    for step in range(first, len(batches)):
+        whole = batches[step]
         beat("training", step + 1, len(batches))
         whole_extra = replay[step] if replay else []
         items = whole[rank::world] if world > 1 else whole  # data parallel (or sharded): each process its share
@@ -137,7 +144,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         for j, (batch, index, own) in enumerate(zip(parts, indexes, is_task)):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             index = tuple(t.to(device, non_blocking=True) for t in index[:3]) + index[3:]
-            measure = saved_for_backward(exclude=all_params) if step == j == 0 else nullcontext()  # once
+            measure = saved_for_backward(exclude=all_params) if step == first and j == 0 else nullcontext()  # once
             # DDP syncs gradients on the last micro-batch (FSDP reduce-scatters each: exact either way)
             last = j == len(parts) - 1
             sync = nullcontext() if world == 1 or last or settings.shard != "none" else accelerator.no_sync(model)
@@ -154,9 +161,9 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
                             loss = task_part = loss * (len(index[2]) / totals[0])
                 task_loss = task_loss + task_part.detach()
                 accelerator.backward(loss)
-            if step == j == 0:
+            if step == first and j == 0:
                 result.breakdown["activation_bytes"] = saved["bytes"]
-        if step == 0:
+        if step == first:
             result.breakdown["grads_bytes"] = tensor_bytes(p.grad for p in trainable if p.grad is not None)
         if settings.grad_clip:
             accelerator.clip_grad_norm_(trainable, settings.grad_clip)
@@ -165,12 +172,14 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
         if method is not None:
             method.after_step(unwrapped, step, len(batches))
         optimizer.zero_grad(set_to_none=True)
-        if step == 0:
+        if step == first:
             result.breakdown["optimizer_bytes"] = optimizer_bytes(optimizer)
         pending.append(task_loss)
         if extra:
             pending_replay.append(replayed)
-        if (step + 1) % settings.log_every == 0 or step + 1 == len(batches):
+        read_back = (step + 1) % settings.log_every == 0 or step + 1 == len(batches)
+        save = checkpoints is not None and checkpoints.due(step + 1, len(batches), read_back)
+        if read_back or save:  # a checkpoint holds the losses so far
             values, replayed_values = (_read(accelerator, p) for p in (pending, pending_replay))
             result.losses += values
             result.replay_losses += replayed_values
@@ -182,12 +191,17 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
                 break
         if evaluate is not None and eval_every and (step + 1) % eval_every == 0 and step + 1 < len(batches):
             began = time.perf_counter()
-            evaluate(step + 1, began - start - evaluating, result.answer_head)
+            evaluate(step + 1, done + began - start - aside, result.answer_head)
             model.train()
-            evaluating += time.perf_counter() - began
+            aside += time.perf_counter() - began
+        if save:
+            began = time.perf_counter()
+            result.seconds = done + began - start - aside
+            checkpoints.save(step + 1, model, optimizer, schedule, result)
+            aside += time.perf_counter() - began
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    result.seconds = time.perf_counter() - start - evaluating
+    result.seconds = done + time.perf_counter() - start - aside
     head.remove()
     return result
 
@@ -203,6 +217,7 @@ class DevCurve:
         self.best: dict | None = None
         self.last: dict | None = None
         self._saved: dict | None = None
+        self.points: list[dict] = []
 
     def at(self, step: int, seconds: float, answer_head: bool, score: bool = True) -> dict:
         beat("evaluating on dev", step)
@@ -211,11 +226,25 @@ class DevCurve:
         if score:  # a point of the dev curve: where training was when it was measured
             self.last["seconds"] = seconds
         self.curve.append(self.last)
+        self.points.append(self.last)
         if score and (self.best is None or _rank(self.last) > _rank(self.best)):
             self.best = self.last
             if self.keep_best:
                 self._saved = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         return self.last
+
+    def state(self) -> dict:
+        """The points so far and, with ``keep_best``, the best one's parameters (for a checkpoint)."""
+        best = next((i for i, p in enumerate(self.points) if p is self.best), None)
+        return {"points": self.points, "best": best, "saved": self._saved}
+
+    def load_state(self, state: dict) -> None:
+        """Go on from a checkpoint's :meth:`state`: its points join the curve."""
+        self.points = list(state["points"])
+        self.curve.extend(self.points)
+        self.last = self.points[-1] if self.points else None
+        self.best = None if state["best"] is None else self.points[state["best"]]
+        self._saved = state["saved"]
 
     @torch.no_grad()
     def restore_best(self) -> int | None:

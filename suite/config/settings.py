@@ -114,6 +114,10 @@ class RunSettings:
                                  "a new phase) for this long, with every process it started, record it timeout with "
                                  "the step it reached, and go on: e.g. 90s, 20m, 2h; 0 or none: never (docs/faults.md)",
                                  metavar="DURATION")
+    checkpoint_every: str = setting("30m", "write a checkpoint inside the cell every N steps (e.g. 50) or every "
+                                    "DURATION of training (e.g. 30m, 2h), keeping the last one: --resume continues a "
+                                    "cell that was killed or timed out from it; none: never (docs/faults.md)",
+                                    metavar="STEPS|DURATION")
     cell_timeout: str = setting("none", "end a cell that runs longer than this in all, with every process it started "
                                 "(a distributed cell's ranks too), record it timeout with the step it reached, and go "
                                 "on: e.g. 20s, 45m, 6h; none (or 0): no limit (docs/faults.md)", metavar="DURATION")
@@ -222,6 +226,15 @@ def parse_duration(text, what: str = "--stall-timeout") -> float:
     if not m or m.group(2) not in _SECONDS:
         raise UsageError(f"{what}: cannot read {text!r} as a duration (e.g. 90s, 20m, 2h, or none)")
     return float(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def parse_checkpoint_every(text) -> tuple[int, float]:
+    """``--checkpoint-every``: a number of steps (``50``), or a duration of training (``30m``,
+    :func:`parse_duration`); ``none`` or ``0``: never. Returns ``(steps, seconds)``, one of them 0."""
+    text = str(text).strip().lower()
+    if text.isdigit():
+        return int(text), 0.0
+    return 0, parse_duration(text, "--checkpoint-every")
 
 
 def flag(name: str) -> str:

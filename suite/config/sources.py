@@ -21,7 +21,7 @@ import tomllib
 from ..errors import UsageError
 from ..models.quantize import parse as parse_quantize
 from . import sweep
-from .settings import DURATIONS, TOML_NAMES, ShootoutConfig, check, parse_duration
+from .settings import DURATIONS, TOML_NAMES, ShootoutConfig, check, parse_checkpoint_every, parse_duration
 from .variants import values as values_of
 
 
@@ -190,6 +190,9 @@ def build_config(cli: dict, config_file: str | None = None, executor_options: fr
     for key, choices in DIMENSION_CHOICES.items():  # likewise
         if key in values:
             values[key] = ",".join(parse_choices(values[key], choices, "--" + key.replace("_", "-")))
+    if "checkpoint_every" in values:  # steps, or a duration
+        values["checkpoint_every"] = str(values["checkpoint_every"])
+        parse_checkpoint_every(values["checkpoint_every"])
     for key in DURATIONS:  # 90s, 20m, 2h (a TOML file may give a number of seconds)
         if key in values:
             values[key] = str(values[key])

@@ -133,6 +133,18 @@ class Method:
         the run's step budget. Default: nothing. AdaLoRA reallocates its ranks here
         (``update_and_allocate``), on a schedule set from ``steps``."""
 
+    def training_state(self, model: torch.nn.Module) -> dict:
+        """What the method keeps outside the model's parameters and buffers that changes while it
+        trains and that training depends on (tensors and plain values), for a checkpoint inside the
+        cell (``--checkpoint-every``): the core saves the trainable parameters, every buffer, the
+        optimiser, the schedule and the random states itself. AdaLoRA keeps its importance scores and rank
+        pattern here. Called in every process of a cell; default: ``{}``."""
+        return {}
+
+    def load_training_state(self, model: torch.nn.Module, state: dict) -> None:
+        """Put back what :meth:`training_state` returned, on the model :meth:`apply` built afresh
+        with the checkpoint's parameters already loaded, before training goes on. Default: nothing."""
+
     def trainable_count(self, model: torch.nn.Module) -> int | None:
         """The method's own count of the trainable parameters of ``model``, if it keeps one.
 

@@ -94,6 +94,11 @@ COLUMNS = {
     "best_dev_score": "`--eval-every` runs: the dev score at `best_dev_step`",
     "kept_step": "`--eval-every` runs: the step whose parameters the test split scored (`--keep best`: "
                  "`best_dev_step`; `--keep last`: the last step)",
+    "resumed_from_step": "the step of the checkpoint a resumed run went on from (`--checkpoint-every`, `--resume`); "
+                         "its seconds, tokens and losses are those of all its pieces together, its memory the last "
+                         "piece's",
+    "checkpoint_seconds": "seconds spent writing checkpoints inside the cell (`--checkpoint-every`), kept out of "
+                          "`train_seconds`",
     "lr": "the learning rate the run used (`params[\"lr\"]`)",
     "truncated_examples": "training examples cut to `--max-len`",
     "forgetting_before": "the untouched base model's cross-entropy per token (nats) on the side corpus",

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cell.records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, set_aside
+from ..cell import checkpoint
+from ..cell.records import DamagedRecord, load_record, read_record, read_records, record_path, record_paths, run_dir, set_aside
 from ..cell.spec import Cell
 from ..config import sweep, variants
 from ..config.settings import FAIR_SETTINGS, ShootoutConfig
@@ -288,11 +289,17 @@ def _run_locked(config: ShootoutConfig, resolved: Lineup, executor, out: Path, p
 
 
 def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> None:
-    """Run the cells that have no record yet through the executor, counting what happens."""
+    """Run the cells that have no record yet, or a checkpoint (a cell ended from outside: it goes
+    on from there, :mod:`suite.cell.checkpoint`), through the executor, counting what happens."""
     todo = []
     for cell in cells:
-        done = read_record(out, cell.run_id)
-        if done is None:
+        done, path = read_record(out, cell.run_id), checkpoint.latest(run_dir(out, cell.run_id))
+        if path is not None:
+            differs = checkpoint.differences(path, cell)
+            then = (f"its checkpoint ({path.name}) was written with other settings ({', '.join(differs)}): it starts "
+                    "over" if differs else f"it goes on from its checkpoint after step {checkpoint.last_step(path.parent)}")
+            print(f"leitai: {cell.run_id}: did not finish; {then}", file=sys.stderr)
+        if done is None or path is not None:
             todo.append(cell)
             continue
         _check_same_settings(out, cell, done)
