@@ -8,11 +8,11 @@ half checkpoint); the one before it is then removed. It holds:
 - ``trainable.pt`` and ``optimizer.pt`` (one process, or data parallel: every process holds the
   same), or ``state/`` (a sharded cell: torch's distributed checkpoint, each process writing its
   own shards of the trainable parameters and of the optimiser's state);
-- ``loop.pt``: the step, the schedule's state, the losses and training seconds so far, the
-  dev curve so far (with ``--keep best``, the best point's parameters too);
-- ``rank-<N>.pt``: each process's random states, its count of tokens, the model's buffers (LST's ladder statistics,
-  set at its first training step) and the method's own state (:meth:`suite.Method.training_state`:
-  AdaLoRA's importance scores and rank pattern);
+- ``loop.pt``: the step, the schedule's state, the losses and training seconds so far;
+- ``rank-<N>.pt``: each process's random states, its count of tokens, the dev curve so far
+  (with ``--keep best``, the best point's parameters: in a sharded cell, the process's shards),
+  the model's buffers (LST's ladder statistics, set at its first training step) and the method's
+  own state (:meth:`suite.Method.training_state`: AdaLoRA's importance scores and rank pattern);
 - ``cell.json``: the cell it was written for. A checkpoint of another cell's settings (another
   ``--max-steps``, learning rate, world size...) is not used: the cell starts over and says why.
 
@@ -43,7 +43,7 @@ PREFIX = "checkpoint-"
 FINISHED = ("ok", "diverged")
 #: what must agree for a checkpoint to continue a cell: what it trains on and how
 SAME = ("method", "task", "seed", "params", "task_sizes", "phase", "tuning", "max_steps", "epochs", "batch_size",
-        "grad_accum", "shard", "eval_every", "log_every") + FAIR_SETTINGS
+        "grad_accum", "shard", "eval_every") + FAIR_SETTINGS
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -74,8 +74,8 @@ def remove_all(run_dir: Path) -> None:
 class Checkpoints:
     """One cell's checkpoints: when they are due, writing them, and reading the last one back.
 
-    ``dev``: the run's :class:`suite.cell.train.DevCurve`; ``method``/``params``: the method whose
-    own state goes into each checkpoint."""
+    ``dev``: the run's :class:`suite.cell.train.DevCurve`; ``method``: the method whose own state
+    (:meth:`suite.Method.training_state`) goes into each checkpoint."""
 
     def __init__(self, cell: Cell, run_dir: Path, accelerator, method, dev):
         self.cell, self.run_dir, self.accelerator, self.method, self.dev = cell, Path(run_dir), accelerator, method, dev
@@ -98,7 +98,8 @@ class Checkpoints:
             return False
         import torch
 
-        due = torch.tensor([float(time.perf_counter() - self.last_written >= self.seconds)])
+        due = torch.tensor([float(time.perf_counter() - self.last_written >= self.seconds)],
+                           device=self.accelerator.device)  # NCCL broadcasts from the GPU
         if self.world > 1:
             torch.distributed.broadcast(due, 0)
         return bool(due.item())
@@ -125,12 +126,12 @@ class Checkpoints:
                        tmp / "trainable.pt")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"rng": _rng_state(), "buffers": {n: b.detach().cpu() for n, b in unwrapped.named_buffers()},
-                    "method": self.method.training_state(unwrapped), "tokens": result.tokens},  # this process's
-                   tmp / f"rank-{self.rank}.pt")
+                    "method": self.method.training_state(unwrapped), "tokens": result.tokens,  # this process's
+                    "dev": self.dev.state()}, tmp / f"rank-{self.rank}.pt")  # a sharded best point: its shards
         if self.rank == 0:
             torch.save({"step": step, "schedule": schedule.state_dict(), "losses": result.losses,
                         "replay_losses": result.replay_losses,
-                        "seconds": result.seconds, "answer_head": result.answer_head, "dev": self.dev.state(),
+                        "seconds": result.seconds, "answer_head": result.answer_head,
                         "writing": self.writing}, tmp / "loop.pt")
             (tmp / "cell.json").write_text(json.dumps(_identity(self.cell, self.world), ensure_ascii=False))
         self._barrier()
@@ -191,7 +192,7 @@ class Checkpoints:
         result.losses, result.replay_losses = list(loop["losses"]), list(loop["replay_losses"])
         result.tokens, result.seconds, result.answer_head = own["tokens"], loop["seconds"], loop["answer_head"]
         self.writing = loop["writing"]
-        self.dev.load_state(loop["dev"])
+        self.dev.load_state(own["dev"])
         with torch.no_grad():  # what the modules keep besides parameters (LST's ladder statistics, set while training)
             for name, b in unwrapped.named_buffers():
                 if name in own["buffers"]:

@@ -113,14 +113,21 @@ def test_a_checkpoint_of_other_settings_is_not_used(tmp_path):
     assert len(_train_losses(record)) == 20
 
 
-def test_checkpoints_by_time(tmp_path):
+def test_checkpoints_by_time_with_the_dev_curve(tmp_path):
     """--checkpoint-every 0.2s: written at a step whose losses were read back (--log-every 5), at
-    least 0.2 s after the last; the resumed run is the uninterrupted one."""
-    args = ["--methods", "lora", *RUN, "--max-steps", "40", "--checkpoint-every", "0.2s", "--log-every", "5"]
+    least 0.2 s after the last; the resumed run is the uninterrupted one, its dev curve
+    (--eval-every 10) and the parameters --keep best restores included."""
+    args = ["--methods", "lora", *RUN, "--max-steps", "40", "--checkpoint-every", "0.2s", "--log-every", "5",
+            "--eval-every", "10", "--keep", "best"]
     resumed, whole = _killed_and_resumed(tmp_path, args, step=None)
     step = resumed["lora"]["metrics"]["resumed_from_step"]
     assert step % 5 == 0 and 0 < step < 36, step
     assert _train_losses(resumed["lora"]) == _train_losses(whole["lora"])
+    dev = [[(c["step"], c["loss"], c["score"]) for c in r["curve"] if c["split"] == "dev"]
+           for r in (resumed["lora"], whole["lora"])]
+    assert dev[0] == dev[1] and [s for s, _, _ in dev[0]] == [10, 20, 30, 40]
+    for key in ("kept_step", "best_dev_step", "score"):
+        assert resumed["lora"]["metrics"][key] == whole["lora"]["metrics"][key], key
     assert _files(tmp_path / "killed" / "runs" / resumed["lora"]["run_id"]) == \
         _files(tmp_path / "whole" / "runs" / whole["lora"]["run_id"])
 
