@@ -137,7 +137,8 @@ class ShootoutConfig(RunSettings):
     task_size: str = setting("default", "default (each task's CPU-sized splits), full, or a number of "
                              "training examples", metavar="SIZE")
     out: str = setting("", "output directory", metavar="DIR", default_text="reports/<timestamp>")
-    resume: bool = setting(False, "skip runs already finished in --out")
+    resume: bool = setting(False, "skip runs already finished in --out; a cell that did not finish goes on from its "
+                           "last checkpoint (--checkpoint-every)")
     executor: str = setting("", "where cells run: local, ray, or a plugin's", default_text="local")
     gpus_per_cell: int = setting(1, "processes per cell, one GPU each (on a CPU, processes over gloo); more than 1 "
                                  "runs the cell under torch's distributed launch, data parallel or sharded (--shard)",
