@@ -41,21 +41,26 @@ from .spec import Cell
 PREFIX = "checkpoint-"
 #: the statuses of a cell that ran to its end: its checkpoints are of no more use
 FINISHED = ("ok", "diverged")
-#: what must agree for a checkpoint to continue a cell: what it trains on and how
-SAME = ("method", "task", "seed", "params", "task_sizes", "phase", "tuning", "max_steps", "epochs", "batch_size",
-        "grad_accum", "shard", "eval_every") + FAIR_SETTINGS
+#: what must agree for a checkpoint to continue a cell: the cell itself, what it trains on and how
+#: (the fair settings), and what shapes its training beyond them
+SAME = ("method", "task", "seed", "params", "phase", "tuning", "shard", "eval_every") + FAIR_SETTINGS
 
 
 def latest(run_dir: Path) -> Path | None:
     """The run's newest complete checkpoint, or None."""
     done = [p for p in Path(run_dir).glob(PREFIX + "*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
-    return max(done, key=lambda p: int(p.name[len(PREFIX):]), default=None)
+    return max(done, key=step_of, default=None)
+
+
+def step_of(path: Path) -> int:
+    """The step a complete checkpoint was written after."""
+    return int(path.name[len(PREFIX):])
 
 
 def last_step(run_dir: Path) -> int | None:
     """The step of the run's newest checkpoint; None: it has none (it finished, or never wrote one)."""
     path = latest(run_dir)
-    return None if path is None else int(path.name[len(PREFIX):])
+    return None if path is None else step_of(path)
 
 
 def differences(path: Path, cell: Cell, world: int | None = None) -> list[str]:

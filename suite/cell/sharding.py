@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import torch
 
-SHARDINGS = ("none", "fsdp")
-
 
 def shard(model: torch.nn.Module, how: str) -> torch.nn.Module:
     """Shard ``model`` in place (``how``: ``fsdp``; ``none`` leaves it whole)."""

@@ -114,9 +114,9 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     rank, world = accelerator.process_index, accelerator.num_processes
     head = AnswerHead(accelerator.unwrap_model(model))
     if batches:  # set-up, not training: does the answer-only head give the model's own loss?
-        first = collate(split_step(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
-        index = tuple(t.to(device) for t in loss_index(first["labels"])[:3]) + (first["labels"].shape[1],)
-        result.answer_head = head.check(model, {k: v.to(device) for k, v in first.items()}, index)
+        sample = collate(split_step(batches[0][rank::world] if world > 1 else batches[0], micro_batches)[0], pad_id)
+        index = tuple(t.to(device) for t in loss_index(sample["labels"])[:3]) + (sample["labels"].shape[1],)
+        result.answer_head = head.check(model, {k: v.to(device) for k, v in sample.items()}, index)
     first = checkpoints.restore(model, optimizer, schedule, result) if checkpoints else 0
     done = result.seconds  # the training seconds of the pieces before a checkpoint
     if progress is not None and first:

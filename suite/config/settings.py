@@ -23,14 +23,17 @@ from . import variants
 
 
 def setting(default, help: str, *, fair: bool = False, minimum: float | None = None, choices: tuple = (),
-            flag: bool = True, metavar: str | None = None, default_text: str | None = None, repeat: bool = False):
+            flag: bool = True, metavar: str | None = None, default_text: str | None = None, repeat: bool = False,
+            dimension: bool = False):
     """A settings field. ``help`` is the flag's help text (its default is appended);
     ``fair``: runs of one task must agree on it for their comparison to be fair (``--resume``
     refuses a finished cell that differs, the report warns); ``minimum``/``choices``: what
     :func:`check` accepts; ``flag``: whether ``leitai run`` has a flag for it (else only a TOML
-    config or a dedicated option sets it); ``repeat``: the flag may be given several times."""
+    config or a dedicated option sets it); ``repeat``: the flag may be given several times;
+    ``dimension``: a comma-separated list of ``choices`` runs every method at each (a dimension of
+    the shootout, :mod:`suite.config.variants`)."""
     meta = {"help": help, "fair": fair, "minimum": minimum, "choices": choices, "flag": flag,
-            "metavar": metavar, "default_text": default_text, "repeat": repeat}
+            "metavar": metavar, "default_text": default_text, "repeat": repeat, "dimension": dimension}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -70,11 +73,11 @@ class RunSettings:
     trainable_dtype: str = setting("float32", "the dtype of what trains, its gradients and its optimiser state: "
                                    "float32, or bfloat16 (\"pure bf16\", under bf16 autocast; small updates can round "
                                    "away, docs/real-models.md); a comma-separated list runs every method at each",
-                                   fair=True, metavar="float32|bfloat16")
+                                   fair=True, choices=("float32", "bfloat16"), dimension=True)
     optimizer: str = setting("adamw", "AdamW in torch's float32 state, or bitsandbytes' 8-bit AdamW (adamw8bit; "
                              "paged-adamw8bit pages its state to the CPU on CUDA; needs leitai[quantize]); a "
                              "comma-separated list runs every method with each", fair=True,
-                             metavar="adamw|adamw8bit|paged-adamw8bit")
+                             choices=("adamw", "adamw8bit", "paged-adamw8bit"), dimension=True)
     shard: str = setting("none", "with --gpus-per-cell N: none (data parallel, every process holds the whole model) "
                          "or fsdp (PyTorch FSDP2: parameters, gradients and optimiser state sharded over the N "
                          "processes, one unit per decoder layer)", choices=("none", "fsdp"))
@@ -282,7 +285,7 @@ def check(values: dict, where: str = "") -> None:
             if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
                     or not math.isfinite(value) or (meta["minimum"] is not None and value < meta["minimum"]):
                 raise UsageError(f"{what} must be {_kind(whole, meta['minimum'])}, not {value!r}")
-        if meta["choices"] and value not in meta["choices"]:
+        if meta["choices"] and not meta["dimension"] and value not in meta["choices"]:  # a dimension's: each value
             raise UsageError(f"{what} takes {', '.join(meta['choices'][:-1])} or {meta['choices'][-1]}, not {value!r}")
 
 

@@ -15,6 +15,7 @@ executor's own options among them, and one table per method for its hyper-parame
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 
 import tomllib
 
@@ -131,7 +132,7 @@ def load_toml(path: str, executor_options: frozenset = frozenset()) -> dict:
 
 
 #: the settings that are a list of choices, each value a dimension of the shootout (suite.config.variants)
-DIMENSION_CHOICES = {"trainable_dtype": ("float32", "bfloat16"), "optimizer": ("adamw", "adamw8bit", "paged-adamw8bit")}
+DIMENSION_CHOICES = {f.name: f.metadata["choices"] for f in fields(ShootoutConfig) if f.metadata["dimension"]}
 
 
 def parse_choices(value, choices: tuple, flag: str) -> list[str]:

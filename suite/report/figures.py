@@ -160,8 +160,7 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
     if train.empty:
         return None
     methods = [m for m in order if m in set(ok.method)]
-    below = len(methods) > LEGEND_INSIDE
-    columns = legend_columns([f"{m} (n=10)" for m in methods], LOSS_LEGEND_COLUMNS)
+    below, columns = _curve_legend(methods)
     with _style():
         fig = _figure(7, 3.6 + (0.2 * _legend_rows(len(methods), columns) if below else 0))
         ax = fig.add_subplot()
@@ -205,6 +204,12 @@ def loss_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: l
         return _svg(fig, f"loss-{task}")
 
 
+def _curve_legend(methods: list[str]) -> tuple[bool, int]:
+    """Where a curve figure's legend goes (under the plot when many methods would cover the
+    curves) and in how many columns."""
+    return len(methods) > LEGEND_INSIDE, legend_columns([f"{m} (n=10)" for m in methods], LOSS_LEGEND_COLUMNS)
+
+
 def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
                palette: dict[str, str], score_label: str, yardsticks: tuple = ()) -> str | None:
     """The dev score of every method on ``task`` at each evaluation (``--eval-every``), against the
@@ -216,8 +221,7 @@ def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: li
     if dev.empty or dev.groupby("run_id").size().max() < 2:
         return None
     methods = [m for m in order if m in set(ok.method)]
-    below = len(methods) > LEGEND_INSIDE
-    columns = legend_columns([f"{m} (n=10)" for m in methods], LOSS_LEGEND_COLUMNS)
+    below, columns = _curve_legend(methods)
     with _style():
         fig = _figure(9, 3.4 + (0.2 * _legend_rows(len(methods), columns) if below else 0))
         by_step, by_time = fig.subplots(1, 2, sharey=True)

@@ -297,7 +297,7 @@ def _execute(executor, cells: list[Cell], out: Path, bar, outcome: Outcome) -> N
         if path is not None:
             differs = checkpoint.differences(path, cell)
             then = (f"its checkpoint ({path.name}) was written with other settings ({', '.join(differs)}): it starts "
-                    "over" if differs else f"it goes on from its checkpoint after step {checkpoint.last_step(path.parent)}")
+                    "over" if differs else f"it goes on from its checkpoint after step {checkpoint.step_of(path)}")
             print(f"leitai: {cell.run_id}: did not finish; {then}", file=sys.stderr)
         if done is None or path is not None:
             todo.append(cell)
