@@ -10,16 +10,18 @@ leitai process (the CLI, each cell's process, a Ray worker) has it before anythi
 - transformers 5 draws a ``Loading weights`` bar each time a model is loaded: in every cell, for
   its base and again for the base its inference is timed against, among the arena's own bars
   (the shootout's cells, each cell's steps). A cell calls :func:`quiet_bars`, which hides the
-  bars named in :data:`SILENT_BARS`; a download's bars stay.
+  bars named in :data:`SILENT_BARS` (and the ``Writing model shards`` bar full fine-tuning's
+  save draws); a download's bars stay.
 
-Python warnings a cell silences are :data:`suite.cell.run.SILENCED`.
+Python warnings a cell silences are :data:`suite.cell.run.SILENCED` and
+:data:`suite.cell.run.SILENCED_WITHOUT_CUDA`.
 """
 import logging
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 #: transformers' own progress bars that tell a leitai user nothing, by their description
-SILENT_BARS = frozenset({"Loading weights"})
+SILENT_BARS = frozenset({"Loading weights", "Writing model shards"})
 
 
 def quiet_bars() -> None:
