@@ -11,40 +11,10 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
+from ..quiet import quiet_libraries
 from .spec import Cell
-
-# Known noise of peft with recent transformers (docs/getting-started.md, "Pinned versions, and why").
-SILENCED = (
-    "Position ids are not supported for parameter efficient tuning",
-    ".*is_gradient_checkpointing.* is deprecated",
-    # peft on merging into a quantized layer; the core measures what merging changes itself
-    # (suite/measures/inference.py: merged figures not applicable where the logits differ)
-    "Merge lora module to .*-bit linear may get different generations",
-)
-# Noise only where no GPU exists: peft's BOFT tries to build its CUDA kernel on first use, then
-# warns that it failed and that it sets a factor it does not set. On a GPU the first line says
-# something (ninja is missing, so BOFT runs its slower path) and is kept.
-SILENCED_WITHOUT_CUDA = (
-    "Failed to load the CUDA extension: .*check if ninja is available",
-    "Setting boft_n_butterfly_factor to 1 to speed up",
-)
-
-
-def _silence_known_warnings():
-    """The known noise of the libraries: :data:`SILENCED`'s warnings (and
-    :data:`SILENCED_WITHOUT_CUDA`'s on a machine without CUDA), and their bars that tell the user
-    nothing (:func:`suite.quiet.quiet_bars`)."""
-    import torch
-
-    from ..quiet import quiet_bars
-
-    patterns = SILENCED if torch.cuda.is_available() else SILENCED + SILENCED_WITHOUT_CUDA
-    for pattern in patterns:
-        warnings.filterwarnings("ignore", message=pattern)
-    quiet_bars()
 
 
 def run_cell(cell: Cell, run_dir: Path) -> dict | None:
@@ -350,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         from .. import progress
 
         progress.start(run_dir)
-    _silence_known_warnings()
+    quiet_libraries()
     if os.environ.get("LEITAI_THREADS"):  # the executor's share of the cores
         import torch
 

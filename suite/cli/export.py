@@ -119,7 +119,9 @@ def cmd_export(args) -> int:
     from ..models import loading
     from ..models.precision import cast_weights
     from ..plugins import registry
+    from ..quiet import quiet_libraries
 
+    quiet_libraries()
     source = Path(args.dir)
     chosen = None
     if args.best:

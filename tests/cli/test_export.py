@@ -98,6 +98,7 @@ def test_each_export_checks_and_loads_as_documented_without_leitai(shootout, tmp
     out = tmp_path / "export"
     proc = leitai("export", run, "--out", out, "--check", *flags)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # the libraries' noise (suite/quiet.py) is kept quiet here too
     assert "leitai: check passed: the export's greedy answers equal the run's on its first 8 test prompts" in proc.stdout
     info = json.loads((out / "leitai-export.json").read_text(encoding="utf-8"))
     assert info["format"] == FORMATS[what] and info["merged"] == bool(flags) and info["check"]["same"] == 8
