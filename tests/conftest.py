@@ -1,5 +1,6 @@
 import atexit
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -69,6 +70,16 @@ def leitai(*args, env=None, cwd=None, timeout=600):
         [sys.executable, "-m", "suite.cli", *map(str, args)], capture_output=True, text=True,
         env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout,
     )
+
+
+def foreign_lines(stderr: str, runs: list[str]) -> list[str]:
+    """The lines of a shootout's ``stderr`` that are not leitai's: its own start with ``leitai: ``,
+    the shootout's bar or a cell's bar (of which at least one must have come through: run it
+    with ``LEITAI_PROGRESS=1``)."""
+    cells = tuple(f"{run}: " for run in runs)
+    lines = [line for line in re.split(r"[\r\n]", stderr) if line.strip()]
+    assert any(line.startswith(cells) for line in lines)  # a cell's own bar came through
+    return [line for line in lines if not line.startswith(("leitai: ", "shootout: ", *cells))]
 
 
 def start(*args, env: dict) -> subprocess.Popen:

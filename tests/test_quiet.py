@@ -1,7 +1,5 @@
 """Library noise (suite/quiet.py): what a shootout prints on stderr is leitai's own."""
-import re
-
-from conftest import leitai
+from conftest import foreign_lines, leitai
 
 
 def test_a_quantized_shootout_prints_only_leitais_own_lines(tmp_path):
@@ -17,7 +15,7 @@ def test_a_quantized_shootout_prints_only_leitais_own_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["zh-sentiment__lora__nf4__s0", "zh-sentiment__lora__s0"]
-    assert _strangers(proc.stderr, runs) == []
+    assert foreign_lines(proc.stderr, runs) == []
 
 
 def test_boft_and_full_fine_tuning_print_only_leitais_own_lines(tmp_path):
@@ -30,13 +28,5 @@ def test_boft_and_full_fine_tuning_print_only_leitais_own_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == ["zh-sentiment__boft__s0", "zh-sentiment__full__s0"]
-    assert _strangers(proc.stderr, runs) == []
+    assert foreign_lines(proc.stderr, runs) == []
 
-
-def _strangers(stderr: str, runs: list[str]) -> list[str]:
-    """The lines of ``stderr`` that are not leitai's: its own start with ``leitai: ``, the
-    shootout's bar or a cell's bar (of which at least one must have come through)."""
-    own = ("leitai: ", "shootout: ", *(f"{run}: " for run in runs))
-    lines = [line for line in re.split(r"[\r\n]", stderr) if line.strip()]
-    assert any(line.startswith(f"{runs[0]}: ") for line in lines)  # a cell's own bar came through
-    return [line for line in lines if not line.startswith(own)]

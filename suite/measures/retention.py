@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -66,13 +68,20 @@ def require() -> str:
 
 @contextlib.contextmanager
 def _quiet():
-    """The harness's info and warning lines (one per task and call) off; errors still show."""
+    """The harness's info and warning lines (one per task and call) off, and what it writes on
+    stderr (datasets' and the harness's own bars: building requests, tokenizing, scoring, some
+    without an option to turn them off) held back: shown only when the harness fails."""
     loggers = [logging.getLogger(n) for n in ("lm_eval", "lm-eval", "datasets", "evaluate")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    held = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(held):
+            yield
+    except BaseException:
+        sys.stderr.write(held.getvalue())
+        raise
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tomllib
 import torch
-from conftest import ROOT, leitai
+from conftest import ROOT, foreign_lines, leitai
 
 from suite.cli import app
 from suite.measures import retention
@@ -71,8 +71,10 @@ def shootout(tmp_path_factory):
     out = tmp_path_factory.mktemp("retention") / "out"
     proc = leitai("run", "--methods", "full,lora", "--retention", SPEC, "--retention-include", TASKS,
                   "--max-steps", "5", "--task-size", "16", "--side-corpus", "none", "--infer-prompts", "0",
-                  "--out", out, "-q")
+                  "--out", out, env={"LEITAI_PROGRESS": "1"})
     assert proc.returncode == 0, proc.stderr
+    # the harness's and datasets' bars and lines stay quiet (suite/measures/retention.py, _quiet)
+    assert foreign_lines(proc.stderr, sorted(p.name for p in (out / "runs").iterdir())) == []
     return out
 
 
