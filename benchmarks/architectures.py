@@ -167,9 +167,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="write every outcome here")
     p.add_argument("--side-corpus", help="passed to leitai run (none: no forgetting measurement)")
     p.add_argument("--workers", type=int, help="passed to leitai run: cells at once")
+    p.add_argument("--shard", type=int, metavar="N", help="passed to leitai run as --gpus-per-cell N --shard fsdp: "
+                   "each cell sharded over N processes (gloo on the CPU)")
     args = p.parse_args(argv)
     extra = [*(["--side-corpus", args.side_corpus] if args.side_corpus else []),
-             *(["--workers", str(args.workers)] if args.workers else [])]
+             *(["--workers", str(args.workers)] if args.workers else []),
+             *(["--gpus-per-cell", str(args.shard), "--shard", "fsdp"] if args.shard else [])]
     kinds = args.kinds.split(",") if args.kinds else list(ALL_ARCHITECTURES) + list(EXTRA)
     methods = args.methods.split(",") if args.methods else built_in_methods()
     rows = []

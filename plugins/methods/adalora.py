@@ -32,6 +32,9 @@ class AdaLoRA(LoRA):
         "tinit": 0.1, "tfinal": 0.3, "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.1,
     }
     grid = {"lr": [1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
+    # peft's orthogonality penalty (in forward) and rank allocator (after each step) read P, Λ
+    # and Q whole: a sharded cell keeps them whole on every process and shards the base
+    shards_trained = False
 
     def peft_config(self, model, params):
         from peft import AdaLoraConfig

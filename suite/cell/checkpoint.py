@@ -180,8 +180,12 @@ class Checkpoints:
 
             state = _sharded_state(unwrapped, optimizer)
             dcp.load(state, checkpoint_id=str(path / "state"))
-            set_state_dict(unwrapped, _inner(optimizer), model_state_dict=state["model"],
-                           optim_state_dict=state["optim"], options=_options())
+            keys = set_state_dict(unwrapped, _inner(optimizer), model_state_dict=state["model"],
+                                  optim_state_dict=state["optim"], options=_options())
+            trained = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
+            if keys.unexpected_keys or trained & set(keys.missing_keys):
+                raise RuntimeError(f"{path}: the checkpoint does not fit the model (missing "
+                                   f"{sorted(trained & set(keys.missing_keys))[:3]}, unexpected {keys.unexpected_keys[:3]})")
         else:
             saved = torch.load(path / "trainable.pt", map_location="cpu")
             with torch.no_grad():
@@ -232,7 +236,9 @@ def _inner(optimizer):
 def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(ignore_frozen_params=True)  # the frozen base is loaded as it was, not saved
+    # the frozen base is loaded as it was, not saved; so loading is not strict, and restore checks
+    # that every trained parameter came back
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def _sharded_state(model, optimizer) -> dict:

@@ -2,7 +2,9 @@
 and optimiser state split over its N processes by PyTorch's FSDP2 (``fully_shard``), each
 decoder layer a unit of its own (found by role, :func:`suite.models.architecture.find`) and the
 rest of the model the root unit. Every method trains this way unchanged: full fine-tuning, peft's
-tuners and LST on a sharded frozen base (how a 70B LoRA is trained).
+tuners and LST on a sharded frozen base (how a 70B LoRA is trained). A method that reads its own
+trained parameters whole (AdaLoRA, :attr:`suite.Method.shards_trained` False) keeps them whole on
+every process, their gradients averaged by the core, while the base is sharded.
 
 A unit's parameters are gathered for its forward and backward and sharded again after; its
 gradients are reduce-scattered, so each process holds and updates its shard only. After
@@ -15,18 +17,33 @@ from __future__ import annotations
 import torch
 
 
-def shard(model: torch.nn.Module, how: str) -> torch.nn.Module:
-    """Shard ``model`` in place (``how``: ``fsdp``; ``none`` leaves it whole)."""
+def shard(model: torch.nn.Module, how: str, whole: set[torch.nn.Parameter] = frozenset()) -> torch.nn.Module:
+    """Shard ``model`` in place (``how``: ``fsdp``; ``none`` leaves it whole), but for the
+    parameters in ``whole``, which every process keeps whole (a method that reads its trained
+    parameters whole, :attr:`suite.Method.shards_trained`; :func:`average_whole_gradients`)."""
     if how == "none":
         return model
     from torch.distributed.fsdp import fully_shard
 
     from ..models.architecture import decoder_layers
 
+    ignored = set(whole) or None
     for layer in decoder_layers(model):
-        fully_shard(layer)
-    fully_shard(model, reshard_after_forward=True)  # the root too: its gathered weights are not held for backward
+        fully_shard(layer, ignored_params=ignored)
+    # the root too: its gathered weights are not held for backward
+    fully_shard(model, reshard_after_forward=True, ignored_params=ignored)
     return model
+
+
+def average_whole_gradients(whole: list[torch.nn.Parameter], world: int) -> None:
+    """The gradients of the parameters kept whole, averaged over the ``world`` processes (FSDP
+    averages those it shards as it reduce-scatters them), so every process takes the same step."""
+    import torch.distributed as dist
+
+    for p in whole:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)  # a sum: gloo has no average
+            p.grad.div_(world)
 
 
 def sharded(model: torch.nn.Module) -> bool:

@@ -20,7 +20,7 @@ from ..data.batches import Encoded, collate
 from ..measures.loss import AnswerHead, loss_index, mixed_loss
 from ..measures.resources import optimizer_bytes, saved_for_backward, tail_mean, tensor_bytes, unique_parameters
 from ..progress import beat
-from .sharding import shard
+from .sharding import average_whole_gradients, shard
 
 
 @dataclass
@@ -94,8 +94,11 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     there is one, and writes one whenever it is due (its seconds kept out too).
     """
     unwrapped = model  # what the method built; accelerate may wrap it (DDP), FSDP shards it in place
+    kept_whole = []  # trained parameters a sharded cell keeps whole (Method.shards_trained)
     if settings.shard != "none":
-        shard(model, settings.shard)
+        if method is not None and not getattr(method, "shards_trained", True):
+            kept_whole = [p for p in model.parameters() if p.requires_grad]
+        shard(model, settings.shard, set(kept_whole))
     optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
     # the schedule steps once a step whatever the processes (accelerate's wrapper would step it once per process)
     if settings.shard != "none":
@@ -163,6 +166,8 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
                 accelerator.backward(loss)
             if step == first and j == 0:
                 result.breakdown["activation_bytes"] = saved["bytes"]
+        if kept_whole:
+            average_whole_gradients(kept_whole, world)
         if step == first:
             result.breakdown["grads_bytes"] = tensor_bytes(p.grad for p in trainable if p.grad is not None)
         if settings.grad_clip:

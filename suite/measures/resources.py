@@ -73,7 +73,7 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
     result = {"bytes": 0}
 
     def pack(t):
-        storage = t.untyped_storage()
+        storage = local(t).untyped_storage()  # a sharded parameter (AdaLoRA's regulariser reads them): its shard
         ptr = storage.data_ptr()
         if ptr not in skip and ptr != 0:
             nbytes, refs = seen.get(ptr, (0, []))
@@ -85,7 +85,7 @@ def saved_for_backward(exclude: list[torch.Tensor] = ()):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         yield result
-    result["bytes"] = sum(min(nbytes, max(t.untyped_storage().nbytes() for t in alive))
+    result["bytes"] = sum(min(nbytes, max(local(t).untyped_storage().nbytes() for t in alive))
                           for nbytes, refs in seen.values() if (alive := [t for r in refs if (t := r()) is not None]))
 
 

@@ -179,14 +179,18 @@ def predict(method, params: dict, config, batch: dict, dtype: torch.dtype = torc
     if shard != "none":  # what the largest process holds, and one unit being computed and the next, gathered
         from ..models.architecture import decoder_layers
 
-        local = lambda ps: sum(shard_numel(p.shape, processes) * p.element_size() for p in ps)  # noqa: E731
-        plan.weights_bytes = local(unique_parameters(model))
-        plan.grads_bytes = local(with_grad)
-        numels = [shard_numel(p.shape, processes) for p in with_grad]
+        # a method that reads its trained parameters whole keeps them so (Method.shards_trained)
+        whole = {id(p) for p in trainable} if not getattr(method, "shards_trained", True) else set()
+        held = lambda p: p.numel() if id(p) in whole else shard_numel(p.shape, processes)  # noqa: E731
+        sharded = lambda ps: [p for p in ps if id(p) not in whole]  # noqa: E731
+        plan.weights_bytes = sum(held(p) * p.element_size() for p in unique_parameters(model))
+        plan.grads_bytes = sum(held(p) * p.element_size() for p in with_grad)
+        numels = [held(p) for p in with_grad]
         layers = list(decoder_layers(model))
-        gathered = 2 * max((tensor_bytes(layer.parameters()) for layer in layers), default=0)
+        gathered = 2 * max((tensor_bytes(sharded(layer.parameters())) for layer in layers), default=0)
         # backward keeps the local shards of the gradients, and one unit's whole ones until they are reduce-scattered
-        unit_grads = max((tensor_bytes(p for p in layer.parameters() if p.grad is not None) for layer in layers), default=0)
+        unit_grads = max((tensor_bytes(p for p in sharded(layer.parameters()) if p.grad is not None) for layer in layers),
+                         default=0)
         counter.peak = plan.activation_bytes + plan.grads_bytes + unit_grads
     plan.optimizer_bytes = optimizer_state_bytes(numels, with_grad[0].element_size() if with_grad else 4, optimizer)
     plan.peak_activation_bytes = counter.peak

@@ -60,6 +60,12 @@ class Method:
     quantized_base: bool | tuple = False
     #: why not, where :attr:`quantized_base` does not cover a kind: the end of that one line
     quantized_base_reason: str = ""
+    #: False when the method reads its own trained parameters whole while it trains, beyond the
+    #: layers' forward (AdaLoRA: its orthogonality penalty and its rank budget). In a sharded
+    #: cell (``--shard fsdp``) they then stay whole on every process, outside FSDP, with their
+    #: gradients averaged over the processes by the core, while the base is sharded. True (the
+    #: default): FSDP shards them with the rest.
+    shards_trained: bool = True
     #: the values ``leitai run --sweep KEY`` tries for each setting, e.g. ``{"lr": [1e-4, 3e-4,
     #: 1e-3, 3e-3, 1e-2], "r": [4, 16]}``; a method that declares no ``lr`` grid gets its default
     #: lr times 0.1, 0.3, 1, 3 and 10 (:func:`tuning_grid`)

@@ -27,17 +27,34 @@ def _train_losses(record: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def shootouts(tmp_path_factory):
-    """full, lora (without dropout: its masks are drawn per process) and lst, in one process and
-    sharded over two."""
+    """full, lora and adalora (without dropout: its masks are drawn per process) and lst, in one
+    process and sharded over two. AdaLoRA keeps its trained parameters whole on every process
+    (Method.shards_trained), so its gradients are averaged by the core, not by FSDP."""
     out = tmp_path_factory.mktemp("sharded")
-    args = ["--methods", "full,lora,lst", "--set", "lora.dropout=0", *RUN]
+    args = ["--methods", "full,lora,lst,adalora", "--set", "lora.dropout=0", "--set", "adalora.dropout=0", *RUN]
     one = leitai("run", *args, "--out", out / "one")
     two = leitai("run", *args, "--gpus-per-cell", "2", "--shard", "fsdp", "--out", out / "two")
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     return _records(out / "one"), _records(out / "two"), out / "two"
 
 
-def test_every_method_trains_sharded(shootouts):
+def test_every_method_trains_sharded(tmp_path):
+    """``--methods all`` sharded over two processes: every built-in method trains (AdaLoRA, whose
+    penalty and budget read its matrices whole, failed here until it kept them whole)."""
+    out = tmp_path / "all"
+    proc = leitai("run", "--methods", "all", "--gpus-per-cell", "2", "--shard", "fsdp", "--max-steps", "2",
+                  "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q", "--out", out, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = _records(out)
+    from suite.plugins import registry
+
+    assert sorted(records) == sorted(registry().methods)
+    for name, record in records.items():
+        assert record["status"] == "ok", (name, record.get("error"))
+        assert record["metrics"]["processes"] == 2 and record["metrics"]["shard"] == "fsdp"
+
+
+def test_sharded_records_say_how_and_hold_each_process(shootouts):
     _, sharded, _ = shootouts
     for name, record in sharded.items():
         assert record["status"] == "ok", (name, record.get("error"))
@@ -73,11 +90,12 @@ def test_sharded_training_is_one_processs_with_the_same_batch(shootouts):
     """Each process computes its half of every batch, its loss weighted by its share of the step's
     answer tokens, so the step is the whole batch's: full fine-tuning and LoRA agree with one
     process to float32 rounding (rtol 1e-5 at every step: the halves' gradients are summed in
-    another order). LST's training is chaotic at its learning rate: rounding-level differences
-    grow (--grad-accum 2 in one process alone moves its 20th-step loss by 5%), so for it only the
-    first two steps are compared."""
+    another order), and so does AdaLoRA, whose rank budget is moved by those gradients. LST's
+    training is chaotic at its learning rate: rounding-level differences grow (--grad-accum 2 in
+    one process alone moves its 20th-step loss by 5%), so for it only the first two steps are
+    compared."""
     one, sharded, _ = shootouts
-    for name in ("full", "lora"):
+    for name in ("full", "lora", "adalora"):
         np.testing.assert_allclose(_train_losses(sharded[name]), _train_losses(one[name]), rtol=1e-5)
     np.testing.assert_allclose(_train_losses(sharded["lst"])[:2], _train_losses(one["lst"])[:2], rtol=1e-6)
 
@@ -91,7 +109,7 @@ def test_the_sharded_result_reloads_in_one_process_with_the_recorded_answers(sho
 
     _, sharded, out = shootouts
     reg = registry()
-    for name in ("full", "lora", "lst"):
+    for name in ("full", "lora", "lst", "adalora"):
         record = sharded[name]
         cell = Cell.from_json((out / "runs" / record["run_id"] / "cell.json").read_text())
         method = reg.method(name, cell.params)
