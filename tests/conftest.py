@@ -37,10 +37,11 @@ _own_cores()
 #: longest first: a worker takes a whole module at a time (``--dist loadfile``, in this order:
 #: ``--no-loadscope-reorder`` in pyproject.toml), so a long one left for last would keep one
 #: worker busy while the others idle
-SLOWEST_FIRST = ("test_runner.py", "test_faults.py", "test_ray_executor.py", "test_architecture.py",
-                 "test_forgetting_inference.py", "test_user_files.py", "test_tasks.py", "test_executors.py",
-                 "test_checkpoint.py", "test_sweep.py", "test_quantize.py", "test_warm.py", "test_processes.py",
-                 "test_export.py", "test_retention.py", "test_replay.py", "test_prediction.py", "test_tiny_zh.py")
+SLOWEST_FIRST = ("test_sharding.py", "test_checkpoint.py", "test_warm.py", "test_ray_executor.py", "test_runner.py",
+                 "test_faults.py", "test_export.py", "test_forgetting_inference.py", "test_processes.py",
+                 "test_executors.py", "test_sweep.py", "test_user_files.py", "test_replay.py", "test_retention.py",
+                 "test_architecture.py", "test_tasks.py", "test_train.py", "test_kit.py", "test_tiny_zh.py",
+                 "test_prediction.py", "test_quantize.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -27,35 +27,26 @@ def _train_losses(record: dict) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def shootouts(tmp_path_factory):
-    """full, lora and adalora (without dropout: its masks are drawn per process) and lst, in one
-    process and sharded over two. AdaLoRA keeps its trained parameters whole on every process
-    (Method.shards_trained), so its gradients are averaged by the core, not by FSDP."""
+    """Every built-in method sharded over two processes, and full, lora, adalora and lst in one
+    process too (lora and adalora without dropout: its masks are drawn per process). AdaLoRA
+    keeps its trained parameters whole on every process (Method.shards_trained), so its
+    gradients are averaged by the core, not by FSDP."""
     out = tmp_path_factory.mktemp("sharded")
-    args = ["--methods", "full,lora,lst,adalora", "--set", "lora.dropout=0", "--set", "adalora.dropout=0", *RUN]
-    one = leitai("run", *args, "--out", out / "one")
-    two = leitai("run", *args, "--gpus-per-cell", "2", "--shard", "fsdp", "--out", out / "two")
+    args = ["--set", "lora.dropout=0", "--set", "adalora.dropout=0", *RUN]
+    one = leitai("run", "--methods", "full,lora,lst,adalora", *args, "--out", out / "one")
+    two = leitai("run", "--methods", "all", *args, "--gpus-per-cell", "2", "--shard", "fsdp", "--out", out / "two",
+                 timeout=1200)
     assert one.returncode == 0 and two.returncode == 0, one.stderr[-2000:] + two.stderr[-2000:]
     return _records(out / "one"), _records(out / "two"), out / "two"
 
 
-def test_every_method_trains_sharded(tmp_path):
-    """``--methods all`` sharded over two processes: every built-in method trains (AdaLoRA, whose
-    penalty and budget read its matrices whole, failed here until it kept them whole)."""
-    out = tmp_path / "all"
-    proc = leitai("run", "--methods", "all", "--gpus-per-cell", "2", "--shard", "fsdp", "--max-steps", "2",
-                  "--batch-size", "4", "--task-size", "16", *CELLS_ONLY, "-q", "--out", out, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = _records(out)
+def test_every_method_trains_sharded_and_records_each_process(shootouts):
+    """``--methods all`` sharded: every built-in method trains (AdaLoRA, whose penalty and budget
+    read its matrices whole, failed until it kept them whole), and its record says how."""
     from suite.plugins import registry
 
-    assert sorted(records) == sorted(registry().methods)
-    for name, record in records.items():
-        assert record["status"] == "ok", (name, record.get("error"))
-        assert record["metrics"]["processes"] == 2 and record["metrics"]["shard"] == "fsdp"
-
-
-def test_sharded_records_say_how_and_hold_each_process(shootouts):
     _, sharded, _ = shootouts
+    assert sorted(sharded) == sorted(registry().methods)
     for name, record in sharded.items():
         assert record["status"] == "ok", (name, record.get("error"))
         m = record["metrics"]
@@ -76,7 +67,8 @@ def test_the_planner_predicts_each_process_exactly(shootouts):
     micro-batch keeps for backward (the record's own figure is the largest process's, whose
     share of the batch may be longer). The activations agree within 256 bytes of 15 to 75 MB
     (seen: 96 and 192 bytes, the size of a small index tensor that the meta trace holds in a
-    storage of its own in a cell of two processes; one process sharded agrees to the byte)."""
+    storage of its own in a cell of two processes; one process sharded agrees to the byte). Every
+    built-in method."""
     _, sharded, _ = shootouts
     for name, record in sharded.items():
         plan, m = record["plan"], record["metrics"]
