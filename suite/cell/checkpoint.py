@@ -182,10 +182,10 @@ class Checkpoints:
             dcp.load(state, checkpoint_id=str(path / "state"))
             keys = set_state_dict(unwrapped, _inner(optimizer), model_state_dict=state["model"],
                                   optim_state_dict=state["optim"], options=_options())
-            trained = {n for n, p in unwrapped.named_parameters() if p.requires_grad}
-            if keys.unexpected_keys or trained & set(keys.missing_keys):
-                raise RuntimeError(f"{path}: the checkpoint does not fit the model (missing "
-                                   f"{sorted(trained & set(keys.missing_keys))[:3]}, unexpected {keys.unexpected_keys[:3]})")
+            missing = sorted({n for n, p in unwrapped.named_parameters() if p.requires_grad} & set(keys.missing_keys))
+            if missing or keys.unexpected_keys:
+                raise RuntimeError(f"{path}: the checkpoint does not fit the model (missing {missing[:3]}, "
+                                   f"unexpected {keys.unexpected_keys[:3]})")
         else:
             saved = torch.load(path / "trainable.pt", map_location="cpu")
             with torch.no_grad():

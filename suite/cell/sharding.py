@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 
-def shard(model: torch.nn.Module, how: str, whole: set[torch.nn.Parameter] = frozenset()) -> torch.nn.Module:
+def shard(model: torch.nn.Module, how: str, whole=()) -> torch.nn.Module:
     """Shard ``model`` in place (``how``: ``fsdp``; ``none`` leaves it whole), but for the
     parameters in ``whole``, which every process keeps whole (a method that reads its trained
     parameters whole, :attr:`suite.Method.shards_trained`; :func:`average_whole_gradients`)."""
@@ -37,13 +37,18 @@ def shard(model: torch.nn.Module, how: str, whole: set[torch.nn.Parameter] = fro
 
 def average_whole_gradients(whole: list[torch.nn.Parameter], world: int) -> None:
     """The gradients of the parameters kept whole, averaged over the ``world`` processes (FSDP
-    averages those it shards as it reduce-scatters them), so every process takes the same step."""
+    averages those it shards as it reduce-scatters them), so every process takes the same step:
+    one collective for all of them, as DDP buckets its gradients."""
     import torch.distributed as dist
 
-    for p in whole:
-        if p.grad is not None:
-            dist.all_reduce(p.grad)  # a sum: gloo has no average
-            p.grad.div_(world)
+    grads = [p.grad for p in whole if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)  # a sum: gloo has no average
+    flat.div_(world)
+    for g, part in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(part.view_as(g))
 
 
 def sharded(model: torch.nn.Module) -> bool:

@@ -98,7 +98,7 @@ def train(model, batches: list[list[Encoded]], pad_id: int, settings: TrainSetti
     if settings.shard != "none":
         if method is not None and not getattr(method, "shards_trained", True):
             kept_whole = [p for p in model.parameters() if p.requires_grad]
-        shard(model, settings.shard, set(kept_whole))
+        shard(model, settings.shard, kept_whole)
     optimizer, schedule = make_optimizer(model, settings, len(batches), method, params)
     # the schedule steps once a step whatever the processes (accelerate's wrapper would step it once per process)
     if settings.shard != "none":

@@ -145,9 +145,7 @@ def build(records: list[dict], with_figures: bool = True) -> Report:
             front = figures.pareto(task, results, stats, orders[task], palette, name, verdict)
             if loss:
                 section.figures["Training loss"] = loss
-            yardsticks = ([verdict.baseline] if verdict.baseline else []) + (
-                [("linear probe", verdict.probe)] if verdict.probe is not None else [])
-            during = figures.dev_curves(task, results, curves, orders[task], palette, name, tuple(yardsticks))
+            during = figures.dev_curves(task, results, curves, orders[task], palette, name, verdict.yardsticks())
             if during:
                 section.figures["Dev score during training (--eval-every)"] = during
             if front:

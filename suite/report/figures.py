@@ -211,7 +211,7 @@ def _curve_legend(methods: list[str]) -> tuple[bool, int]:
 
 
 def dev_curves(task: str, results: pd.DataFrame, curves: pd.DataFrame, order: list[str],
-               palette: dict[str, str], score_label: str, yardsticks: tuple = ()) -> str | None:
+               palette: dict[str, str], score_label: str, yardsticks=()) -> str | None:
     """The dev score of every method on ``task`` at each evaluation (``--eval-every``), against the
     step and against the training seconds so far: mean over ok seeds, a ±1 std band, and a grey
     line at each of ``yardsticks`` (``(name, score)``: the best baseline, the linear probe); None

@@ -32,6 +32,11 @@ class TaskVerdict:
     left_out: dict[str, str] = field(default_factory=dict)  # method -> its runs not in the means, and why
     sentences: list[str] = field(default_factory=list)
 
+    def yardsticks(self) -> list[tuple[str, float]]:
+        """``(name, score)`` of the best baseline and the linear probe, those there are."""
+        return ([self.baseline] if self.baseline else []) + ([("linear probe", self.probe)] if self.probe is not None
+                                                              else [])
+
     def not_above(self) -> list[str]:
         """Methods whose score is not above the best baseline at 95% confidence."""
         return sorted(m for m, c in self.above_baseline.items() if not c.above)
@@ -128,9 +133,8 @@ def dev_curve(v: TaskVerdict, ok: pd.DataFrame, curves: pd.DataFrame | None, met
     if not len(dev):
         return []
     mean = dev.groupby("step").score.mean()
-    marks = [(v.baseline[0], v.baseline[1])] + ([("linear probe", v.probe)] if v.probe is not None else [])
     said = []
-    for name, value in marks:
+    for name, value in v.yardsticks():
         above = mean[mean > value]
         said.append(f"the {name}'s {fmt.number(value)} " + (f"first at step {int(above.index[0])}" if len(above)
                                                             else "at no step"))
